@@ -1,0 +1,256 @@
+//! Code generation: the stub, the dispatch code and `impl DurableObject`.
+//!
+//! Generated code names only `::stead::__private::..`, `::core::..` and
+//! `::std::..` paths, so it compiles whatever the user imported (even under
+//! `#![no_implicit_prelude]`). Identifiers the user never names are built
+//! with `Span::mixed_site()` so they cannot clash with the user's.
+
+use proc_macro2::{Span, TokenStream};
+use quote::{ToTokens, format_ident, quote, quote_spanned};
+use syn::spanned::Spanned;
+use syn::{Ident, LitStr, Type};
+
+use crate::ast::{Function, Object, Receiver};
+use crate::fingerprint::{fingerprint, type_text};
+use crate::valid::{Fallible, Model};
+
+pub(crate) fn expand(object: &Object, model: &Model<'_>) -> TokenStream {
+    let item = &object.item;
+    let ident = model.ident;
+    let stub = format_ident!("{}Stub", ident);
+    let stub_doc = LitStr::new(
+        &format!(
+            "Typed stub of [`{ident}`]: calls its remote methods wherever the object lives.\n\n\
+             Obtained from `Namespace::<{ident}>::stub`; making one does no I/O and never \
+             creates the object. Each method queues its call when it is called and returns \
+             a future of the reply. Clones share one order: calls issued through a stub and \
+             its clones are delivered in the order they were issued."
+        ),
+        Span::call_site(),
+    );
+    let methods: Vec<Method<'_>> = model
+        .methods
+        .iter()
+        .enumerate()
+        .map(|(index, func)| Method::new(index, func))
+        .collect();
+    let stub_methods = methods.iter().map(Method::stub_method);
+    let dispatch_arms = methods.iter().map(Method::dispatch_arm);
+    let method_infos = methods.iter().map(Method::info);
+    let assertions = model
+        .methods
+        .iter()
+        .flat_map(|func| remote_types(func))
+        .map(|ty| {
+            quote_spanned! {ty.span()=>
+                const _: () = ::stead::__private::assert_remote_type::<#ty>();
+            }
+        });
+    let name = &model.name;
+    let construct = construct(&model.constructor);
+    let (has_alarm, alarm) = alarm(model.alarm.as_ref());
+    let core = Ident::new("__stead_core", Span::mixed_site());
+    let method_var = Ident::new("method", Span::mixed_site());
+    let args_var = Ident::new("args", Span::mixed_site());
+
+    quote! {
+        #item
+
+        #[doc = #stub_doc]
+        #[derive(::core::clone::Clone)]
+        #[allow(unreachable_pub, private_interfaces)]
+        pub struct #stub {
+            #core: ::stead::__private::StubCore,
+        }
+
+        #(#assertions)*
+
+        const _: () = {
+            impl ::core::fmt::Debug for #stub {
+                fn fmt(&self, f: &mut ::core::fmt::Formatter<'_>) -> ::core::fmt::Result {
+                    ::core::fmt::Debug::fmt(&self.#core, f)
+                }
+            }
+
+            #[allow(unreachable_pub, private_interfaces, clippy::manual_async_fn)]
+            impl #stub {
+                /// The id of the object this stub addresses.
+                pub fn object_id(&self) -> ::stead::__private::ObjectId {
+                    self.#core.id()
+                }
+
+                #(#stub_methods)*
+            }
+
+            impl ::stead::__private::DurableObject for #ident {
+                type Stub = #stub;
+                const NAME: &'static str = #name;
+                const METHODS: &'static [::stead::__private::MethodInfo] = &[#(#method_infos),*];
+                const HAS_ALARM: bool = #has_alarm;
+
+                fn __construct(
+                    ctx: ::stead::__private::Context,
+                ) -> ::stead::__private::BoxFuture<'static, ::core::result::Result<Self, ::std::string::String>> {
+                    ::std::boxed::Box::pin(async move { #construct })
+                }
+
+                fn __dispatch<'a>(
+                    &'a mut self,
+                    #method_var: u32,
+                    #args_var: &'a [u8],
+                ) -> ::stead::__private::BoxFuture<'a, ::stead::__private::Result<::std::vec::Vec<u8>>> {
+                    ::std::boxed::Box::pin(async move {
+                        match #method_var {
+                            #(#dispatch_arms)*
+                            _ => ::stead::__private::unknown_method(<Self as ::stead::__private::DurableObject>::NAME, #method_var),
+                        }
+                    })
+                }
+
+                fn __alarm(
+                    &mut self,
+                    info: ::stead::__private::AlarmInfo,
+                ) -> ::stead::__private::BoxFuture<'_, ::core::result::Result<(), ::std::string::String>> {
+                    #alarm
+                }
+
+                fn __stub(core: ::stead::__private::StubCore) -> #stub {
+                    #stub { #core: core }
+                }
+            }
+        };
+    }
+}
+
+/// The argument and return types of a remote method.
+fn remote_types(func: &Function) -> Vec<&Type> {
+    func.args
+        .iter()
+        .map(|arg| &arg.ty)
+        .chain(func.output())
+        .collect()
+}
+
+/// One remote method, with its id and fingerprint.
+struct Method<'a> {
+    func: &'a Function,
+    index: u32,
+    fingerprint: u64,
+    output: TokenStream,
+}
+
+impl<'a> Method<'a> {
+    fn new(index: usize, func: &'a Function) -> Self {
+        let output = func
+            .output()
+            .map_or_else(|| quote!(()), ToTokens::to_token_stream);
+        let args: Vec<String> = func.args.iter().map(|arg| type_text(&arg.ty)).collect();
+        let fingerprint = fingerprint(&func.sig.ident.to_string(), &args, &type_text(&output));
+        let index = u32::try_from(index).unwrap_or(u32::MAX);
+        Method {
+            func,
+            index,
+            fingerprint,
+            output,
+        }
+    }
+
+    fn info(&self) -> TokenStream {
+        let name = self.func.sig.ident.to_string();
+        let fingerprint = self.fingerprint;
+        quote!(::stead::__private::MethodInfo { name: #name, fingerprint: #fingerprint })
+    }
+
+    fn stub_method(&self) -> TokenStream {
+        let Method {
+            func,
+            index,
+            fingerprint,
+            output,
+        } = self;
+        let name = &func.sig.ident;
+        let docs = &func.docs;
+        let params = func.args.iter().map(|arg| {
+            let (name, ty) = (&arg.name, &arg.ty);
+            quote!(#name: #ty)
+        });
+        let values = func.args.iter().map(|arg| &arg.name);
+        quote! {
+            #(#docs)*
+            pub fn #name(&self, #(#params),*)
+                -> impl ::core::future::Future<Output = ::stead::__private::Result<#output>>
+                       + ::core::marker::Send + 'static
+            {
+                ::stead::__private::call::<_, #output>(&self.__stead_core, #index, #fingerprint, &(#(#values,)*))
+            }
+        }
+    }
+
+    fn dispatch_arm(&self) -> TokenStream {
+        let func = self.func;
+        let index = self.index;
+        let name = &func.sig.ident;
+        let name_text = name.to_string();
+        let vars: Vec<Ident> = (0..func.args.len())
+            .map(|i| Ident::new(&format!("arg{i}"), Span::mixed_site()))
+            .collect();
+        let types = func.args.iter().map(|arg| &arg.ty);
+        let args_var = Ident::new("args", Span::mixed_site());
+        let output = Ident::new("output", Span::mixed_site());
+        let this = match func.receiver {
+            Receiver::Exclusive => quote!(&mut *self),
+            _ => quote!(&*self),
+        };
+        let call = quote!(Self::#name(#this, #(#vars),*));
+        let call = if func.is_async() {
+            quote!(#call.await)
+        } else {
+            call
+        };
+        quote! {
+            #index => {
+                let (#(#vars,)*): (#(#types,)*) = ::stead::__private::decode_args(#name_text, #args_var)?;
+                let #output = #call;
+                ::stead::__private::encode_result(#name_text, &#output)
+            }
+        }
+    }
+}
+
+fn construct(constructor: &Fallible<'_>) -> TokenStream {
+    let call = quote!(Self::new(ctx));
+    let call = if constructor.func.is_async() {
+        quote!(#call.await)
+    } else {
+        call
+    };
+    if constructor.returns_result {
+        quote!(::core::result::Result::map_err(#call, ::stead::__private::render_error))
+    } else {
+        quote!(::core::result::Result::Ok(#call))
+    }
+}
+
+fn alarm(handler: Option<&Fallible<'_>>) -> (bool, TokenStream) {
+    let Some(handler) = handler else {
+        return (
+            false,
+            quote!(::std::boxed::Box::pin(async {
+                ::core::result::Result::Ok(())
+            })),
+        );
+    };
+    let name = &handler.func.sig.ident;
+    let call = quote!(Self::#name(self, info));
+    let call = if handler.func.is_async() {
+        quote!(#call.await)
+    } else {
+        call
+    };
+    let body = if handler.returns_result {
+        quote!(::core::result::Result::map_err(#call, ::stead::__private::render_error))
+    } else {
+        quote!({ #call; ::core::result::Result::Ok(()) })
+    };
+    (true, quote!(::std::boxed::Box::pin(async move { #body })))
+}

@@ -1,0 +1,366 @@
+//! Activations: an object in memory, its mailbox, and the turns it runs.
+//!
+//! An *activation* exists for an object from the first call that reaches it
+//! until it is evicted. It owns the object's mailbox and, once the
+//! constructor has run, the instance. No task is parked per object: when a
+//! message arrives at an idle activation, one task is spawned to drain its
+//! mailbox, running one *turn* per message, and it ends when the mailbox is
+//! empty. Because at most one such task exists per activation, an object runs
+//! one turn at a time, to completion, in mailbox order.
+//!
+//! A turn is: construct the instance if there is none (the constructor runs
+//! lazily, in the turn of the first call, exactly once per activation), run
+//! the method, then release the reply. A panic in the constructor or the
+//! method drops the instance and answers the caller with `Panicked`; the next
+//! call constructs a fresh instance. Other objects are never affected.
+//!
+//! Eviction: an activation idle for the runtime's `idle_timeout` is *retired*
+//! (removed from the table, its instance dropped). A call that raced with the
+//! retirement finds the activation retired and simply creates a new one.
+
+use std::collections::HashMap;
+use std::panic::AssertUnwindSafe;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::task::Poll;
+use std::time::Instant;
+
+use crate::context::Context;
+use crate::error::{Error, Result};
+use crate::id::{IdKeys, ObjectId};
+use crate::mailbox::{Call, Full, Mailbox, Message};
+use crate::object::{BoxFuture, DurableObject, Instance, MethodInfo, construct_erased};
+use crate::runtime::Runtime;
+
+/// Number of independently locked parts of each activation table.
+const SHARDS: usize = 64;
+
+tokio::task_local! {
+    /// Set while a turn runs, so that calls made by objects are still
+    /// accepted while the runtime drains for shutdown.
+    static IN_TURN: ();
+}
+
+/// Whether the current task is running a turn.
+pub(crate) fn in_turn() -> bool {
+    IN_TURN.try_with(|_| ()).is_ok()
+}
+
+/// A durable object type registered with `RuntimeBuilder::host`, and the
+/// table of its activations.
+pub(crate) struct HostedType {
+    pub(crate) name: &'static str,
+    pub(crate) keys: IdKeys,
+    pub(crate) methods: &'static [MethodInfo],
+    pub(crate) has_alarm: bool,
+    construct: fn(Context) -> BoxFuture<'static, std::result::Result<Instance, String>>,
+    shards: Box<[Mutex<HashMap<ObjectId, Arc<Activation>>>]>,
+}
+
+impl HostedType {
+    pub(crate) fn new<T: DurableObject>(secret: &[u8; 32]) -> Self {
+        HostedType {
+            name: T::NAME,
+            keys: IdKeys::derive(secret, T::NAME),
+            methods: T::METHODS,
+            has_alarm: T::HAS_ALARM,
+            construct: construct_erased::<T>,
+            shards: (0..SHARDS).map(|_| Mutex::new(HashMap::new())).collect(),
+        }
+    }
+
+    fn shard(&self, id: &ObjectId) -> MutexGuard<'_, HashMap<ObjectId, Arc<Activation>>> {
+        // Ids are uniformly distributed (random or hashed), so any byte will do.
+        lock(&self.shards[id.as_bytes()[0] as usize % SHARDS])
+    }
+
+    /// Delivers `message` to object `id`, activating it if needed.
+    pub(crate) fn send(
+        self: &Arc<Self>,
+        runtime: &Runtime,
+        id: ObjectId,
+        message: Message,
+    ) -> Result<()> {
+        let mut message = message;
+        loop {
+            let activation = {
+                let mut shard = self.shard(&id);
+                match shard.get(&id) {
+                    Some(activation) => activation.clone(),
+                    None => {
+                        self.keys.verify(&id)?;
+                        let activation =
+                            Arc::new(Activation::new(id, self.clone(), runtime.clone()));
+                        shard.insert(id, activation.clone());
+                        activation
+                    }
+                }
+            };
+            match activation.push(message) {
+                Ok(()) => return Ok(()),
+                Err(Refused::Retired(returned)) => message = returned,
+                Err(Refused::Full) => {
+                    return Err(Error::Overloaded(format!(
+                        "the mailbox of `{}` object {id} is full ({} calls waiting); the call was \
+                         not delivered, retry later or raise `RuntimeBuilder::mailbox_capacity`",
+                        self.name,
+                        runtime.config().mailbox_capacity
+                    )));
+                }
+            }
+        }
+    }
+
+    /// Retires every activation idle since `idle_since` or earlier and drops
+    /// their instances. Returns how many were retired.
+    pub(crate) fn evict_idle(&self, idle_since: Instant) -> usize {
+        let mut evicted = Vec::new();
+        for shard in self.shards.iter() {
+            lock(shard).retain(
+                |_, activation| match activation.retire_if_idle(idle_since) {
+                    Some(instance) => {
+                        evicted.push(instance);
+                        false
+                    }
+                    None => true,
+                },
+            );
+        }
+        let count = evicted.len();
+        // Instances are dropped outside the table's locks: their Drop is user code.
+        drop(evicted);
+        count
+    }
+
+    /// Number of activations in memory.
+    pub(crate) fn active_count(&self) -> usize {
+        self.shards.iter().map(|shard| lock(shard).len()).sum()
+    }
+}
+
+/// Locks `mutex`, ignoring poisoning: no code of ours panics while holding
+/// these locks, and user code never runs under them.
+fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
+    mutex
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+/// Why an activation did not take a message.
+enum Refused {
+    /// The mailbox is full.
+    Full,
+    /// The activation was evicted meanwhile; the message is handed back.
+    Retired(Message),
+}
+
+/// One object in memory.
+pub(crate) struct Activation {
+    id: ObjectId,
+    host: Arc<HostedType>,
+    runtime: Runtime,
+    state: Mutex<State>,
+}
+
+struct State {
+    mailbox: Mailbox,
+    /// A task is draining the mailbox (and holds the instance).
+    running: bool,
+    /// Evicted: no longer in the table, takes no messages.
+    retired: bool,
+    instance: Option<Instance>,
+    last_active: Instant,
+}
+
+impl Activation {
+    fn new(id: ObjectId, host: Arc<HostedType>, runtime: Runtime) -> Self {
+        Activation {
+            id,
+            host,
+            runtime,
+            state: Mutex::new(State {
+                mailbox: Mailbox::new(),
+                running: false,
+                retired: false,
+                instance: None,
+                last_active: Instant::now(),
+            }),
+        }
+    }
+
+    /// Queues `message` and starts a drain task if none runs.
+    fn push(self: &Arc<Self>, message: Message) -> std::result::Result<(), Refused> {
+        let start = {
+            let mut state = lock(&self.state);
+            if state.retired {
+                return Err(Refused::Retired(message));
+            }
+            let capacity = self.runtime.config().mailbox_capacity;
+            if let Err(Full(_)) = state.mailbox.push(message, capacity) {
+                return Err(Refused::Full);
+            }
+            !std::mem::replace(&mut state.running, true)
+        };
+        if start {
+            self.runtime.lifecycle().turns_started();
+            let activation = self.clone();
+            self.runtime.spawn(IN_TURN.scope((), activation.drain()));
+        }
+        Ok(())
+    }
+
+    /// Runs one turn per queued message until the mailbox is empty.
+    async fn drain(self: Arc<Self>) {
+        let mut instance = lock(&self.state).instance.take();
+        loop {
+            let message = {
+                let mut state = lock(&self.state);
+                match state.mailbox.pop() {
+                    Some(message) => message,
+                    None => {
+                        state.instance = instance;
+                        state.running = false;
+                        state.last_active = Instant::now();
+                        drop(state);
+                        self.runtime.lifecycle().turns_ended();
+                        return;
+                    }
+                }
+            };
+            match message {
+                Message::Call(call) => self.call(&mut instance, call).await,
+                Message::Alarm => self.alarm(&mut instance).await,
+            }
+        }
+    }
+
+    /// One turn: a call of a remote method.
+    async fn call(&self, instance: &mut Option<Instance>, call: Call) {
+        let Call {
+            method,
+            fingerprint,
+            args,
+            reply,
+        } = call;
+        let outcome = self.run_method(instance, method, fingerprint, &args).await;
+        // The caller may have stopped waiting; the turn counts all the same.
+        let _ = reply.send(outcome);
+    }
+
+    async fn run_method(
+        &self,
+        instance: &mut Option<Instance>,
+        method: u32,
+        fingerprint: u64,
+        args: &[u8],
+    ) -> Result<Vec<u8>> {
+        let info = self.method_info(method, fingerprint)?;
+        let object = self.instance(instance).await?;
+        match catch_panic(object.dispatch(method, args)).await {
+            Ok(outcome) => outcome,
+            Err(panic) => {
+                *instance = None;
+                Err(Error::Panicked(format!(
+                    "`{}::{}` panicked on object {}: {panic}; the instance was dropped and the \
+                     next call constructs a fresh one",
+                    self.host.name, info.name, self.id
+                )))
+            }
+        }
+    }
+
+    /// One turn: the alarm handler. (Scheduling lives in `alarm.rs`.)
+    async fn alarm(&self, instance: &mut Option<Instance>) {
+        if !self.host.has_alarm {
+            return;
+        }
+        let Ok(object) = self.instance(instance).await else {
+            return;
+        };
+        let info = crate::object::AlarmInfo {
+            retry_count: 0,
+            is_retry: false,
+        };
+        if catch_panic(object.alarm(info)).await.is_err() {
+            *instance = None;
+        }
+    }
+
+    fn method_info(&self, method: u32, fingerprint: u64) -> Result<&'static MethodInfo> {
+        let methods: &'static [MethodInfo] = self.host.methods;
+        let Some(info) = methods.get(method as usize) else {
+            return Err(Error::Incompatible(format!(
+                "`{}` has no method with id {method} on this node (it has {}); the caller was built \
+                 from a different version of the type, deploy the same build everywhere",
+                self.host.name,
+                methods.len()
+            )));
+        };
+        if info.fingerprint != fingerprint {
+            return Err(Error::Incompatible(format!(
+                "the caller's signature of `{}::{}` differs from this node's (fingerprint \
+                 {fingerprint:016x}, expected {:016x}); caller and host were built from different \
+                 versions of the type, deploy the same build everywhere",
+                self.host.name, info.name, info.fingerprint
+            )));
+        }
+        Ok(info)
+    }
+
+    /// The instance, constructed first if there is none.
+    async fn instance<'a>(&self, instance: &'a mut Option<Instance>) -> Result<&'a mut Instance> {
+        if instance.is_none() {
+            *instance = Some(self.construct().await?);
+        }
+        instance
+            .as_mut()
+            .ok_or_else(|| Error::Panicked("unreachable: no instance".into()))
+    }
+
+    async fn construct(&self) -> Result<Instance> {
+        let ctx = Context::new(self.id, self.host.name, self.runtime.clone());
+        match catch_panic((self.host.construct)(ctx)).await {
+            Ok(Ok(object)) => Ok(object),
+            Ok(Err(message)) => Err(Error::ConstructorFailed(format!(
+                "the constructor of `{}` failed for object {}: {message}; the next call runs it again",
+                self.host.name, self.id
+            ))),
+            Err(panic) => Err(Error::Panicked(format!(
+                "the constructor of `{}` panicked for object {}: {panic}; the next call runs it again",
+                self.host.name, self.id
+            ))),
+        }
+    }
+
+    /// Retires the activation if it has been idle since `idle_since`,
+    /// returning its instance for the caller to drop.
+    fn retire_if_idle(&self, idle_since: Instant) -> Option<Option<Instance>> {
+        let mut state = lock(&self.state);
+        if state.running || !state.mailbox.is_empty() || state.last_active > idle_since {
+            return None;
+        }
+        state.retired = true;
+        Some(state.instance.take())
+    }
+}
+
+/// Runs `future`, turning a panic into its message.
+async fn catch_panic<T>(mut future: BoxFuture<'_, T>) -> std::result::Result<T, String> {
+    std::future::poll_fn(move |cx| {
+        match std::panic::catch_unwind(AssertUnwindSafe(|| future.as_mut().poll(cx))) {
+            Ok(Poll::Ready(value)) => Poll::Ready(Ok(value)),
+            Ok(Poll::Pending) => Poll::Pending,
+            Err(payload) => Poll::Ready(Err(panic_message(payload.as_ref()))),
+        }
+    })
+    .await
+}
+
+fn panic_message(payload: &(dyn std::any::Any + Send)) -> String {
+    if let Some(message) = payload.downcast_ref::<&str>() {
+        (*message).to_string()
+    } else if let Some(message) = payload.downcast_ref::<String>() {
+        message.clone()
+    } else {
+        "a panic without a message".to_string()
+    }
+}

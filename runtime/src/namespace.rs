@@ -1,0 +1,102 @@
+//! Namespaces: one per object type, where ids are minted and stubs are made.
+
+use std::fmt;
+use std::marker::PhantomData;
+use std::sync::Arc;
+
+use crate::activation::HostedType;
+use crate::error::Result;
+use crate::id::{IdKeys, ObjectId};
+use crate::object::DurableObject;
+use crate::runtime::Runtime;
+use crate::stub::StubCore;
+
+/// All objects of type `T`, as seen from one runtime.
+///
+/// A namespace mints ids and turns them into stubs. None of its methods does
+/// I/O or creates an object: an object comes to life when the first call
+/// through a stub reaches it.
+///
+/// | Cloudflare Durable Objects | stead |
+/// | --- | --- |
+/// | `env.NS.newUniqueId()` | [`unique_id`](Self::unique_id) |
+/// | `env.NS.idFromName(name)` | [`id_from_name`](Self::id_from_name) |
+/// | `env.NS.idFromString(s)` | [`id_from_str`](Self::id_from_str) |
+/// | `env.NS.get(id)` | [`stub`](Self::stub) (no side effect) |
+pub struct Namespace<T> {
+    runtime: Runtime,
+    keys: IdKeys,
+    hosted: Option<Arc<HostedType>>,
+    _type: PhantomData<fn() -> T>,
+}
+
+impl<T: DurableObject> Namespace<T> {
+    pub(crate) fn new(runtime: Runtime, keys: IdKeys, hosted: Option<Arc<HostedType>>) -> Self {
+        Namespace {
+            runtime,
+            keys,
+            hosted,
+            _type: PhantomData,
+        }
+    }
+
+    /// A new id, different from every other id ever minted.
+    pub fn unique_id(&self) -> ObjectId {
+        self.keys.unique_id()
+    }
+
+    /// The id named `name`: the same name gives the same id, on every node of
+    /// the cluster and after every restart (as long as the secret is kept).
+    pub fn id_from_name(&self, name: &str) -> ObjectId {
+        self.keys.id_from_name(name)
+    }
+
+    /// Parses an id from its text form (64 hex digits), checking that this
+    /// namespace minted it.
+    ///
+    /// # Errors
+    /// [`Error::InvalidId`](crate::Error::InvalidId) when the text has the
+    /// wrong length, contains something other than hex digits, or is an id of
+    /// another namespace or cluster; each case has its own message.
+    pub fn id_from_str(&self, text: &str) -> Result<ObjectId> {
+        self.keys.parse(text)
+    }
+
+    /// A stub for object `id`.
+    ///
+    /// This does no I/O and never creates the object: the object is
+    /// constructed by the first call that reaches it.
+    pub fn stub(&self, id: &ObjectId) -> T::Stub {
+        T::__stub(StubCore::new(
+            self.runtime.clone(),
+            T::NAME,
+            *id,
+            self.hosted.clone(),
+        ))
+    }
+
+    /// The name of the object type, as used in ids and storage paths.
+    pub fn type_name(&self) -> &'static str {
+        T::NAME
+    }
+}
+
+impl<T> Clone for Namespace<T> {
+    fn clone(&self) -> Self {
+        Namespace {
+            runtime: self.runtime.clone(),
+            keys: self.keys.clone(),
+            hosted: self.hosted.clone(),
+            _type: PhantomData,
+        }
+    }
+}
+
+impl<T: DurableObject> fmt::Debug for Namespace<T> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Namespace")
+            .field("type", &T::NAME)
+            .field("hosted", &self.hosted.is_some())
+            .finish()
+    }
+}

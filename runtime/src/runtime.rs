@@ -1,0 +1,368 @@
+//! The runtime: configuration, the registry of hosted types, and shutdown.
+
+use std::collections::HashMap;
+use std::fmt;
+use std::future::Future;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, Weak};
+use std::time::{Duration, Instant};
+
+use crate::activation::{HostedType, in_turn};
+use crate::error::{Error, Result};
+use crate::id::IdKeys;
+use crate::namespace::Namespace;
+use crate::object::DurableObject;
+use crate::secret;
+
+/// How long an idle object stays in memory unless configured otherwise.
+pub const DEFAULT_IDLE_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// How many calls may wait in one object's mailbox unless configured otherwise.
+pub const DEFAULT_MAILBOX_CAPACITY: usize = 4096;
+
+/// How far a reply is allowed to run ahead of the disk.
+///
+/// Every turn's writes are committed before its reply is released (the
+/// *output gate*); durability says what "committed" means.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Durability {
+    /// A reply means the turn's writes are on disk: the commit is fsynced
+    /// first. Survives a process crash and a power loss. The default.
+    #[default]
+    Full,
+    /// A reply means the turn's writes are in the operating system's hands:
+    /// they survive a crash of the process, but a power loss or kernel crash
+    /// may lose the last turns. Commits are much cheaper (no fsync per turn).
+    Normal,
+}
+
+/// The settings a runtime was built with.
+#[derive(Debug, Clone)]
+pub(crate) struct Config {
+    pub(crate) data_dir: Option<PathBuf>,
+    pub(crate) idle_timeout: Duration,
+    pub(crate) mailbox_capacity: usize,
+    pub(crate) durability: Durability,
+}
+
+/// Builds a [`Runtime`]; start with [`Runtime::builder`].
+///
+/// ```no_run
+/// # async fn demo() -> stead_runtime::Result<()> {
+/// use std::time::Duration;
+/// use stead_runtime::{Durability, Runtime};
+///
+/// let rt = Runtime::builder()
+///     .data_dir("./data")
+///     .idle_timeout(Duration::from_secs(30))
+///     .durability(Durability::Full)
+///     // .host::<Counter>()
+///     .build()
+///     .await?;
+/// # Ok(()) }
+/// ```
+#[must_use = "a builder does nothing until `build` is awaited"]
+pub struct RuntimeBuilder {
+    data_dir: Option<PathBuf>,
+    in_memory: bool,
+    secret: Option<Vec<u8>>,
+    idle_timeout: Duration,
+    mailbox_capacity: usize,
+    durability: Durability,
+    hosts: Vec<(&'static str, fn(&[u8; 32]) -> HostedType)>,
+}
+
+impl RuntimeBuilder {
+    /// Keeps object storage (and the cluster secret, unless one is given)
+    /// under `path`, which is created if missing.
+    pub fn data_dir(mut self, path: impl Into<PathBuf>) -> Self {
+        self.data_dir = Some(path.into());
+        self
+    }
+
+    /// Keeps object storage in memory only: it vanishes on shutdown. For
+    /// tests and examples.
+    pub fn in_memory(mut self) -> Self {
+        self.in_memory = true;
+        self
+    }
+
+    /// The cluster secret from which ids are derived (at least 16 bytes).
+    ///
+    /// Every node of a cluster must use the same secret. Without one, a
+    /// runtime with a `data_dir` reads (or on first start creates) the file
+    /// `secret` in it; an in-memory runtime draws a random one.
+    pub fn secret(mut self, secret: impl AsRef<[u8]>) -> Self {
+        self.secret = Some(secret.as_ref().to_vec());
+        self
+    }
+
+    /// How long an object may stay idle before it is evicted from memory
+    /// (default 60 s). Its storage stays; the next call constructs it again.
+    pub fn idle_timeout(mut self, timeout: Duration) -> Self {
+        self.idle_timeout = timeout;
+        self
+    }
+
+    /// How many calls may wait in one object's mailbox (default 4096); a
+    /// call beyond that fails at once with `Overloaded`.
+    pub fn mailbox_capacity(mut self, capacity: usize) -> Self {
+        self.mailbox_capacity = capacity;
+        self
+    }
+
+    /// When a turn's writes count as committed (default [`Durability::Full`]).
+    pub fn durability(mut self, durability: Durability) -> Self {
+        self.durability = durability;
+        self
+    }
+
+    /// Hosts objects of type `T` in this runtime.
+    pub fn host<T: DurableObject>(mut self) -> Self {
+        self.hosts.push((T::NAME, HostedType::new::<T>));
+        self
+    }
+
+    /// Builds the runtime. Must be called within a tokio runtime, which then
+    /// runs the objects' turns.
+    ///
+    /// # Errors
+    /// [`Error::Config`] when the settings contradict each other or the
+    /// secret cannot be read or created.
+    pub async fn build(self) -> Result<Runtime> {
+        let handle = tokio::runtime::Handle::try_current().map_err(|_| {
+            Error::Config("`RuntimeBuilder::build` must run inside a tokio runtime".into())
+        })?;
+        let data_dir = match (self.data_dir, self.in_memory) {
+            (Some(_), true) => {
+                return Err(Error::Config(
+                    "both `data_dir` and `in_memory` were set; choose one".into(),
+                ));
+            }
+            (None, false) => {
+                return Err(Error::Config(
+                    "no storage was chosen; call `.data_dir(path)` for durable storage or \
+                     `.in_memory()` for tests"
+                        .into(),
+                ));
+            }
+            (data_dir, _) => data_dir,
+        };
+        if self.mailbox_capacity == 0 {
+            return Err(Error::Config(
+                "`mailbox_capacity` must be at least 1".into(),
+            ));
+        }
+        if self.idle_timeout.is_zero() {
+            return Err(Error::Config(
+                "`idle_timeout` must be longer than zero".into(),
+            ));
+        }
+        if let Some(dir) = &data_dir {
+            std::fs::create_dir_all(dir).map_err(|e| {
+                Error::Config(format!(
+                    "cannot create the data directory {}: {e}",
+                    dir.display()
+                ))
+            })?;
+        }
+        let secret = secret::resolve(self.secret.as_deref(), data_dir.as_deref())?;
+        let mut hosted = HashMap::new();
+        for (name, make) in self.hosts {
+            if hosted.insert(name, Arc::new(make(&secret))).is_some() {
+                return Err(Error::Config(format!(
+                    "two hosted types are named `{name}`; give one another name with \
+                     `#[durable_object(name = \"...\")]`"
+                )));
+            }
+        }
+        let config = Config {
+            data_dir,
+            idle_timeout: self.idle_timeout,
+            mailbox_capacity: self.mailbox_capacity,
+            durability: self.durability,
+        };
+        let inner = Arc::new(RuntimeInner {
+            config,
+            secret,
+            hosted,
+            handle,
+            lifecycle: Lifecycle::default(),
+        });
+        let runtime = Runtime { inner };
+        runtime.spawn(evict_idle_objects(Arc::downgrade(&runtime.inner)));
+        Ok(runtime)
+    }
+}
+
+impl fmt::Debug for RuntimeBuilder {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("RuntimeBuilder")
+            .field("data_dir", &self.data_dir)
+            .field("in_memory", &self.in_memory)
+            .field("idle_timeout", &self.idle_timeout)
+            .field("mailbox_capacity", &self.mailbox_capacity)
+            .field("durability", &self.durability)
+            .field(
+                "hosts",
+                &self.hosts.iter().map(|(name, _)| *name).collect::<Vec<_>>(),
+            )
+            .finish_non_exhaustive()
+    }
+}
+
+/// A running stead node: hosts objects and hands out namespaces.
+///
+/// Cloning is cheap; all clones are the same runtime. Call
+/// [`shutdown`](Self::shutdown) before exiting, so that in-flight turns
+/// finish and storage is closed cleanly.
+#[derive(Clone)]
+pub struct Runtime {
+    inner: Arc<RuntimeInner>,
+}
+
+struct RuntimeInner {
+    config: Config,
+    secret: [u8; 32],
+    hosted: HashMap<&'static str, Arc<HostedType>>,
+    handle: tokio::runtime::Handle,
+    lifecycle: Lifecycle,
+}
+
+impl Runtime {
+    /// Starts configuring a runtime.
+    pub fn builder() -> RuntimeBuilder {
+        RuntimeBuilder {
+            data_dir: None,
+            in_memory: false,
+            secret: None,
+            idle_timeout: DEFAULT_IDLE_TIMEOUT,
+            mailbox_capacity: DEFAULT_MAILBOX_CAPACITY,
+            durability: Durability::default(),
+            hosts: Vec::new(),
+        }
+    }
+
+    /// The namespace of object type `T`.
+    ///
+    /// Works for any type with `#[durable_object]`; calls to a type that this
+    /// runtime does not host fail with [`Error::NotHosted`].
+    pub fn namespace<T: DurableObject>(&self) -> Namespace<T> {
+        let hosted = self.inner.hosted.get(T::NAME).cloned();
+        let keys = match &hosted {
+            Some(hosted) => hosted.keys.clone(),
+            None => IdKeys::derive(&self.inner.secret, T::NAME),
+        };
+        Namespace::new(self.clone(), keys, hosted)
+    }
+
+    /// Stops the runtime gracefully.
+    ///
+    /// New calls from outside are refused with [`Error::Unavailable`]; calls
+    /// already queued, and calls that running turns make, still run. Once no
+    /// turn is left, every object is dropped and its storage closed.
+    pub async fn shutdown(&self) -> Result<()> {
+        let lifecycle = &self.inner.lifecycle;
+        lifecycle.closing.store(true, Ordering::SeqCst);
+        while lifecycle.busy.load(Ordering::SeqCst) > 0 {
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+        lifecycle.closed.store(true, Ordering::SeqCst);
+        let far_future = Instant::now() + Duration::from_secs(3600);
+        for hosted in self.inner.hosted.values() {
+            hosted.evict_idle(far_future);
+        }
+        Ok(())
+    }
+
+    /// Number of objects currently in memory, over all hosted types.
+    pub fn active_objects(&self) -> usize {
+        self.inner
+            .hosted
+            .values()
+            .map(|hosted| hosted.active_count())
+            .sum()
+    }
+
+    pub(crate) fn config(&self) -> &Config {
+        &self.inner.config
+    }
+
+    pub(crate) fn lifecycle(&self) -> &Lifecycle {
+        &self.inner.lifecycle
+    }
+
+    pub(crate) fn spawn<F>(&self, future: F)
+    where
+        F: Future<Output = ()> + Send + 'static,
+    {
+        self.inner.handle.spawn(future);
+    }
+
+    /// Fails when the runtime no longer takes this call.
+    pub(crate) fn check_accepting(&self) -> Result<()> {
+        let lifecycle = &self.inner.lifecycle;
+        if lifecycle.closed.load(Ordering::Acquire) {
+            return Err(Error::Unavailable("the runtime has been shut down".into()));
+        }
+        if lifecycle.closing.load(Ordering::Acquire) && !in_turn() {
+            return Err(Error::Unavailable(
+                "the runtime is shutting down and takes no new calls".into(),
+            ));
+        }
+        Ok(())
+    }
+}
+
+impl fmt::Debug for Runtime {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Runtime")
+            .field("config", &self.inner.config)
+            .field("hosted", &self.inner.hosted.keys().collect::<Vec<_>>())
+            .finish_non_exhaustive()
+    }
+}
+
+/// Whether the runtime takes calls, and how many activations are running turns.
+#[derive(Default)]
+pub(crate) struct Lifecycle {
+    closing: AtomicBool,
+    closed: AtomicBool,
+    busy: AtomicUsize,
+}
+
+impl Lifecycle {
+    pub(crate) fn turns_started(&self) {
+        self.busy.fetch_add(1, Ordering::SeqCst);
+    }
+
+    pub(crate) fn turns_ended(&self) {
+        self.busy.fetch_sub(1, Ordering::SeqCst);
+    }
+}
+
+/// Evicts objects idle for longer than the idle timeout, until the runtime
+/// is gone or shut down. An object leaves memory between `idle_timeout` and
+/// `idle_timeout` plus a quarter of it (at most 15 s more) after its last turn.
+async fn evict_idle_objects(runtime: Weak<RuntimeInner>) {
+    let Some(idle_timeout) = runtime.upgrade().map(|rt| rt.config.idle_timeout) else {
+        return;
+    };
+    let tick = (idle_timeout / 4).clamp(Duration::from_millis(5), Duration::from_secs(15));
+    loop {
+        tokio::time::sleep(tick).await;
+        let Some(inner) = runtime.upgrade() else {
+            return;
+        };
+        if inner.lifecycle.closed.load(Ordering::Acquire) {
+            return;
+        }
+        let Some(idle_since) = Instant::now().checked_sub(idle_timeout) else {
+            continue;
+        };
+        for hosted in inner.hosted.values() {
+            hosted.evict_idle(idle_since);
+        }
+    }
+}

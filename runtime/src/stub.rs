@@ -1,0 +1,175 @@
+//! The untyped core of every generated `{Type}Stub`.
+//!
+//! A stub is an address plus a route: building one does no I/O and never
+//! creates the object. Each stub method encodes its arguments and *queues the
+//! request when it is called*, then returns a [`PendingCall`] future that only
+//! waits for the reply. That is what gives E-order: calls issued through one
+//! stub (or its clones) are delivered in the order they were issued, even if
+//! their futures are awaited in another order or not at all.
+
+use std::fmt;
+use std::future::Future;
+use std::marker::PhantomData;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context as TaskContext, Poll};
+
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+use stead_transport::codec;
+use tokio::sync::oneshot;
+
+use crate::activation::HostedType;
+use crate::error::{Error, Result};
+use crate::id::ObjectId;
+use crate::mailbox::{Call, Message};
+use crate::runtime::Runtime;
+
+/// The address and route shared by a stub and its clones.
+#[doc(hidden)]
+#[derive(Clone)]
+pub struct StubCore {
+    target: Arc<Target>,
+}
+
+struct Target {
+    id: ObjectId,
+    type_name: &'static str,
+    runtime: Runtime,
+    route: Route,
+}
+
+enum Route {
+    /// The type is hosted by this runtime.
+    Local(Arc<HostedType>),
+    /// The type is not hosted here and there is nowhere else to send it.
+    NotHosted,
+}
+
+impl StubCore {
+    pub(crate) fn new(
+        runtime: Runtime,
+        type_name: &'static str,
+        id: ObjectId,
+        hosted: Option<Arc<HostedType>>,
+    ) -> Self {
+        let route = match hosted {
+            Some(hosted) => Route::Local(hosted),
+            None => Route::NotHosted,
+        };
+        StubCore {
+            target: Arc::new(Target {
+                id,
+                type_name,
+                runtime,
+                route,
+            }),
+        }
+    }
+
+    /// The id of the object this stub addresses.
+    pub fn id(&self) -> ObjectId {
+        self.target.id
+    }
+
+    /// Queues a call of method `method` with already encoded arguments.
+    fn send(
+        &self,
+        method: u32,
+        fingerprint: u64,
+        args: Vec<u8>,
+    ) -> Result<oneshot::Receiver<Result<Vec<u8>>>> {
+        let target = &*self.target;
+        target.runtime.check_accepting()?;
+        let (reply, receiver) = oneshot::channel();
+        let message = Message::Call(Call {
+            method,
+            fingerprint,
+            args,
+            reply,
+        });
+        match &target.route {
+            Route::Local(hosted) => hosted.send(&target.runtime, target.id, message)?,
+            Route::NotHosted => {
+                return Err(Error::NotHosted(format!(
+                    "durable object type `{0}` is not hosted by this runtime; register it with \
+                     `Runtime::builder().host::<{0}>()`",
+                    target.type_name
+                )));
+            }
+        }
+        Ok(receiver)
+    }
+}
+
+impl fmt::Debug for StubCore {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}({})", self.target.type_name, self.target.id)
+    }
+}
+
+/// Encodes `args`, queues the call now, and returns the future of its reply.
+///
+/// This is what every generated stub method calls.
+#[doc(hidden)]
+pub fn call<A: Serialize, R: DeserializeOwned>(
+    core: &StubCore,
+    method: u32,
+    fingerprint: u64,
+    args: &A,
+) -> PendingCall<R> {
+    let sent = codec::encode(args)
+        .map_err(Error::from)
+        .and_then(|args| core.send(method, fingerprint, args));
+    PendingCall {
+        state: match sent {
+            Ok(receiver) => Pending::Waiting(receiver),
+            Err(err) => Pending::Failed(Some(err)),
+        },
+        _result: PhantomData,
+    }
+}
+
+/// The reply to a call that has already been queued.
+///
+/// Dropping it does not cancel the call: the object still runs it, the reply
+/// is discarded.
+#[must_use = "the call is already queued; await this future to learn its outcome"]
+pub struct PendingCall<R> {
+    state: Pending,
+    _result: PhantomData<fn() -> R>,
+}
+
+enum Pending {
+    Waiting(oneshot::Receiver<Result<Vec<u8>>>),
+    Failed(Option<Error>),
+}
+
+impl<R: DeserializeOwned> Future for PendingCall<R> {
+    type Output = Result<R>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut TaskContext<'_>) -> Poll<Result<R>> {
+        let this = self.get_mut();
+        match &mut this.state {
+            Pending::Failed(err) => Poll::Ready(Err(err.take().unwrap_or_else(|| {
+                Error::Disconnected("this call's future was polled after it completed".into())
+            }))),
+            Pending::Waiting(receiver) => match Pin::new(receiver).poll(cx) {
+                Poll::Pending => Poll::Pending,
+                Poll::Ready(Ok(Ok(bytes))) => {
+                    Poll::Ready(codec::decode(&bytes).map_err(Error::from))
+                }
+                Poll::Ready(Ok(Err(err))) => Poll::Ready(Err(err)),
+                Poll::Ready(Err(_)) => Poll::Ready(Err(Error::Disconnected(
+                    "the object was dropped before it replied (the runtime was shut down)".into(),
+                ))),
+            },
+        }
+    }
+}
+
+impl<R> fmt::Debug for PendingCall<R> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("PendingCall")
+    }
+}

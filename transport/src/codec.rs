@@ -1,0 +1,107 @@
+//! The one place where stead encodes values.
+//!
+//! Arguments, results and stored values are all encoded here, with
+//! [bincode 2](https://docs.rs/bincode/2) through its `serde` support and its
+//! standard configuration (little endian, variable-length integers). Keeping
+//! the codec in one module means it can be swapped without touching anything
+//! else.
+//!
+//! Note: bincode is no longer maintained upstream (RUSTSEC-2025-0141). The
+//! format it writes is stable and the crate is pinned to 2.x; should a
+//! replacement become necessary, this module is the only one to change (stored
+//! values would then need a migration, which is why the format is not chosen
+//! lightly).
+//!
+//! Decoding never trusts its input: a value may not claim more than
+//! [`MAX_VALUE_SIZE`] bytes, and trailing bytes are an error, so a malformed or
+//! hostile buffer yields a [`CodecError`] rather than a panic or a huge
+//! allocation.
+
+use bincode::config::{Configuration, Limit, LittleEndian, Varint};
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+
+/// The largest value the codec decodes, in bytes (64 MiB).
+pub const MAX_VALUE_SIZE: usize = 64 * 1024 * 1024;
+
+type Config = Configuration<LittleEndian, Varint, Limit<MAX_VALUE_SIZE>>;
+
+const fn config() -> Config {
+    bincode::config::standard().with_limit::<MAX_VALUE_SIZE>()
+}
+
+/// A value could not be encoded or decoded.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{message}")]
+pub struct CodecError {
+    message: String,
+}
+
+impl CodecError {
+    /// The human-readable reason.
+    pub fn message(&self) -> &str {
+        &self.message
+    }
+}
+
+/// Encodes `value` into a new buffer.
+pub fn encode<T: Serialize + ?Sized>(value: &T) -> Result<Vec<u8>, CodecError> {
+    bincode::serde::encode_to_vec(value, config()).map_err(|e| CodecError {
+        message: format!(
+            "could not encode a value of type `{}`: {e}",
+            std::any::type_name::<T>()
+        ),
+    })
+}
+
+/// Decodes a value of type `T` that must fill `bytes` exactly.
+pub fn decode<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, CodecError> {
+    let type_name = std::any::type_name::<T>();
+    let (value, read) =
+        bincode::serde::decode_from_slice(bytes, config()).map_err(|e| CodecError {
+            message: format!("could not decode a value of type `{type_name}`: {e}"),
+        })?;
+    if read != bytes.len() {
+        return Err(CodecError {
+            message: format!(
+                "could not decode a value of type `{type_name}`: {} trailing bytes after the value",
+                bytes.len() - read
+            ),
+        });
+    }
+    Ok(value)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn round_trips_a_tuple_of_arguments() {
+        let bytes = encode(&(7u64, "seven".to_string())).unwrap();
+        let back: (u64, String) = decode(&bytes).unwrap();
+        assert_eq!(back, (7, "seven".to_string()));
+    }
+
+    #[test]
+    fn borrowed_and_owned_arguments_encode_alike() {
+        let owned = encode(&(String::from("a"), 1u8)).unwrap();
+        let borrowed = encode(&(&String::from("a"), &1u8)).unwrap();
+        assert_eq!(owned, borrowed);
+    }
+
+    #[test]
+    fn trailing_bytes_are_an_error() {
+        let mut bytes = encode(&1u32).unwrap();
+        bytes.push(0);
+        let err = decode::<u32>(&bytes).unwrap_err();
+        assert!(err.message().contains("trailing"), "{err}");
+    }
+
+    #[test]
+    fn a_huge_claimed_length_is_refused_without_allocating() {
+        // A varint length prefix claiming u64::MAX bytes.
+        let bytes = [0xFFu8, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF];
+        assert!(decode::<Vec<u8>>(&bytes).is_err());
+    }
+}
