@@ -81,10 +81,13 @@ impl Object {
         Object { item, fns }
     }
 
-    /// The identifier of the self type, when it is a plain name.
+    /// The identifier of the self type, when it is a name of one segment
+    /// (generic arguments, an error of their own, are ignored here).
     pub(crate) fn self_ident(&self) -> Option<&Ident> {
         match &*self.item.self_ty {
-            Type::Path(path) if path.qself.is_none() => path.path.get_ident(),
+            Type::Path(path) if path.qself.is_none() && path.path.segments.len() == 1 => {
+                Some(&path.path.segments[0].ident)
+            }
             _ => None,
         }
     }

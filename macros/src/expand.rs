@@ -43,7 +43,7 @@ pub(crate) fn expand(object: &Object, model: &Model<'_>) -> TokenStream {
         .flat_map(|func| remote_types(func))
         .map(|ty| {
             quote_spanned! {ty.span()=>
-                const _: () = ::stead::__private::assert_remote_type::<#ty>();
+                const _: () = ::stead::__private::assert_sendable::<#ty>();
             }
         });
     let name = &model.name;
@@ -174,14 +174,22 @@ impl<'a> Method<'a> {
             let (name, ty) = (&arg.name, &arg.ty);
             quote!(#name: #ty)
         });
-        let values = func.args.iter().map(|arg| &arg.name);
+        let writer = Ident::new("args", Span::mixed_site());
+        let pushes = func.args.iter().map(|arg| {
+            let (name, ty) = (&arg.name, &arg.ty);
+            quote_spanned!(ty.span()=> #writer.push::<#ty>(&#name);)
+        });
+        let call = quote_spanned!(output.span()=> ::stead::__private::call::<#output>);
         quote! {
             #(#docs)*
             pub fn #name(&self, #(#params),*)
                 -> impl ::core::future::Future<Output = ::stead::__private::Result<#output>>
                        + ::core::marker::Send + 'static
             {
-                ::stead::__private::call::<_, #output>(&self.__stead_core, #index, #fingerprint, &(#(#values,)*))
+                #[allow(unused_mut)]
+                let mut #writer = ::stead::__private::ArgsWriter::new();
+                #(#pushes)*
+                #call(&self.__stead_core, #index, #fingerprint, #writer)
             }
         }
     }
@@ -194,9 +202,16 @@ impl<'a> Method<'a> {
         let vars: Vec<Ident> = (0..func.args.len())
             .map(|i| Ident::new(&format!("arg{i}"), Span::mixed_site()))
             .collect();
-        let types = func.args.iter().map(|arg| &arg.ty);
         let args_var = Ident::new("args", Span::mixed_site());
+        let reader = Ident::new("reader", Span::mixed_site());
+        let reads = func.args.iter().zip(&vars).map(|(arg, var)| {
+            let ty = &arg.ty;
+            quote_spanned!(ty.span()=> let #var = #reader.read::<#ty>()?;)
+        });
         let output = Ident::new("output", Span::mixed_site());
+        let output_ty = &self.output;
+        let encode =
+            quote_spanned!(output_ty.span()=> ::stead::__private::encode_result::<#output_ty>);
         let this = match func.receiver {
             Receiver::Exclusive => quote!(&mut *self),
             _ => quote!(&*self),
@@ -209,9 +224,12 @@ impl<'a> Method<'a> {
         };
         quote! {
             #index => {
-                let (#(#vars,)*): (#(#types,)*) = ::stead::__private::decode_args(#name_text, #args_var)?;
+                #[allow(unused_mut)]
+                let mut #reader = ::stead::__private::ArgsReader::new(#name_text, #args_var);
+                #(#reads)*
+                #reader.finish()?;
                 let #output = #call;
-                ::stead::__private::encode_result(#name_text, &#output)
+                #encode(#name_text, &#output)
             }
         }
     }

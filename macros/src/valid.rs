@@ -96,7 +96,8 @@ pub(crate) fn check<'a>(
         }
     }
 
-    if constructor.is_none() && !object.fns.iter().any(|f| f.role() == Role::Constructor) {
+    let is_trait_impl = object.item.trait_.is_some();
+    if !is_trait_impl && !object.fns.iter().any(|f| f.role() == Role::Constructor) {
         errors.at(
             &object.item.self_ty,
             "a durable object needs a constructor in this impl block: \

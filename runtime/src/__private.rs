@@ -10,11 +10,42 @@ use stead_transport::codec;
 pub use crate::context::Context;
 pub use crate::error::{Error, Result};
 pub use crate::object::{AlarmInfo, BoxFuture, DurableObject, MethodInfo};
-pub use crate::stub::{PendingCall, StubCore, call};
+pub use crate::stub::{ArgsWriter, PendingCall, StubCore, call};
 
-/// Decodes the tuple of a method's arguments.
-pub fn decode_args<A: DeserializeOwned>(method: &str, bytes: &[u8]) -> Result<A> {
-    codec::decode(bytes).map_err(|e| Error::Codec(format!("the arguments of `{method}`: {e}")))
+/// Reads a method's arguments one by one, as `ArgsWriter` wrote them.
+pub struct ArgsReader<'a> {
+    method: &'static str,
+    bytes: &'a [u8],
+}
+
+impl<'a> ArgsReader<'a> {
+    /// Starts reading the arguments of `method`.
+    pub fn new(method: &'static str, bytes: &'a [u8]) -> Self {
+        ArgsReader { method, bytes }
+    }
+
+    /// The next argument. (Generated at the span of the argument's type, so
+    /// a type without `Deserialize` is reported there.)
+    pub fn read<T: DeserializeOwned>(&mut self) -> Result<T> {
+        let (value, used) = codec::decode_prefix(self.bytes)
+            .map_err(|e| Error::Codec(format!("the arguments of `{}`: {e}", self.method)))?;
+        self.bytes = &self.bytes[used..];
+        Ok(value)
+    }
+
+    /// Checks that every byte was an argument.
+    pub fn finish(self) -> Result<()> {
+        if self.bytes.is_empty() {
+            Ok(())
+        } else {
+            Err(Error::Codec(format!(
+                "the arguments of `{}` have {} bytes too many; the caller was built from a different \
+                 version of the type",
+                self.method,
+                self.bytes.len()
+            )))
+        }
+    }
 }
 
 /// Encodes a method's return value.
@@ -27,9 +58,11 @@ pub fn render_error<E: Display>(error: E) -> String {
     error.to_string()
 }
 
-/// Compiles only if `T` can be an argument or a return value of a remote
-/// method; generated at the user's type so that the error points there.
-pub const fn assert_remote_type<T: Serialize + DeserializeOwned + Send + 'static>() {}
+/// Compiles only if `T` can move between tasks as an argument or a return
+/// value; generated at the user's type so that the error points there.
+/// (Serde bounds are checked where values are encoded and decoded, at the
+/// same span.)
+pub const fn assert_sendable<T: Send + 'static>() {}
 
 pub use crate::id::ObjectId;
 

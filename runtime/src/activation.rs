@@ -53,8 +53,11 @@ pub(crate) struct HostedType {
     pub(crate) methods: &'static [MethodInfo],
     pub(crate) has_alarm: bool,
     construct: fn(Context) -> BoxFuture<'static, std::result::Result<Instance, String>>,
-    shards: Box<[Mutex<HashMap<ObjectId, Arc<Activation>>>]>,
+    shards: Box<[Mutex<Shard>]>,
 }
+
+/// One independently locked part of an activation table.
+type Shard = HashMap<ObjectId, Arc<Activation>>;
 
 impl HostedType {
     pub(crate) fn new<T: DurableObject>(secret: &[u8; 32]) -> Self {
@@ -68,7 +71,7 @@ impl HostedType {
         }
     }
 
-    fn shard(&self, id: &ObjectId) -> MutexGuard<'_, HashMap<ObjectId, Arc<Activation>>> {
+    fn shard(&self, id: &ObjectId) -> MutexGuard<'_, Shard> {
         // Ids are uniformly distributed (random or hashed), so any byte will do.
         lock(&self.shards[id.as_bytes()[0] as usize % SHARDS])
     }

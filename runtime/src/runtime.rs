@@ -46,6 +46,9 @@ pub(crate) struct Config {
     pub(crate) durability: Durability,
 }
 
+/// Registers one hosted type once the secret is known.
+type MakeHostedType = fn(&[u8; 32]) -> HostedType;
+
 /// Builds a [`Runtime`]; start with [`Runtime::builder`].
 ///
 /// ```no_run
@@ -70,7 +73,7 @@ pub struct RuntimeBuilder {
     idle_timeout: Duration,
     mailbox_capacity: usize,
     durability: Durability,
-    hosts: Vec<(&'static str, fn(&[u8; 32]) -> HostedType)>,
+    hosts: Vec<(&'static str, MakeHostedType)>,
 }
 
 impl RuntimeBuilder {

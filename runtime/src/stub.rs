@@ -9,7 +9,6 @@
 
 use std::fmt;
 use std::future::Future;
-use std::marker::PhantomData;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context as TaskContext, Poll};
@@ -108,26 +107,56 @@ impl fmt::Debug for StubCore {
     }
 }
 
-/// Encodes `args`, queues the call now, and returns the future of its reply.
+/// The arguments of a call, encoded one by one as the stub receives them.
+#[doc(hidden)]
+#[derive(Default)]
+pub struct ArgsWriter {
+    buf: Vec<u8>,
+    error: Option<Error>,
+}
+
+impl ArgsWriter {
+    /// An empty argument list.
+    pub fn new() -> Self {
+        ArgsWriter::default()
+    }
+
+    /// Appends one argument. (The generated code calls this at the span of
+    /// the argument's type, so a type without `Serialize` is reported there.)
+    pub fn push<T: Serialize>(&mut self, value: &T) {
+        if self.error.is_none()
+            && let Err(err) = codec::encode_into(value, &mut self.buf)
+        {
+            self.error = Some(err.into());
+        }
+    }
+}
+
+/// Queues a call of `method` now and returns the future of its reply.
 ///
 /// This is what every generated stub method calls.
 #[doc(hidden)]
-pub fn call<A: Serialize, R: DeserializeOwned>(
+pub fn call<R: DeserializeOwned>(
     core: &StubCore,
     method: u32,
     fingerprint: u64,
-    args: &A,
+    args: ArgsWriter,
 ) -> PendingCall<R> {
-    let sent = codec::encode(args)
-        .map_err(Error::from)
-        .and_then(|args| core.send(method, fingerprint, args));
+    let sent = match args.error {
+        Some(err) => Err(err),
+        None => core.send(method, fingerprint, args.buf),
+    };
     PendingCall {
         state: match sent {
             Ok(receiver) => Pending::Waiting(receiver),
             Err(err) => Pending::Failed(Some(err)),
         },
-        _result: PhantomData,
+        decode: decode_reply::<R>,
     }
+}
+
+fn decode_reply<R: DeserializeOwned>(bytes: &[u8]) -> Result<R> {
+    codec::decode(bytes).map_err(Error::from)
 }
 
 /// The reply to a call that has already been queued.
@@ -137,7 +166,7 @@ pub fn call<A: Serialize, R: DeserializeOwned>(
 #[must_use = "the call is already queued; await this future to learn its outcome"]
 pub struct PendingCall<R> {
     state: Pending,
-    _result: PhantomData<fn() -> R>,
+    decode: fn(&[u8]) -> Result<R>,
 }
 
 enum Pending {
@@ -145,7 +174,7 @@ enum Pending {
     Failed(Option<Error>),
 }
 
-impl<R: DeserializeOwned> Future for PendingCall<R> {
+impl<R> Future for PendingCall<R> {
     type Output = Result<R>;
 
     fn poll(self: Pin<&mut Self>, cx: &mut TaskContext<'_>) -> Poll<Result<R>> {
@@ -156,9 +185,7 @@ impl<R: DeserializeOwned> Future for PendingCall<R> {
             }))),
             Pending::Waiting(receiver) => match Pin::new(receiver).poll(cx) {
                 Poll::Pending => Poll::Pending,
-                Poll::Ready(Ok(Ok(bytes))) => {
-                    Poll::Ready(codec::decode(&bytes).map_err(Error::from))
-                }
+                Poll::Ready(Ok(Ok(bytes))) => Poll::Ready((this.decode)(&bytes)),
                 Poll::Ready(Ok(Err(err))) => Poll::Ready(Err(err)),
                 Poll::Ready(Err(_)) => Poll::Ready(Err(Error::Disconnected(
                     "the object was dropped before it replied (the runtime was shut down)".into(),

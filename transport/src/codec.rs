@@ -54,14 +54,37 @@ pub fn encode<T: Serialize + ?Sized>(value: &T) -> Result<Vec<u8>, CodecError> {
     })
 }
 
+/// Appends the encoding of `value` to `buf`.
+///
+/// Values encoded one after another decode as the tuple of those values:
+/// that is how the arguments of a method are encoded one by one.
+pub fn encode_into<T: Serialize + ?Sized>(value: &T, buf: &mut Vec<u8>) -> Result<(), CodecError> {
+    bincode::serde::encode_into_std_write(value, buf, config())
+        .map(drop)
+        .map_err(|e| CodecError {
+            message: format!(
+                "could not encode a value of type `{}`: {e}",
+                std::any::type_name::<T>()
+            ),
+        })
+}
+
+/// Decodes a value of type `T` from the start of `bytes`, returning it and
+/// the number of bytes it took.
+pub fn decode_prefix<T: DeserializeOwned>(bytes: &[u8]) -> Result<(T, usize), CodecError> {
+    bincode::serde::decode_from_slice(bytes, config()).map_err(|e| CodecError {
+        message: format!(
+            "could not decode a value of type `{}`: {e}",
+            std::any::type_name::<T>()
+        ),
+    })
+}
+
 /// Decodes a value of type `T` that must fill `bytes` exactly.
 pub fn decode<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, CodecError> {
-    let type_name = std::any::type_name::<T>();
-    let (value, read) =
-        bincode::serde::decode_from_slice(bytes, config()).map_err(|e| CodecError {
-            message: format!("could not decode a value of type `{type_name}`: {e}"),
-        })?;
+    let (value, read) = decode_prefix(bytes)?;
     if read != bytes.len() {
+        let type_name = std::any::type_name::<T>();
         return Err(CodecError {
             message: format!(
                 "could not decode a value of type `{type_name}`: {} trailing bytes after the value",
@@ -88,6 +111,17 @@ mod tests {
         let owned = encode(&(String::from("a"), 1u8)).unwrap();
         let borrowed = encode(&(&String::from("a"), &1u8)).unwrap();
         assert_eq!(owned, borrowed);
+    }
+
+    #[test]
+    fn values_encoded_one_by_one_decode_as_a_tuple() {
+        let mut buf = Vec::new();
+        encode_into(&7u64, &mut buf).unwrap();
+        encode_into("seven", &mut buf).unwrap();
+        assert_eq!(buf, encode(&(7u64, "seven")).unwrap());
+        let (first, used) = decode_prefix::<u64>(&buf).unwrap();
+        assert_eq!(first, 7);
+        assert_eq!(decode::<String>(&buf[used..]).unwrap(), "seven");
     }
 
     #[test]

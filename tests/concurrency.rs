@@ -1,0 +1,173 @@
+//! One turn at a time per object; objects run in parallel and call each other.
+
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
+
+use stead::{Context, Runtime, durable_object};
+
+pub struct Counter {
+    value: u64,
+}
+
+#[durable_object]
+impl Counter {
+    pub async fn new(_ctx: Context) -> Self {
+        Counter { value: 0 }
+    }
+
+    pub async fn increment(&mut self, by: u64) -> u64 {
+        self.value += by;
+        self.value
+    }
+
+    pub async fn get(&self) -> u64 {
+        self.value
+    }
+}
+
+static IN_TURN: AtomicUsize = AtomicUsize::new(0);
+static MAX_IN_TURN: AtomicUsize = AtomicUsize::new(0);
+
+/// Records how many of its turns overlap, across `.await` points.
+pub struct Exclusive;
+
+#[durable_object]
+impl Exclusive {
+    pub async fn new(_ctx: Context) -> Self {
+        Exclusive
+    }
+
+    pub async fn slow(&mut self) {
+        let now = IN_TURN.fetch_add(1, Ordering::SeqCst) + 1;
+        MAX_IN_TURN.fetch_max(now, Ordering::SeqCst);
+        tokio::time::sleep(Duration::from_millis(1)).await;
+        tokio::task::yield_now().await;
+        IN_TURN.fetch_sub(1, Ordering::SeqCst);
+    }
+}
+
+/// Sums what it is told through a counter it calls.
+pub struct Forwarder {
+    ctx: Context,
+}
+
+#[durable_object]
+impl Forwarder {
+    pub async fn new(ctx: Context) -> Self {
+        Forwarder { ctx }
+    }
+
+    pub async fn forward(&mut self, counter: String, by: u64) -> stead::Result<u64> {
+        let counters = self.ctx.namespace::<Counter>();
+        let id = counters.id_from_name(&counter);
+        counters.stub(&id).increment(by).await
+    }
+}
+
+async fn runtime() -> Runtime {
+    Runtime::builder()
+        .in_memory()
+        .host::<Counter>()
+        .host::<Exclusive>()
+        .host::<Forwarder>()
+        .build()
+        .await
+        .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn eight_tasks_of_a_thousand_increments_give_exactly_eight_thousand() {
+    let rt = runtime().await;
+    let ns = rt.namespace::<Counter>();
+    let id = ns.id_from_name("shared");
+    let tasks: Vec<_> = (0..8)
+        .map(|_| {
+            let stub = ns.stub(&id);
+            tokio::spawn(async move {
+                for _ in 0..1_000 {
+                    stub.increment(1).await.unwrap();
+                }
+            })
+        })
+        .collect();
+    for task in tasks {
+        task.await.unwrap();
+    }
+    assert_eq!(ns.stub(&id).get().await.unwrap(), 8_000);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn an_object_never_runs_two_turns_at_once_even_across_awaits() {
+    let rt = runtime().await;
+    let ns = rt.namespace::<Exclusive>();
+    let id = ns.unique_id();
+    let tasks: Vec<_> = (0..4)
+        .map(|_| {
+            let stub = ns.stub(&id);
+            tokio::spawn(async move {
+                for _ in 0..25 {
+                    stub.slow().await.unwrap();
+                }
+            })
+        })
+        .collect();
+    for task in tasks {
+        task.await.unwrap();
+    }
+    assert_eq!(MAX_IN_TURN.load(Ordering::SeqCst), 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn distinct_objects_keep_distinct_state() {
+    let rt = runtime().await;
+    let ns = rt.namespace::<Counter>();
+    let tasks: Vec<_> = (0..100u64)
+        .map(|i| {
+            let stub = ns.stub(&ns.id_from_name(&format!("counter-{i}")));
+            tokio::spawn(async move {
+                for _ in 0..=i {
+                    stub.increment(1).await.unwrap();
+                }
+            })
+        })
+        .collect();
+    for task in tasks {
+        task.await.unwrap();
+    }
+    for i in 0..100u64 {
+        let stub = ns.stub(&ns.id_from_name(&format!("counter-{i}")));
+        assert_eq!(stub.get().await.unwrap(), i + 1);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn objects_call_other_objects_through_their_context() {
+    let rt = runtime().await;
+    let forwarders = rt.namespace::<Forwarder>();
+    let forwarder = forwarders.stub(&forwarders.id_from_name("f"));
+    assert_eq!(
+        forwarder
+            .forward("target".into(), 5)
+            .await
+            .unwrap()
+            .unwrap(),
+        5
+    );
+    assert_eq!(
+        forwarder
+            .forward("target".into(), 2)
+            .await
+            .unwrap()
+            .unwrap(),
+        7
+    );
+    let counters = rt.namespace::<Counter>();
+    assert_eq!(
+        counters
+            .stub(&counters.id_from_name("target"))
+            .get()
+            .await
+            .unwrap(),
+        7
+    );
+}

@@ -1,0 +1,18 @@
+use stead::{Context, durable_object};
+
+pub struct NotSerde;
+
+pub struct Store;
+
+#[durable_object]
+impl Store {
+    pub async fn new(_ctx: Context) -> Self {
+        Store
+    }
+
+    pub async fn put(&mut self, value: NotSerde) {
+        let _ = value;
+    }
+}
+
+fn main() {}

@@ -1,0 +1,25 @@
+#![no_implicit_prelude]
+
+use ::stead::durable_object;
+
+pub struct Plain {
+    hits: u64,
+}
+
+#[durable_object]
+impl Plain {
+    pub async fn new(_ctx: ::stead::Context) -> Self {
+        Plain { hits: 0 }
+    }
+
+    pub async fn hit(&mut self, n: u64, label: ::std::string::String) -> (u64, ::std::string::String) {
+        self.hits += n;
+        (self.hits, label)
+    }
+
+    pub fn fallible(&self) -> ::core::result::Result<u64, ::std::string::String> {
+        ::core::result::Result::Ok(self.hits)
+    }
+}
+
+fn main() {}
