@@ -37,11 +37,7 @@ impl Counter {
 
 #[tokio::main]
 async fn main() -> stead::Result<()> {
-    let rt = Runtime::builder()
-        .in_memory()
-        .host::<Counter>()
-        .build()
-        .await?;
+    let rt = Runtime::builder().in_memory().host::<Counter>().build().await?;
     let counters = rt.namespace::<Counter>();
 
     let id = counters.id_from_name("alice");
@@ -61,10 +57,7 @@ async fn main() -> stead::Result<()> {
 
     let same = counters.id_from_str(&id.to_string())?;
     assert_eq!(same, id);
-    println!(
-        "id_from_str round-trips; whoami = {}",
-        counters.stub(&same).whoami().await?
-    );
+    println!("id_from_str round-trips; whoami = {}", counters.stub(&same).whoami().await?);
 
     match counters.id_from_str("not-an-id") {
         Err(err) => println!("a malformed id is refused: {err}"),

@@ -1,5 +1,7 @@
 //! One turn at a time per object; objects run in parallel and call each other.
 
+#![allow(missing_docs)] // test objects are exercised, not documented
+
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
@@ -145,29 +147,8 @@ async fn objects_call_other_objects_through_their_context() {
     let rt = runtime().await;
     let forwarders = rt.namespace::<Forwarder>();
     let forwarder = forwarders.stub(&forwarders.id_from_name("f"));
-    assert_eq!(
-        forwarder
-            .forward("target".into(), 5)
-            .await
-            .unwrap()
-            .unwrap(),
-        5
-    );
-    assert_eq!(
-        forwarder
-            .forward("target".into(), 2)
-            .await
-            .unwrap()
-            .unwrap(),
-        7
-    );
+    assert_eq!(forwarder.forward("target".into(), 5).await.unwrap().unwrap(), 5);
+    assert_eq!(forwarder.forward("target".into(), 2).await.unwrap().unwrap(), 7);
     let counters = rt.namespace::<Counter>();
-    assert_eq!(
-        counters
-            .stub(&counters.id_from_name("target"))
-            .get()
-            .await
-            .unwrap(),
-        7
-    );
+    assert_eq!(counters.stub(&counters.id_from_name("target")).get().await.unwrap(), 7);
 }

@@ -1,6 +1,8 @@
 //! When objects are constructed: lazily, once per activation, retried after
 //! a failure.
 
+#![allow(missing_docs)] // test objects are exercised, not documented
+
 use std::collections::HashMap;
 use std::sync::Mutex;
 use std::time::Duration;
@@ -11,20 +13,12 @@ use stead::{Context, Error, ObjectId, Runtime, durable_object};
 static CONSTRUCTED: Mutex<Option<HashMap<ObjectId, usize>>> = Mutex::new(None);
 
 fn constructions(id: ObjectId) -> usize {
-    CONSTRUCTED
-        .lock()
-        .unwrap()
-        .as_ref()
-        .and_then(|m| m.get(&id).copied())
-        .unwrap_or(0)
+    CONSTRUCTED.lock().unwrap().as_ref().and_then(|m| m.get(&id).copied()).unwrap_or(0)
 }
 
 fn count_construction(id: ObjectId) -> usize {
     let mut guard = CONSTRUCTED.lock().unwrap();
-    let n = guard
-        .get_or_insert_with(HashMap::new)
-        .entry(id)
-        .or_insert(0);
+    let n = guard.get_or_insert_with(HashMap::new).entry(id).or_insert(0);
     *n += 1;
     *n
 }
@@ -66,13 +60,7 @@ impl Flaky {
 }
 
 async fn runtime() -> Runtime {
-    Runtime::builder()
-        .in_memory()
-        .host::<Tracked>()
-        .host::<Flaky>()
-        .build()
-        .await
-        .unwrap()
+    Runtime::builder().in_memory().host::<Tracked>().host::<Flaky>().build().await.unwrap()
 }
 
 #[tokio::test]
@@ -132,9 +120,7 @@ async fn a_failing_or_panicking_constructor_fails_that_call_and_the_next_call_re
     };
     assert!(message.contains("the database is not ready"), "{message}");
 
-    let Err(Error::Panicked(message)) = stub.ping().await else {
-        panic!("expected Panicked")
-    };
+    let Err(Error::Panicked(message)) = stub.ping().await else { panic!("expected Panicked") };
     assert!(message.contains("constructor exploded"), "{message}");
 
     assert_eq!(stub.ping().await.unwrap(), "pong");
@@ -157,10 +143,7 @@ async fn an_idle_object_is_evicted_and_the_next_call_constructs_it_again() {
     assert_eq!(rt.active_objects(), 1);
     let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
     while rt.active_objects() > 0 {
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "the idle object was never evicted"
-        );
+        assert!(tokio::time::Instant::now() < deadline, "the idle object was never evicted");
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
     // In-memory state is gone (storage would not be); the constructor runs again.

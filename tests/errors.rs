@@ -2,6 +2,8 @@
 //! untouched: panics, full mailboxes, unhosted types, mismatched builds,
 //! shutdown.
 
+#![allow(missing_docs)] // test objects are exercised, not documented
+
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -77,12 +79,7 @@ impl Stranger {
 }
 
 async fn runtime() -> Runtime {
-    Runtime::builder()
-        .in_memory()
-        .host::<Counter>()
-        .build()
-        .await
-        .unwrap()
+    Runtime::builder().in_memory().host::<Counter>().build().await.unwrap()
 }
 
 #[tokio::test]
@@ -97,10 +94,7 @@ async fn a_panicking_method_gives_panicked_and_leaves_other_objects_untouched() 
     let Err(Error::Panicked(message)) = victim.explode("boom at 42".into()).await else {
         panic!("expected Panicked")
     };
-    assert!(
-        message.contains("boom at 42") && message.contains("Counter::explode"),
-        "{message}"
-    );
+    assert!(message.contains("boom at 42") && message.contains("Counter::explode"), "{message}");
 
     // The instance was dropped: the next call constructs a fresh one.
     assert_eq!(victim.increment(1).await.unwrap(), 1);
@@ -123,13 +117,7 @@ async fn calls_queued_behind_a_panic_still_run_in_order() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_full_mailbox_answers_overloaded_at_once_and_loses_nothing_it_accepted() {
-    let rt = Runtime::builder()
-        .in_memory()
-        .mailbox_capacity(2)
-        .host::<Gate>()
-        .build()
-        .await
-        .unwrap();
+    let rt = Runtime::builder().in_memory().mailbox_capacity(2).host::<Gate>().build().await.unwrap();
     let ns = rt.namespace::<Gate>();
     let stub = ns.stub(&ns.unique_id());
 
@@ -141,9 +129,7 @@ async fn a_full_mailbox_answers_overloaded_at_once_and_loses_nothing_it_accepted
     let refused = tokio::time::timeout(Duration::from_secs(1), stub.pass(OVERLOAD_TEST, 3))
         .await
         .expect("a full mailbox must answer at once, not block");
-    let Err(err @ Error::Overloaded(_)) = refused else {
-        panic!("expected Overloaded, got {refused:?}")
-    };
+    let Err(err @ Error::Overloaded(_)) = refused else { panic!("expected Overloaded, got {refused:?}") };
     assert!(err.is_retryable());
     assert!(err.to_string().contains("mailbox"), "{err}");
 
@@ -169,25 +155,14 @@ async fn a_caller_from_another_build_gets_incompatible_not_garbage() {
     let rt = runtime().await;
     // `CounterV2` is named "Counter": its calls reach the hosted `Counter`.
     let ns = rt.namespace::<CounterV2>();
-    let err = ns
-        .stub(&ns.id_from_name("x"))
-        .increment(1)
-        .await
-        .unwrap_err();
-    let Error::Incompatible(message) = &err else {
-        panic!("expected Incompatible, got {err:?}")
-    };
+    let err = ns.stub(&ns.id_from_name("x")).increment(1).await.unwrap_err();
+    let Error::Incompatible(message) = &err else { panic!("expected Incompatible, got {err:?}") };
     assert!(message.contains("Counter::increment"), "{message}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn shutdown_drains_in_flight_turns_and_then_refuses_calls() {
-    let rt = Runtime::builder()
-        .in_memory()
-        .host::<Gate>()
-        .build()
-        .await
-        .unwrap();
+    let rt = Runtime::builder().in_memory().host::<Gate>().build().await.unwrap();
     let ns = rt.namespace::<Gate>();
     let stub = ns.stub(&ns.unique_id());
     let in_flight = [stub.pass(SHUTDOWN_TEST, 10), stub.pass(SHUTDOWN_TEST, 11)];
@@ -200,10 +175,7 @@ async fn shutdown_drains_in_flight_turns_and_then_refuses_calls() {
     tokio::time::sleep(Duration::from_millis(20)).await;
     let refused = stub.pass(SHUTDOWN_TEST, 12).await.unwrap_err();
     assert!(matches!(refused, Error::Unavailable(_)), "{refused}");
-    assert!(
-        !shutdown.is_finished(),
-        "shutdown must wait for in-flight turns"
-    );
+    assert!(!shutdown.is_finished(), "shutdown must wait for in-flight turns");
 
     GATES[SHUTDOWN_TEST].add_permits(2);
     let [a, b] = in_flight;
@@ -211,36 +183,16 @@ async fn shutdown_drains_in_flight_turns_and_then_refuses_calls() {
     assert_eq!(b.await.unwrap(), 11);
     shutdown.await.unwrap().unwrap();
     assert_eq!(rt.active_objects(), 0);
-    assert!(matches!(
-        stub.pass(SHUTDOWN_TEST, 13).await,
-        Err(Error::Unavailable(_))
-    ));
+    assert!(matches!(stub.pass(SHUTDOWN_TEST, 13).await, Err(Error::Unavailable(_))));
 }
 
 #[tokio::test]
 async fn building_without_choosing_storage_is_a_config_error_that_says_what_to_do() {
-    let err = Runtime::builder()
-        .host::<Counter>()
-        .build()
-        .await
-        .unwrap_err();
-    let Error::Config(message) = &err else {
-        panic!("{err:?}")
-    };
-    assert!(
-        message.contains(".in_memory()") && message.contains(".data_dir("),
-        "{message}"
-    );
-    let twice = Runtime::builder()
-        .in_memory()
-        .host::<Counter>()
-        .host::<CounterV2>()
-        .build()
-        .await;
-    assert!(
-        matches!(twice, Err(Error::Config(_))),
-        "two types named Counter must be refused"
-    );
+    let err = Runtime::builder().host::<Counter>().build().await.unwrap_err();
+    let Error::Config(message) = &err else { panic!("{err:?}") };
+    assert!(message.contains(".in_memory()") && message.contains(".data_dir("), "{message}");
+    let twice = Runtime::builder().in_memory().host::<Counter>().host::<CounterV2>().build().await;
+    assert!(matches!(twice, Err(Error::Config(_))), "two types named Counter must be refused");
 }
 
 #[tokio::test]

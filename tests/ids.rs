@@ -1,5 +1,7 @@
 //! Ids: minting, text form, and refusal of malformed and foreign ids.
 
+#![allow(missing_docs)] // test objects are exercised, not documented
+
 use std::collections::HashSet;
 
 use stead::{Context, Error, Runtime, durable_object};
@@ -30,14 +32,7 @@ impl Room {
 }
 
 async fn runtime(secret: &str) -> Runtime {
-    Runtime::builder()
-        .in_memory()
-        .secret(secret)
-        .host::<Counter>()
-        .host::<Room>()
-        .build()
-        .await
-        .unwrap()
+    Runtime::builder().in_memory().secret(secret).host::<Counter>().host::<Room>().build().await.unwrap()
 }
 
 #[tokio::test]
@@ -57,10 +52,7 @@ async fn a_name_gives_the_same_id_in_every_runtime_with_the_same_secret() {
     assert_eq!(id, b.namespace::<Counter>().id_from_name("alice"));
     assert_ne!(id, a.namespace::<Counter>().id_from_name("bob"));
     assert_ne!(id, a.namespace::<Room>().id_from_name("alice"));
-    assert_ne!(
-        id,
-        other_cluster.namespace::<Counter>().id_from_name("alice")
-    );
+    assert_ne!(id, other_cluster.namespace::<Counter>().id_from_name("alice"));
 }
 
 #[tokio::test]
@@ -70,10 +62,7 @@ async fn display_is_64_lowercase_hex_digits_and_parses_back() {
     for id in [counters.unique_id(), counters.id_from_name("alice")] {
         let text = id.to_string();
         assert_eq!(text.len(), 64);
-        assert!(
-            text.chars().all(|c| matches!(c, '0'..='9' | 'a'..='f')),
-            "{text}"
-        );
+        assert!(text.chars().all(|c| matches!(c, '0'..='9' | 'a'..='f')), "{text}");
         assert_eq!(counters.id_from_str(&text).unwrap(), id);
     }
 }
@@ -84,35 +73,21 @@ async fn malformed_ids_are_refused_each_with_its_own_message() {
     let counters = rt.namespace::<Counter>();
     let good = counters.unique_id().to_string();
 
-    let Err(Error::InvalidId(too_short)) = counters.id_from_str(&good[..63]) else {
-        panic!()
-    };
-    assert!(
-        too_short.contains("64 hex digits") && too_short.contains("63 characters"),
-        "{too_short}"
-    );
+    let Err(Error::InvalidId(too_short)) = counters.id_from_str(&good[..63]) else { panic!() };
+    assert!(too_short.contains("64 hex digits") && too_short.contains("63 characters"), "{too_short}");
 
-    let Err(Error::InvalidId(too_long)) = counters.id_from_str(&format!("{good}0")) else {
-        panic!()
-    };
+    let Err(Error::InvalidId(too_long)) = counters.id_from_str(&format!("{good}0")) else { panic!() };
     assert!(too_long.contains("65 characters"), "{too_long}");
 
     let not_hex = format!("{}z{}", &good[..10], &good[11..]);
-    let Err(Error::InvalidId(not_hex)) = counters.id_from_str(&not_hex) else {
-        panic!()
-    };
+    let Err(Error::InvalidId(not_hex)) = counters.id_from_str(&not_hex) else { panic!() };
     assert!(not_hex.contains("'z' at position 10"), "{not_hex}");
 
-    let Err(Error::InvalidId(empty)) = counters.id_from_str("") else {
-        panic!()
-    };
+    let Err(Error::InvalidId(empty)) = counters.id_from_str("") else { panic!() };
     assert!(empty.contains("0 characters"), "{empty}");
 
     let unicode = "ü".repeat(64);
-    assert!(matches!(
-        counters.id_from_str(&unicode),
-        Err(Error::InvalidId(_))
-    ));
+    assert!(matches!(counters.id_from_str(&unicode), Err(Error::InvalidId(_))));
 }
 
 #[tokio::test]
@@ -123,29 +98,17 @@ async fn ids_of_another_namespace_or_cluster_are_refused() {
     let Err(Error::InvalidId(message)) = rt.namespace::<Counter>().id_from_str(&room_id) else {
         panic!("a Room id was accepted by the Counter namespace")
     };
-    assert!(
-        message.contains("not minted by the namespace of `Counter`"),
-        "{message}"
-    );
+    assert!(message.contains("not minted by the namespace of `Counter`"), "{message}");
 
-    let foreign = other_cluster
-        .namespace::<Counter>()
-        .id_from_name("alice")
-        .to_string();
-    assert!(matches!(
-        rt.namespace::<Counter>().id_from_str(&foreign),
-        Err(Error::InvalidId(_))
-    ));
+    let foreign = other_cluster.namespace::<Counter>().id_from_name("alice").to_string();
+    assert!(matches!(rt.namespace::<Counter>().id_from_str(&foreign), Err(Error::InvalidId(_))));
 
     // Flipping any single bit of a genuine id makes it foreign.
     let genuine = rt.namespace::<Counter>().unique_id().to_string();
     let mut chars: Vec<char> = genuine.chars().collect();
     chars[40] = if chars[40] == '0' { '1' } else { '0' };
     let tampered: String = chars.into_iter().collect();
-    assert!(matches!(
-        rt.namespace::<Counter>().id_from_str(&tampered),
-        Err(Error::InvalidId(_))
-    ));
+    assert!(matches!(rt.namespace::<Counter>().id_from_str(&tampered), Err(Error::InvalidId(_))));
 }
 
 #[tokio::test]
@@ -160,11 +123,6 @@ async fn a_parsed_id_reaches_the_same_object() {
 
 #[tokio::test]
 async fn a_secret_shorter_than_16_bytes_is_a_config_error() {
-    let err = Runtime::builder()
-        .in_memory()
-        .secret("short")
-        .build()
-        .await
-        .unwrap_err();
+    let err = Runtime::builder().in_memory().secret("short").build().await.unwrap_err();
     assert!(matches!(err, Error::Config(_)), "{err}");
 }

@@ -1,6 +1,8 @@
 //! E-order: calls issued through one stub (and its clones) are delivered in
 //! the order they were issued, whenever their futures are awaited.
 
+#![allow(missing_docs)] // test objects are exercised, not documented
+
 use stead::{Context, Runtime, durable_object};
 
 pub struct Log {
@@ -26,12 +28,7 @@ impl Log {
 }
 
 async fn runtime() -> Runtime {
-    Runtime::builder()
-        .in_memory()
-        .host::<Log>()
-        .build()
-        .await
-        .unwrap()
+    Runtime::builder().in_memory().host::<Log>().build().await.unwrap()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -63,15 +60,8 @@ async fn clones_of_a_stub_share_one_order() {
     let ns = rt.namespace::<Log>();
     let first = ns.stub(&ns.unique_id());
     let second = first.clone();
-    let pending: Vec<_> = (0..200)
-        .map(|n| {
-            if n % 2 == 0 {
-                first.record(n)
-            } else {
-                second.record(n)
-            }
-        })
-        .collect();
+    let pending: Vec<_> =
+        (0..200).map(|n| if n % 2 == 0 { first.record(n) } else { second.record(n) }).collect();
     for call in pending.into_iter().rev() {
         call.await.unwrap();
     }

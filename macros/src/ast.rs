@@ -3,9 +3,7 @@
 
 use proc_macro2::Span;
 use quote::format_ident;
-use syn::{
-    Attribute, FnArg, Ident, ImplItem, ItemImpl, Pat, ReturnType, Signature, Type, Visibility,
-};
+use syn::{Attribute, FnArg, Ident, ImplItem, ItemImpl, Pat, ReturnType, Signature, Type, Visibility};
 
 use crate::attr;
 
@@ -67,15 +65,9 @@ impl Object {
         let mut fns = Vec::new();
         for impl_item in &mut item.items {
             if let ImplItem::Fn(func) = impl_item {
-                let (alarm_attrs, others): (Vec<_>, Vec<_>) =
-                    func.attrs.drain(..).partition(attr::is_alarm);
+                let (alarm_attrs, others): (Vec<_>, Vec<_>) = func.attrs.drain(..).partition(attr::is_alarm);
                 func.attrs = others;
-                fns.push(Function::new(
-                    &func.sig,
-                    &func.vis,
-                    &func.attrs,
-                    alarm_attrs,
-                ));
+                fns.push(Function::new(&func.sig, &func.vis, &func.attrs, alarm_attrs));
             }
         }
         Object { item, fns }
@@ -94,12 +86,7 @@ impl Object {
 }
 
 impl Function {
-    fn new(
-        sig: &Signature,
-        vis: &Visibility,
-        attrs: &[Attribute],
-        alarm_attrs: Vec<Attribute>,
-    ) -> Self {
+    fn new(sig: &Signature, vis: &Visibility, attrs: &[Attribute], alarm_attrs: Vec<Attribute>) -> Self {
         let mut receiver = Receiver::None;
         let mut args = Vec::new();
         for input in &sig.inputs {
@@ -116,10 +103,7 @@ impl Function {
                         Pat::Ident(pat) if pat.subpat.is_none() => pat.ident.clone(),
                         _ => format_ident!("arg{}", args.len()),
                     };
-                    args.push(Arg {
-                        name,
-                        ty: (*typed.ty).clone(),
-                    });
+                    args.push(Arg { name, ty: (*typed.ty).clone() });
                 }
             }
         }

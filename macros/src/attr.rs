@@ -19,9 +19,7 @@ impl ObjectArgs {
                 let name: LitStr = meta.value()?.parse()?;
                 let text = name.value();
                 let valid = !text.is_empty()
-                    && text
-                        .chars()
-                        .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-' || c == '.');
+                    && text.chars().all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-' || c == '.');
                 if !valid {
                     return Err(syn::Error::new(
                         name.span(),

@@ -28,24 +28,16 @@ pub(crate) fn expand(object: &Object, model: &Model<'_>) -> TokenStream {
         ),
         Span::call_site(),
     );
-    let methods: Vec<Method<'_>> = model
-        .methods
-        .iter()
-        .enumerate()
-        .map(|(index, func)| Method::new(index, func))
-        .collect();
+    let methods: Vec<Method<'_>> =
+        model.methods.iter().enumerate().map(|(index, func)| Method::new(index, func)).collect();
     let stub_methods = methods.iter().map(Method::stub_method);
     let dispatch_arms = methods.iter().map(Method::dispatch_arm);
     let method_infos = methods.iter().map(Method::info);
-    let assertions = model
-        .methods
-        .iter()
-        .flat_map(|func| remote_types(func))
-        .map(|ty| {
-            quote_spanned! {ty.span()=>
-                const _: () = ::stead::__private::assert_sendable::<#ty>();
-            }
-        });
+    let assertions = model.methods.iter().flat_map(|func| remote_types(func)).map(|ty| {
+        quote_spanned! {ty.span()=>
+            const _: () = ::stead::__private::assert_sendable::<#ty>();
+        }
+    });
     let name = &model.name;
     let construct = construct(&model.constructor);
     let (has_alarm, alarm) = alarm(model.alarm.as_ref());
@@ -124,11 +116,7 @@ pub(crate) fn expand(object: &Object, model: &Model<'_>) -> TokenStream {
 
 /// The argument and return types of a remote method.
 fn remote_types(func: &Function) -> Vec<&Type> {
-    func.args
-        .iter()
-        .map(|arg| &arg.ty)
-        .chain(func.output())
-        .collect()
+    func.args.iter().map(|arg| &arg.ty).chain(func.output()).collect()
 }
 
 /// One remote method, with its id and fingerprint.
@@ -141,18 +129,11 @@ struct Method<'a> {
 
 impl<'a> Method<'a> {
     fn new(index: usize, func: &'a Function) -> Self {
-        let output = func
-            .output()
-            .map_or_else(|| quote!(()), ToTokens::to_token_stream);
+        let output = func.output().map_or_else(|| quote!(()), ToTokens::to_token_stream);
         let args: Vec<String> = func.args.iter().map(|arg| type_text(&arg.ty)).collect();
         let fingerprint = fingerprint(&func.sig.ident.to_string(), &args, &type_text(&output));
         let index = u32::try_from(index).unwrap_or(u32::MAX);
-        Method {
-            func,
-            index,
-            fingerprint,
-            output,
-        }
+        Method { func, index, fingerprint, output }
     }
 
     fn info(&self) -> TokenStream {
@@ -162,14 +143,16 @@ impl<'a> Method<'a> {
     }
 
     fn stub_method(&self) -> TokenStream {
-        let Method {
-            func,
-            index,
-            fingerprint,
-            output,
-        } = self;
+        let Method { func, index, fingerprint, output } = self;
         let name = &func.sig.ident;
-        let docs = &func.docs;
+        let docs = if func.docs.is_empty() {
+            let text =
+                format!("Calls `{}` on the object; the call is queued before this returns.", func.sig.ident);
+            quote!(#[doc = #text])
+        } else {
+            let docs = &func.docs;
+            quote!(#(#docs)*)
+        };
         let params = func.args.iter().map(|arg| {
             let (name, ty) = (&arg.name, &arg.ty);
             quote!(#name: #ty)
@@ -181,7 +164,7 @@ impl<'a> Method<'a> {
         });
         let call = quote_spanned!(output.span()=> ::stead::__private::call::<#output>);
         quote! {
-            #(#docs)*
+            #docs
             pub fn #name(&self, #(#params),*)
                 -> impl ::core::future::Future<Output = ::stead::__private::Result<#output>>
                        + ::core::marker::Send + 'static
@@ -199,9 +182,8 @@ impl<'a> Method<'a> {
         let index = self.index;
         let name = &func.sig.ident;
         let name_text = name.to_string();
-        let vars: Vec<Ident> = (0..func.args.len())
-            .map(|i| Ident::new(&format!("arg{i}"), Span::mixed_site()))
-            .collect();
+        let vars: Vec<Ident> =
+            (0..func.args.len()).map(|i| Ident::new(&format!("arg{i}"), Span::mixed_site())).collect();
         let args_var = Ident::new("args", Span::mixed_site());
         let reader = Ident::new("reader", Span::mixed_site());
         let reads = func.args.iter().zip(&vars).map(|(arg, var)| {
@@ -210,18 +192,13 @@ impl<'a> Method<'a> {
         });
         let output = Ident::new("output", Span::mixed_site());
         let output_ty = &self.output;
-        let encode =
-            quote_spanned!(output_ty.span()=> ::stead::__private::encode_result::<#output_ty>);
+        let encode = quote_spanned!(output_ty.span()=> ::stead::__private::encode_result::<#output_ty>);
         let this = match func.receiver {
             Receiver::Exclusive => quote!(&mut *self),
             _ => quote!(&*self),
         };
         let call = quote!(Self::#name(#this, #(#vars),*));
-        let call = if func.is_async() {
-            quote!(#call.await)
-        } else {
-            call
-        };
+        let call = if func.is_async() { quote!(#call.await) } else { call };
         quote! {
             #index => {
                 #[allow(unused_mut)]
@@ -237,11 +214,7 @@ impl<'a> Method<'a> {
 
 fn construct(constructor: &Fallible<'_>) -> TokenStream {
     let call = quote!(Self::new(ctx));
-    let call = if constructor.func.is_async() {
-        quote!(#call.await)
-    } else {
-        call
-    };
+    let call = if constructor.func.is_async() { quote!(#call.await) } else { call };
     if constructor.returns_result {
         quote!(::core::result::Result::map_err(#call, ::stead::__private::render_error))
     } else {
@@ -251,20 +224,11 @@ fn construct(constructor: &Fallible<'_>) -> TokenStream {
 
 fn alarm(handler: Option<&Fallible<'_>>) -> (bool, TokenStream) {
     let Some(handler) = handler else {
-        return (
-            false,
-            quote!(::std::boxed::Box::pin(async {
-                ::core::result::Result::Ok(())
-            })),
-        );
+        return (false, quote!(::std::boxed::Box::pin(async { ::core::result::Result::Ok(()) })));
     };
     let name = &handler.func.sig.ident;
     let call = quote!(Self::#name(self, info));
-    let call = if handler.func.is_async() {
-        quote!(#call.await)
-    } else {
-        call
-    };
+    let call = if handler.func.is_async() { quote!(#call.await) } else { call };
     let body = if handler.returns_result {
         quote!(::core::result::Result::map_err(#call, ::stead::__private::render_error))
     } else {

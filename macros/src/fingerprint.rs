@@ -15,11 +15,7 @@ pub(crate) fn fingerprint(name: &str, args: &[String], output: &str) -> u64 {
 
 /// The text of a type with all whitespace removed.
 pub(crate) fn type_text(ty: &impl quote::ToTokens) -> String {
-    ty.to_token_stream()
-        .to_string()
-        .chars()
-        .filter(|c| !c.is_whitespace())
-        .collect()
+    ty.to_token_stream().to_string().chars().filter(|c| !c.is_whitespace()).collect()
 }
 
 #[cfg(test)]

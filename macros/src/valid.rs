@@ -45,18 +45,13 @@ impl Errors {
 }
 
 /// Checks the impl block; returns the model, or every error found.
-pub(crate) fn check<'a>(
-    object: &'a Object,
-    args: &ObjectArgs,
-) -> Result<Model<'a>, Vec<syn::Error>> {
+pub(crate) fn check<'a>(object: &'a Object, args: &ObjectArgs) -> Result<Model<'a>, Vec<syn::Error>> {
     let mut errors = Errors::default();
     check_impl(object, &mut errors);
     let ident = object.self_ident();
     if ident.is_none() {
-        errors.at(
-            &object.item.self_ty,
-            "#[durable_object] needs a plain type name here, like `impl Counter`",
-        );
+        errors
+            .at(&object.item.self_ty, "#[durable_object] needs a plain type name here, like `impl Counter`");
     }
 
     let mut constructor = None;
@@ -89,10 +84,7 @@ pub(crate) fn check<'a>(
             errors.at(extra, "#[alarm] is given twice on this method");
         }
         if func.role() == Role::Constructor && !func.alarm_attrs.is_empty() {
-            errors.at(
-                &func.alarm_attrs[0],
-                "the constructor cannot be the alarm handler",
-            );
+            errors.at(&func.alarm_attrs[0], "the constructor cannot be the alarm handler");
         }
     }
 
@@ -108,10 +100,7 @@ pub(crate) fn check<'a>(
     match (errors.0.is_empty(), ident, constructor) {
         (true, Some(ident), Some(constructor)) => Ok(Model {
             ident,
-            name: args
-                .name
-                .as_ref()
-                .map_or_else(|| ident.to_string(), |name| name.value()),
+            name: args.name.as_ref().map_or_else(|| ident.to_string(), |name| name.value()),
             constructor,
             methods,
             alarm,
@@ -136,16 +125,10 @@ fn check_impl(object: &Object, errors: &mut Errors) {
         );
     }
     if let Some(where_clause) = &item.generics.where_clause {
-        errors.at(
-            where_clause,
-            "a durable object's impl block cannot have a where clause",
-        );
+        errors.at(where_clause, "a durable object's impl block cannot have a where clause");
     }
     if let Some(unsafety) = &item.unsafety {
-        errors.at(
-            unsafety,
-            "#[durable_object] cannot be put on an `unsafe impl`",
-        );
+        errors.at(unsafety, "#[durable_object] cannot be put on an `unsafe impl`");
     }
 }
 
@@ -182,10 +165,7 @@ fn check_constructor<'a>(
         Some(ty) => match ast::result_args(ty) {
             Some((ok, Some(_))) if is_self(ok) => true,
             _ => {
-                errors.at(
-                    ty,
-                    "the constructor returns `Self` or `Result<Self, E>` where `E: Display`",
-                );
+                errors.at(ty, "the constructor returns `Self` or `Result<Self, E>` where `E: Display`");
                 false
             }
         },
@@ -197,10 +177,7 @@ fn check_constructor<'a>(
             false
         }
     };
-    (errors.0.len() == before).then_some(Fallible {
-        func,
-        returns_result,
-    })
+    (errors.0.len() == before).then_some(Fallible { func, returns_result })
 }
 
 fn check_remote(func: &Function, errors: &mut Errors) {
@@ -246,9 +223,8 @@ fn check_remote(func: &Function, errors: &mut Errors) {
         }
     }
     match func.output() {
-        Some(ty @ Type::Reference(_)) => {
-            errors.at(ty, "remote methods return owned values, not references: the result is sent to the caller")
-        }
+        Some(ty @ Type::Reference(_)) => errors
+            .at(ty, "remote methods return owned values, not references: the result is sent to the caller"),
         Some(ty @ Type::ImplTrait(_)) => errors.at(
             ty,
             "remote methods cannot return `impl Trait`: name a concrete type that implements `Serialize` \
@@ -268,16 +244,10 @@ fn check_alarm<'a>(func: &'a Function, errors: &mut Errors) -> Option<Fallible<'
         );
     }
     if !matches!(func.receiver, Receiver::Exclusive) {
-        errors.at(
-            &func.sig.ident,
-            format!("the alarm handler takes `&mut self`: {SHAPE}"),
-        );
+        errors.at(&func.sig.ident, format!("the alarm handler takes `&mut self`: {SHAPE}"));
     }
     if func.args.len() != 1 {
-        errors.at(
-            &func.sig.ident,
-            format!("the alarm handler takes one `stead::AlarmInfo`: {SHAPE}"),
-        );
+        errors.at(&func.sig.ident, format!("the alarm handler takes one `stead::AlarmInfo`: {SHAPE}"));
     }
     check_not_generic(func, "the alarm handler", errors);
     check_signature_modifiers(func, errors);
@@ -285,26 +255,18 @@ fn check_alarm<'a>(func: &'a Function, errors: &mut Errors) -> Option<Fallible<'
         None => false,
         Some(ty) if matches!(ast::result_args(ty), Some((ok, Some(_))) if is_unit(ok)) => true,
         Some(ty) => {
-            errors.at(
-                ty,
-                "the alarm handler returns nothing or `Result<(), E>` where `E: Display`",
-            );
+            errors.at(ty, "the alarm handler returns nothing or `Result<(), E>` where `E: Display`");
             false
         }
     };
-    (errors.0.len() == before).then_some(Fallible {
-        func,
-        returns_result,
-    })
+    (errors.0.len() == before).then_some(Fallible { func, returns_result })
 }
 
 fn check_not_generic(func: &Function, what: &str, errors: &mut Errors) {
     if !func.sig.generics.params.is_empty() {
         errors.at(
             &func.sig.generics,
-            format!(
-                "{what} cannot be generic: callers and the object must agree on concrete types"
-            ),
+            format!("{what} cannot be generic: callers and the object must agree on concrete types"),
         );
     } else if let Some(where_clause) = &func.sig.generics.where_clause {
         errors.at(where_clause, format!("{what} cannot have a where clause"));
@@ -320,10 +282,7 @@ fn check_signature_modifiers(func: &Function, errors: &mut Errors) {
         errors.at(token, "methods of a durable object cannot be `const`");
     }
     if let Some(abi) = &sig.abi {
-        errors.at(
-            abi,
-            "methods of a durable object cannot have an `extern` ABI",
-        );
+        errors.at(abi, "methods of a durable object cannot have an `extern` ABI");
     }
     if let Some(variadic) = &sig.variadic {
         errors.at(variadic, "methods of a durable object cannot be variadic");
@@ -340,11 +299,7 @@ fn receiver_span(func: &Function) -> Option<Span> {
 
 fn last_segment_is(ty: &Type, name: &str) -> bool {
     match ty {
-        Type::Path(path) => path
-            .path
-            .segments
-            .last()
-            .is_some_and(|seg| seg.ident == name),
+        Type::Path(path) => path.path.segments.last().is_some_and(|seg| seg.ident == name),
         _ => false,
     }
 }

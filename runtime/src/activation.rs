@@ -24,12 +24,14 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::task::Poll;
 use std::time::Instant;
 
+use crate::alarm::{AlarmDue, MAX_ALARM_RETRIES, backoff, now_millis};
 use crate::context::Context;
 use crate::error::{Error, Result};
 use crate::id::{IdKeys, ObjectId};
 use crate::mailbox::{Call, Full, Mailbox, Message};
-use crate::object::{BoxFuture, DurableObject, Instance, MethodInfo, construct_erased};
+use crate::object::{AlarmInfo, BoxFuture, DurableObject, Instance, MethodInfo, construct_erased};
 use crate::runtime::Runtime;
+use crate::storage::Storage;
 
 /// Number of independently locked parts of each activation table.
 const SHARDS: usize = 64;
@@ -77,12 +79,7 @@ impl HostedType {
     }
 
     /// Delivers `message` to object `id`, activating it if needed.
-    pub(crate) fn send(
-        self: &Arc<Self>,
-        runtime: &Runtime,
-        id: ObjectId,
-        message: Message,
-    ) -> Result<()> {
+    pub(crate) fn send(self: &Arc<Self>, runtime: &Runtime, id: ObjectId, message: Message) -> Result<()> {
         let mut message = message;
         loop {
             let activation = {
@@ -91,8 +88,7 @@ impl HostedType {
                     Some(activation) => activation.clone(),
                     None => {
                         self.keys.verify(&id)?;
-                        let activation =
-                            Arc::new(Activation::new(id, self.clone(), runtime.clone()));
+                        let activation = Arc::new(Activation::new(id, self.clone(), runtime.clone()));
                         shard.insert(id, activation.clone());
                         activation
                     }
@@ -118,19 +114,20 @@ impl HostedType {
     pub(crate) fn evict_idle(&self, idle_since: Instant) -> usize {
         let mut evicted = Vec::new();
         for shard in self.shards.iter() {
-            lock(shard).retain(
-                |_, activation| match activation.retire_if_idle(idle_since) {
-                    Some(instance) => {
-                        evicted.push(instance);
-                        false
-                    }
-                    None => true,
-                },
-            );
+            lock(shard).retain(|_, activation| match activation.retire_if_idle(idle_since) {
+                Some(instance) => {
+                    evicted.push((instance, activation.storage.clone()));
+                    false
+                }
+                None => true,
+            });
         }
         let count = evicted.len();
-        // Instances are dropped outside the table's locks: their Drop is user code.
-        drop(evicted);
+        // Outside the table's locks: an instance's Drop is user code.
+        for (instance, storage) in evicted {
+            drop(instance);
+            storage.close();
+        }
         count
     }
 
@@ -143,9 +140,7 @@ impl HostedType {
 /// Locks `mutex`, ignoring poisoning: no code of ours panics while holding
 /// these locks, and user code never runs under them.
 fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
-    mutex
-        .lock()
-        .unwrap_or_else(|poisoned| poisoned.into_inner())
+    mutex.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
 /// Why an activation did not take a message.
@@ -161,6 +156,7 @@ pub(crate) struct Activation {
     id: ObjectId,
     host: Arc<HostedType>,
     runtime: Runtime,
+    storage: Storage,
     state: Mutex<State>,
 }
 
@@ -176,10 +172,12 @@ struct State {
 
 impl Activation {
     fn new(id: ObjectId, host: Arc<HostedType>, runtime: Runtime) -> Self {
+        let storage = Storage::new(runtime.storage_root(), host.name, id, host.has_alarm);
         Activation {
             id,
             host,
             runtime,
+            storage,
             state: Mutex::new(State {
                 mailbox: Mailbox::new(),
                 running: false,
@@ -198,7 +196,7 @@ impl Activation {
                 return Err(Refused::Retired(message));
             }
             let capacity = self.runtime.config().mailbox_capacity;
-            if let Err(Full(_)) = state.mailbox.push(message, capacity) {
+            if let Err(Full) = state.mailbox.push(message, capacity) {
                 return Err(Refused::Full);
             }
             !std::mem::replace(&mut state.running, true)
@@ -231,20 +229,27 @@ impl Activation {
             };
             match message {
                 Message::Call(call) => self.call(&mut instance, call).await,
-                Message::Alarm => self.alarm(&mut instance).await,
+                Message::Alarm(due) => self.alarm(&mut instance, due).await,
             }
         }
     }
 
-    /// One turn: a call of a remote method.
+    /// One turn: a call of a remote method, then the output gate: the turn's
+    /// writes are committed before the reply is released, or rolled back if
+    /// the turn failed.
     async fn call(&self, instance: &mut Option<Instance>, call: Call) {
-        let Call {
-            method,
-            fingerprint,
-            args,
-            reply,
-        } = call;
-        let outcome = self.run_method(instance, method, fingerprint, &args).await;
+        let Call { method, fingerprint, args, reply } = call;
+        self.storage.begin_turn();
+        let mut outcome = self.run_method(instance, method, fingerprint, &args).await;
+        if outcome.is_ok() {
+            if let Err(err) = self.storage.commit_turn() {
+                // Memory may now be ahead of storage: start again from storage.
+                *instance = None;
+                outcome = Err(err);
+            }
+        } else {
+            self.storage.rollback_turn();
+        }
         // The caller may have stopped waiting; the turn counts all the same.
         let _ = reply.send(outcome);
     }
@@ -271,20 +276,80 @@ impl Activation {
         }
     }
 
-    /// One turn: the alarm handler. (Scheduling lives in `alarm.rs`.)
-    async fn alarm(&self, instance: &mut Option<Instance>) {
+    /// One turn: an alarm index entry came due (see `alarm.rs`).
+    async fn alarm(&self, instance: &mut Option<Instance>, due: AlarmDue) {
+        let index = &self.runtime.storage_root().alarms;
+        self.storage.begin_turn();
+        let outcome = self.run_alarm(instance, due.retries).await;
+        match outcome {
+            Ok(()) => {
+                if let Err(err) = self.storage.commit_turn() {
+                    *instance = None;
+                    self.retry_alarm(&due, &err.to_string());
+                }
+            }
+            Err(err) => {
+                self.storage.rollback_turn();
+                self.retry_alarm(&due, &err.to_string());
+            }
+        }
+        index.finish(&due);
+        // Keep the index in step with storage: a later alarm gets its entry.
+        if let Ok(Some(at)) = self.storage.alarm_millis()
+            && at > due.at
+        {
+            let _ = index.schedule(self.host.name, &self.id, at, 0);
+        }
+    }
+
+    /// Runs the handler if the object's own storage says the alarm is due.
+    async fn run_alarm(&self, instance: &mut Option<Instance>, retries: u32) -> Result<()> {
+        match self.storage.alarm_millis()? {
+            Some(at) if at <= now_millis() => {}
+            // Not set, or moved later (the entry was stale): nothing to run.
+            _ => return Ok(()),
+        }
         if !self.host.has_alarm {
+            return self.storage.delete_alarm();
+        }
+        let object = self.instance(instance).await?;
+        self.storage.delete_alarm()?;
+        let info = AlarmInfo { retry_count: retries, is_retry: retries > 0 };
+        match catch_panic(object.alarm(info)).await {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(message)) => {
+                *instance = None;
+                Err(Error::Panicked(format!("the alarm handler returned an error: {message}")))
+            }
+            Err(panic) => {
+                *instance = None;
+                Err(Error::Panicked(format!("the alarm handler panicked: {panic}")))
+            }
+        }
+    }
+
+    /// Indexes the next try of a failed alarm, or gives up after the last.
+    fn retry_alarm(&self, due: &AlarmDue, reason: &str) {
+        let retry = due.retries + 1;
+        if retry > MAX_ALARM_RETRIES {
+            tracing::warn!(
+                object = %self.id, r#type = self.host.name, reason,
+                "the alarm failed {} times; it is dropped", MAX_ALARM_RETRIES + 1
+            );
+            self.storage.begin_turn();
+            match self.storage.delete_alarm() {
+                Ok(()) => {
+                    let _ = self.storage.commit_turn();
+                }
+                Err(_) => self.storage.rollback_turn(),
+            }
             return;
         }
-        let Ok(object) = self.instance(instance).await else {
-            return;
-        };
-        let info = crate::object::AlarmInfo {
-            retry_count: 0,
-            is_retry: false,
-        };
-        if catch_panic(object.alarm(info)).await.is_err() {
-            *instance = None;
+        let delay = backoff(self.runtime.config().alarm_retry_delay, retry);
+        let at = now_millis().saturating_add(i64::try_from(delay.as_millis()).unwrap_or(i64::MAX));
+        tracing::info!(object = %self.id, r#type = self.host.name, reason, retry, "the alarm failed; retrying");
+        if let Err(err) = self.runtime.storage_root().alarms.schedule(self.host.name, &self.id, at, retry) {
+            tracing::warn!(%err, "could not index the alarm's retry");
         }
     }
 
@@ -314,13 +379,11 @@ impl Activation {
         if instance.is_none() {
             *instance = Some(self.construct().await?);
         }
-        instance
-            .as_mut()
-            .ok_or_else(|| Error::Panicked("unreachable: no instance".into()))
+        instance.as_mut().ok_or_else(|| Error::Panicked("unreachable: no instance".into()))
     }
 
     async fn construct(&self) -> Result<Instance> {
-        let ctx = Context::new(self.id, self.host.name, self.runtime.clone());
+        let ctx = Context::new(self.id, self.host.name, self.runtime.clone(), self.storage.clone());
         match catch_panic((self.host.construct)(ctx)).await {
             Ok(Ok(object)) => Ok(object),
             Ok(Err(message)) => Err(Error::ConstructorFailed(format!(

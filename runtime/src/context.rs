@@ -7,6 +7,7 @@ use crate::id::ObjectId;
 use crate::namespace::Namespace;
 use crate::object::DurableObject;
 use crate::runtime::Runtime;
+use crate::storage::Storage;
 
 /// The handle an object receives in its constructor.
 ///
@@ -23,22 +24,25 @@ struct ContextInner {
     id: ObjectId,
     type_name: &'static str,
     runtime: Runtime,
+    storage: Storage,
 }
 
 impl Context {
-    pub(crate) fn new(id: ObjectId, type_name: &'static str, runtime: Runtime) -> Self {
-        Context {
-            inner: Arc::new(ContextInner {
-                id,
-                type_name,
-                runtime,
-            }),
-        }
+    pub(crate) fn new(id: ObjectId, type_name: &'static str, runtime: Runtime, storage: Storage) -> Self {
+        Context { inner: Arc::new(ContextInner { id, type_name, runtime, storage }) }
     }
 
     /// The id of this object.
     pub fn id(&self) -> ObjectId {
         self.inner.id
+    }
+
+    /// This object's durable storage.
+    ///
+    /// Writes made during a turn are committed before the turn's reply is
+    /// released, and rolled back if the turn panics. See [`Storage`].
+    pub fn storage(&self) -> Storage {
+        self.inner.storage.clone()
     }
 
     /// The name of this object's type, as used in ids and storage paths.
@@ -65,9 +69,6 @@ impl Context {
 
 impl fmt::Debug for Context {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("Context")
-            .field("type", &self.inner.type_name)
-            .field("id", &self.inner.id)
-            .finish()
+        f.debug_struct("Context").field("type", &self.inner.type_name).field("id", &self.inner.id).finish()
     }
 }

@@ -71,10 +71,7 @@ impl Error {
     pub fn is_retryable(&self) -> bool {
         matches!(
             self,
-            Error::Overloaded(_)
-                | Error::Disconnected(_)
-                | Error::Unavailable(_)
-                | Error::Timeout(_)
+            Error::Overloaded(_) | Error::Disconnected(_) | Error::Unavailable(_) | Error::Timeout(_)
         )
     }
 }

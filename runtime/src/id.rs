@@ -40,6 +40,11 @@ impl ObjectId {
         &self.0
     }
 
+    /// The id whose bytes are `bytes`, if there are 32 of them (unchecked).
+    pub(crate) fn from_slice(bytes: &[u8]) -> Option<Self> {
+        bytes.try_into().ok().map(ObjectId)
+    }
+
     fn identity(&self) -> &[u8] {
         &self.0[..IDENTITY_LEN]
     }
@@ -113,10 +118,7 @@ impl IdKeys {
     pub(crate) fn verify(&self, id: &ObjectId) -> Result<()> {
         let expected = self.mac(id.identity());
         // Constant-time comparison, so that a MAC cannot be found byte by byte.
-        let diff = expected
-            .iter()
-            .zip(id.mac())
-            .fold(0u8, |acc, (a, b)| acc | (a ^ b));
+        let diff = expected.iter().zip(id.mac()).fold(0u8, |acc, (a, b)| acc | (a ^ b));
         if diff == 0 {
             Ok(())
         } else {
@@ -152,11 +154,7 @@ fn parse_hex(text: &str) -> Result<ObjectId> {
             "an object id is {HEX_LEN} hex digits, but {text:?} has {len} characters"
         )));
     }
-    if let Some((position, bad)) = text
-        .chars()
-        .enumerate()
-        .find(|(_, c)| !c.is_ascii_hexdigit())
-    {
+    if let Some((position, bad)) = text.chars().enumerate().find(|(_, c)| !c.is_ascii_hexdigit()) {
         return Err(Error::InvalidId(format!(
             "an object id is made of hex digits 0-9 and a-f, but {text:?} has {bad:?} at position \
              {position}"
@@ -184,10 +182,7 @@ mod tests {
         let id = k.unique_id();
         let text = id.to_string();
         assert_eq!(text.len(), 64);
-        assert!(
-            text.chars()
-                .all(|c| c.is_ascii_digit() || ('a'..='f').contains(&c))
-        );
+        assert!(text.chars().all(|c| c.is_ascii_digit() || ('a'..='f').contains(&c)));
         assert_eq!(k.parse(&text).unwrap(), id);
         assert_eq!(k.parse(&text.to_uppercase()).unwrap(), id);
         assert_eq!(parse_hex(&text).unwrap(), id);
@@ -211,10 +206,7 @@ mod tests {
         assert!(nonhex.contains("position 63"), "{nonhex}");
         let foreign = keys("Room").unique_id().to_string();
         let mac = k.parse(&foreign).unwrap_err().to_string();
-        assert!(
-            mac.contains("not minted by the namespace of `Counter`"),
-            "{mac}"
-        );
+        assert!(mac.contains("not minted by the namespace of `Counter`"), "{mac}");
     }
 
     #[test]

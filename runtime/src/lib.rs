@@ -11,6 +11,7 @@
 //! - [`Runtime`]: configuration, hosting, eviction and shutdown.
 
 mod activation;
+mod alarm;
 mod context;
 mod error;
 mod id;
@@ -19,17 +20,25 @@ mod namespace;
 mod object;
 mod runtime;
 mod secret;
+mod storage;
 mod stub;
 
 #[doc(hidden)]
 pub mod __private;
 
+pub use alarm::MAX_ALARM_RETRIES;
 pub use context::Context;
 pub use error::{Error, Result};
 pub use id::ObjectId;
 pub use namespace::Namespace;
 pub use object::{AlarmInfo, DurableObject};
 pub use runtime::{
-    DEFAULT_IDLE_TIMEOUT, DEFAULT_MAILBOX_CAPACITY, Durability, Runtime, RuntimeBuilder,
+    DEFAULT_ALARM_RETRY_DELAY, DEFAULT_IDLE_TIMEOUT, DEFAULT_MAILBOX_CAPACITY, DEFAULT_MAX_OPEN_DATABASES,
+    Durability, Runtime, RuntimeBuilder,
 };
+pub use storage::{ListOptions, MAX_KEY_LEN, Storage};
+
+/// The SQLite bindings behind [`Storage::sql`], re-exported so that user code
+/// uses the same version.
+pub use rusqlite;
 pub use stub::PendingCall;

@@ -15,6 +15,7 @@ use std::collections::VecDeque;
 
 use tokio::sync::oneshot;
 
+use crate::alarm::AlarmDue;
 use crate::error::Result;
 
 /// Where the outcome of a call is sent: the encoded result, or the error.
@@ -24,8 +25,8 @@ pub(crate) type Reply = oneshot::Sender<Result<Vec<u8>>>;
 pub(crate) enum Message {
     /// A call of a remote method.
     Call(Call),
-    /// The object's alarm is due.
-    Alarm,
+    /// An entry of the node's alarm index is due.
+    Alarm(AlarmDue),
 }
 
 /// A call of a remote method, with its arguments already encoded.
@@ -45,21 +46,19 @@ pub(crate) struct Mailbox {
     queue: VecDeque<Message>,
 }
 
-/// Why a message was not queued; the message is handed back.
-pub(crate) struct Full(pub(crate) Message);
+/// The mailbox is full: the call was not queued.
+pub(crate) struct Full;
 
 impl Mailbox {
     pub(crate) fn new() -> Self {
         // An empty VecDeque does not allocate: idle objects cost no queue memory.
-        Mailbox {
-            queue: VecDeque::new(),
-        }
+        Mailbox { queue: VecDeque::new() }
     }
 
     /// Queues a call, or hands it back when `capacity` calls already wait.
     pub(crate) fn push(&mut self, message: Message, capacity: usize) -> Result<(), Full> {
         if matches!(message, Message::Call(_)) && self.queue.len() >= capacity {
-            return Err(Full(message));
+            return Err(Full);
         }
         self.queue.push_back(message);
         Ok(())

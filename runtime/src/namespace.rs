@@ -32,12 +32,7 @@ pub struct Namespace<T> {
 
 impl<T: DurableObject> Namespace<T> {
     pub(crate) fn new(runtime: Runtime, keys: IdKeys, hosted: Option<Arc<HostedType>>) -> Self {
-        Namespace {
-            runtime,
-            keys,
-            hosted,
-            _type: PhantomData,
-        }
+        Namespace { runtime, keys, hosted, _type: PhantomData }
     }
 
     /// A new id, different from every other id ever minted.
@@ -67,12 +62,7 @@ impl<T: DurableObject> Namespace<T> {
     /// This does no I/O and never creates the object: the object is
     /// constructed by the first call that reaches it.
     pub fn stub(&self, id: &ObjectId) -> T::Stub {
-        T::__stub(StubCore::new(
-            self.runtime.clone(),
-            T::NAME,
-            *id,
-            self.hosted.clone(),
-        ))
+        T::__stub(StubCore::new(self.runtime.clone(), T::NAME, *id, self.hosted.clone()))
     }
 
     /// The name of the object type, as used in ids and storage paths.
@@ -94,9 +84,6 @@ impl<T> Clone for Namespace<T> {
 
 impl<T: DurableObject> fmt::Debug for Namespace<T> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("Namespace")
-            .field("type", &T::NAME)
-            .field("hosted", &self.hosted.is_some())
-            .finish()
+        f.debug_struct("Namespace").field("type", &T::NAME).field("hosted", &self.hosted.is_some()).finish()
     }
 }

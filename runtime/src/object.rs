@@ -94,9 +94,5 @@ pub(crate) type Instance = Box<dyn ErasedObject>;
 pub(crate) fn construct_erased<T: DurableObject>(
     ctx: Context,
 ) -> BoxFuture<'static, std::result::Result<Instance, String>> {
-    Box::pin(async move {
-        T::__construct(ctx)
-            .await
-            .map(|object| Box::new(object) as Instance)
-    })
+    Box::pin(async move { T::__construct(ctx).await.map(|object| Box::new(object) as Instance) })
 }

@@ -9,17 +9,25 @@ use std::sync::{Arc, Weak};
 use std::time::{Duration, Instant};
 
 use crate::activation::{HostedType, in_turn};
+use crate::alarm::{self, AlarmIndex};
 use crate::error::{Error, Result};
 use crate::id::IdKeys;
 use crate::namespace::Namespace;
 use crate::object::DurableObject;
 use crate::secret;
+use crate::storage::{Location, OpenDatabases, StorageRoot};
 
 /// How long an idle object stays in memory unless configured otherwise.
 pub const DEFAULT_IDLE_TIMEOUT: Duration = Duration::from_secs(60);
 
 /// How many calls may wait in one object's mailbox unless configured otherwise.
 pub const DEFAULT_MAILBOX_CAPACITY: usize = 4096;
+
+/// How many object databases may be open at once unless configured otherwise.
+pub const DEFAULT_MAX_OPEN_DATABASES: usize = 1024;
+
+/// The delay before the first retry of a failed alarm unless configured otherwise.
+pub const DEFAULT_ALARM_RETRY_DELAY: Duration = Duration::from_secs(2);
 
 /// How far a reply is allowed to run ahead of the disk.
 ///
@@ -40,10 +48,9 @@ pub enum Durability {
 /// The settings a runtime was built with.
 #[derive(Debug, Clone)]
 pub(crate) struct Config {
-    pub(crate) data_dir: Option<PathBuf>,
     pub(crate) idle_timeout: Duration,
     pub(crate) mailbox_capacity: usize,
-    pub(crate) durability: Durability,
+    pub(crate) alarm_retry_delay: Duration,
 }
 
 /// Registers one hosted type once the secret is known.
@@ -73,6 +80,8 @@ pub struct RuntimeBuilder {
     idle_timeout: Duration,
     mailbox_capacity: usize,
     durability: Durability,
+    max_open_databases: usize,
+    alarm_retry_delay: Duration,
     hosts: Vec<(&'static str, MakeHostedType)>,
 }
 
@@ -121,6 +130,21 @@ impl RuntimeBuilder {
         self
     }
 
+    /// How many object databases may be open at once (default 1024); the
+    /// one opened longest ago is closed to make room, and reopened on its
+    /// next use. Each open database holds three file descriptors.
+    pub fn max_open_databases(mut self, max: usize) -> Self {
+        self.max_open_databases = max;
+        self
+    }
+
+    /// The delay before the first retry of a failed alarm handler (default
+    /// 2 s); each further retry waits twice as long, up to 6 retries.
+    pub fn alarm_retry_delay(mut self, delay: Duration) -> Self {
+        self.alarm_retry_delay = delay;
+        self
+    }
+
     /// Hosts objects of type `T` in this runtime.
     pub fn host<T: DurableObject>(mut self) -> Self {
         self.hosts.push((T::NAME, HostedType::new::<T>));
@@ -134,14 +158,11 @@ impl RuntimeBuilder {
     /// [`Error::Config`] when the settings contradict each other or the
     /// secret cannot be read or created.
     pub async fn build(self) -> Result<Runtime> {
-        let handle = tokio::runtime::Handle::try_current().map_err(|_| {
-            Error::Config("`RuntimeBuilder::build` must run inside a tokio runtime".into())
-        })?;
+        let handle = tokio::runtime::Handle::try_current()
+            .map_err(|_| Error::Config("`RuntimeBuilder::build` must run inside a tokio runtime".into()))?;
         let data_dir = match (self.data_dir, self.in_memory) {
             (Some(_), true) => {
-                return Err(Error::Config(
-                    "both `data_dir` and `in_memory` were set; choose one".into(),
-                ));
+                return Err(Error::Config("both `data_dir` and `in_memory` were set; choose one".into()));
             }
             (None, false) => {
                 return Err(Error::Config(
@@ -153,21 +174,17 @@ impl RuntimeBuilder {
             (data_dir, _) => data_dir,
         };
         if self.mailbox_capacity == 0 {
-            return Err(Error::Config(
-                "`mailbox_capacity` must be at least 1".into(),
-            ));
+            return Err(Error::Config("`mailbox_capacity` must be at least 1".into()));
+        }
+        if self.max_open_databases == 0 {
+            return Err(Error::Config("`max_open_databases` must be at least 1".into()));
         }
         if self.idle_timeout.is_zero() {
-            return Err(Error::Config(
-                "`idle_timeout` must be longer than zero".into(),
-            ));
+            return Err(Error::Config("`idle_timeout` must be longer than zero".into()));
         }
         if let Some(dir) = &data_dir {
             std::fs::create_dir_all(dir).map_err(|e| {
-                Error::Config(format!(
-                    "cannot create the data directory {}: {e}",
-                    dir.display()
-                ))
+                Error::Config(format!("cannot create the data directory {}: {e}", dir.display()))
             })?;
         }
         let secret = secret::resolve(self.secret.as_deref(), data_dir.as_deref())?;
@@ -180,21 +197,31 @@ impl RuntimeBuilder {
                 )));
             }
         }
+        let storage = Arc::new(StorageRoot {
+            location: match &data_dir {
+                Some(dir) => Location::Files(dir.clone()),
+                None => Location::Memory(Default::default()),
+            },
+            durability: self.durability,
+            open: OpenDatabases::new(if data_dir.is_some() { self.max_open_databases } else { usize::MAX }),
+            alarms: AlarmIndex::open(data_dir.as_deref())?,
+        });
         let config = Config {
-            data_dir,
             idle_timeout: self.idle_timeout,
             mailbox_capacity: self.mailbox_capacity,
-            durability: self.durability,
+            alarm_retry_delay: self.alarm_retry_delay,
         };
         let inner = Arc::new(RuntimeInner {
             config,
             secret,
             hosted,
             handle,
+            storage,
             lifecycle: Lifecycle::default(),
         });
         let runtime = Runtime { inner };
         runtime.spawn(evict_idle_objects(Arc::downgrade(&runtime.inner)));
+        runtime.spawn(alarm::run_scheduler(runtime.downgrade()));
         Ok(runtime)
     }
 }
@@ -207,10 +234,7 @@ impl fmt::Debug for RuntimeBuilder {
             .field("idle_timeout", &self.idle_timeout)
             .field("mailbox_capacity", &self.mailbox_capacity)
             .field("durability", &self.durability)
-            .field(
-                "hosts",
-                &self.hosts.iter().map(|(name, _)| *name).collect::<Vec<_>>(),
-            )
+            .field("hosts", &self.hosts.iter().map(|(name, _)| *name).collect::<Vec<_>>())
             .finish_non_exhaustive()
     }
 }
@@ -230,7 +254,18 @@ struct RuntimeInner {
     secret: [u8; 32],
     hosted: HashMap<&'static str, Arc<HostedType>>,
     handle: tokio::runtime::Handle,
+    storage: Arc<StorageRoot>,
     lifecycle: Lifecycle,
+}
+
+/// A reference to a runtime that does not keep it alive (for its own tasks).
+#[derive(Clone)]
+pub(crate) struct WeakRuntime(Weak<RuntimeInner>);
+
+impl WeakRuntime {
+    pub(crate) fn upgrade(&self) -> Option<Runtime> {
+        self.0.upgrade().map(|inner| Runtime { inner })
+    }
 }
 
 impl Runtime {
@@ -243,6 +278,8 @@ impl Runtime {
             idle_timeout: DEFAULT_IDLE_TIMEOUT,
             mailbox_capacity: DEFAULT_MAILBOX_CAPACITY,
             durability: Durability::default(),
+            max_open_databases: DEFAULT_MAX_OPEN_DATABASES,
+            alarm_retry_delay: DEFAULT_ALARM_RETRY_DELAY,
             hosts: Vec::new(),
         }
     }
@@ -281,11 +318,29 @@ impl Runtime {
 
     /// Number of objects currently in memory, over all hosted types.
     pub fn active_objects(&self) -> usize {
-        self.inner
-            .hosted
-            .values()
-            .map(|hosted| hosted.active_count())
-            .sum()
+        self.inner.hosted.values().map(|hosted| hosted.active_count()).sum()
+    }
+
+    /// Number of object databases currently open.
+    pub fn open_databases(&self) -> usize {
+        self.inner.storage.open.count()
+    }
+
+    pub(crate) fn downgrade(&self) -> WeakRuntime {
+        WeakRuntime(Arc::downgrade(&self.inner))
+    }
+
+    pub(crate) fn storage_root(&self) -> Arc<StorageRoot> {
+        self.inner.storage.clone()
+    }
+
+    pub(crate) fn hosted(&self, type_name: &str) -> Option<&Arc<HostedType>> {
+        self.inner.hosted.get(type_name)
+    }
+
+    /// Whether shutdown has begun.
+    pub(crate) fn is_closing(&self) -> bool {
+        self.inner.lifecycle.closing.load(Ordering::Acquire)
     }
 
     pub(crate) fn config(&self) -> &Config {
@@ -310,9 +365,7 @@ impl Runtime {
             return Err(Error::Unavailable("the runtime has been shut down".into()));
         }
         if lifecycle.closing.load(Ordering::Acquire) && !in_turn() {
-            return Err(Error::Unavailable(
-                "the runtime is shutting down and takes no new calls".into(),
-            ));
+            return Err(Error::Unavailable("the runtime is shutting down and takes no new calls".into()));
         }
         Ok(())
     }

@@ -23,20 +23,14 @@ pub(crate) fn resolve(configured: Option<&[u8]>, data_dir: Option<&Path>) -> Res
         return Ok(blake3::derive_key("stead 2026 cluster secret", secret));
     }
     let Some(dir) = data_dir else {
-        return Ok(blake3::derive_key(
-            "stead 2026 cluster secret",
-            &random_bytes(),
-        ));
+        return Ok(blake3::derive_key("stead 2026 cluster secret", &random_bytes()));
     };
     let path = dir.join(FILE_NAME);
     let text = match fs::read_to_string(&path) {
         Ok(text) => text,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => create(&path)?,
         Err(e) => {
-            return Err(Error::Config(format!(
-                "cannot read the secret file {}: {e}",
-                path.display()
-            )));
+            return Err(Error::Config(format!("cannot read the secret file {}: {e}", path.display())));
         }
     };
     let bytes = decode_hex(text.trim()).ok_or_else(|| {
@@ -70,16 +64,8 @@ fn create(path: &Path) -> Result<String> {
         Ok(()) => Ok(text),
         // Another runtime on the same directory won the race: use its secret.
         Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => fs::read_to_string(path)
-            .map_err(|e| {
-                Error::Config(format!(
-                    "cannot read the secret file {}: {e}",
-                    path.display()
-                ))
-            }),
-        Err(e) => Err(Error::Config(format!(
-            "cannot create the secret file {}: {e}",
-            path.display()
-        ))),
+            .map_err(|e| Error::Config(format!("cannot read the secret file {}: {e}", path.display()))),
+        Err(e) => Err(Error::Config(format!("cannot create the secret file {}: {e}", path.display()))),
     }
 }
 

@@ -56,14 +56,7 @@ impl StubCore {
             Some(hosted) => Route::Local(hosted),
             None => Route::NotHosted,
         };
-        StubCore {
-            target: Arc::new(Target {
-                id,
-                type_name,
-                runtime,
-                route,
-            }),
-        }
+        StubCore { target: Arc::new(Target { id, type_name, runtime, route }) }
     }
 
     /// The id of the object this stub addresses.
@@ -81,12 +74,7 @@ impl StubCore {
         let target = &*self.target;
         target.runtime.check_accepting()?;
         let (reply, receiver) = oneshot::channel();
-        let message = Message::Call(Call {
-            method,
-            fingerprint,
-            args,
-            reply,
-        });
+        let message = Message::Call(Call { method, fingerprint, args, reply });
         match &target.route {
             Route::Local(hosted) => hosted.send(&target.runtime, target.id, message)?,
             Route::NotHosted => {

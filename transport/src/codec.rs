@@ -47,10 +47,7 @@ impl CodecError {
 /// Encodes `value` into a new buffer.
 pub fn encode<T: Serialize + ?Sized>(value: &T) -> Result<Vec<u8>, CodecError> {
     bincode::serde::encode_to_vec(value, config()).map_err(|e| CodecError {
-        message: format!(
-            "could not encode a value of type `{}`: {e}",
-            std::any::type_name::<T>()
-        ),
+        message: format!("could not encode a value of type `{}`: {e}", std::any::type_name::<T>()),
     })
 }
 
@@ -59,24 +56,16 @@ pub fn encode<T: Serialize + ?Sized>(value: &T) -> Result<Vec<u8>, CodecError> {
 /// Values encoded one after another decode as the tuple of those values:
 /// that is how the arguments of a method are encoded one by one.
 pub fn encode_into<T: Serialize + ?Sized>(value: &T, buf: &mut Vec<u8>) -> Result<(), CodecError> {
-    bincode::serde::encode_into_std_write(value, buf, config())
-        .map(drop)
-        .map_err(|e| CodecError {
-            message: format!(
-                "could not encode a value of type `{}`: {e}",
-                std::any::type_name::<T>()
-            ),
-        })
+    bincode::serde::encode_into_std_write(value, buf, config()).map(drop).map_err(|e| CodecError {
+        message: format!("could not encode a value of type `{}`: {e}", std::any::type_name::<T>()),
+    })
 }
 
 /// Decodes a value of type `T` from the start of `bytes`, returning it and
 /// the number of bytes it took.
 pub fn decode_prefix<T: DeserializeOwned>(bytes: &[u8]) -> Result<(T, usize), CodecError> {
     bincode::serde::decode_from_slice(bytes, config()).map_err(|e| CodecError {
-        message: format!(
-            "could not decode a value of type `{}`: {e}",
-            std::any::type_name::<T>()
-        ),
+        message: format!("could not decode a value of type `{}`: {e}", std::any::type_name::<T>()),
     })
 }
 

@@ -1,0 +1,139 @@
+//! One object's SQLite database: where it lives, how it is opened, its schema.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+use std::time::Duration;
+
+use rusqlite::{Connection, OpenFlags};
+
+use crate::error::{Error, Result};
+use crate::id::ObjectId;
+use crate::runtime::Durability;
+
+/// Marks a file as a stead object database (`PRAGMA application_id`): "stDO".
+const APPLICATION_ID: i32 = 0x7374_444f;
+
+/// The reserved tables; user tables must not start with `_stead_`.
+const SCHEMA: &str = "
+    CREATE TABLE IF NOT EXISTS _stead_kv (key TEXT PRIMARY KEY NOT NULL, value BLOB NOT NULL) WITHOUT ROWID;
+    CREATE TABLE IF NOT EXISTS _stead_meta (name TEXT PRIMARY KEY NOT NULL, value ANY) WITHOUT ROWID;
+";
+
+/// Where the databases of a runtime live.
+pub(crate) enum Location {
+    /// One file per object under this directory.
+    Files(PathBuf),
+    /// In memory. Connections are parked here while their object is not in
+    /// memory, so that data survives eviction (but not the runtime).
+    Memory(Mutex<HashMap<(&'static str, ObjectId), Connection>>),
+}
+
+impl Location {
+    /// The file of object `id` of type `type_name`, in a directory sharded by
+    /// the id's first byte so that no directory grows too large:
+    /// `objects/<type>/<2 hex digits>/<64 hex digits>.sqlite`.
+    pub(crate) fn path(root: &Path, type_name: &str, id: &ObjectId) -> PathBuf {
+        let hex = id.to_string();
+        root.join("objects").join(type_name).join(&hex[..2]).join(format!("{hex}.sqlite"))
+    }
+
+    /// Opens (creating if needed) the database of an object.
+    pub(crate) fn open(
+        &self,
+        type_name: &'static str,
+        id: &ObjectId,
+        durability: Durability,
+    ) -> Result<Connection> {
+        match self {
+            Location::Files(root) => open_file(&Location::path(root, type_name, id), durability),
+            Location::Memory(parked) => {
+                let parked = parked.lock().unwrap_or_else(|p| p.into_inner()).remove(&(type_name, *id));
+                match parked {
+                    Some(conn) => Ok(conn),
+                    None => {
+                        let conn = Connection::open_in_memory()
+                            .map_err(|e| storage_error("open an in-memory database", e))?;
+                        init(&conn, "an in-memory database")?;
+                        Ok(conn)
+                    }
+                }
+            }
+        }
+    }
+
+    /// Closes the database of an object (parks it, in memory).
+    pub(crate) fn close(&self, type_name: &'static str, id: &ObjectId, conn: Connection) {
+        match self {
+            Location::Files(_) => drop(conn),
+            Location::Memory(parked) => {
+                parked.lock().unwrap_or_else(|p| p.into_inner()).insert((type_name, *id), conn);
+            }
+        }
+    }
+
+    /// Removes the database of an object whose storage is empty.
+    pub(crate) fn remove(&self, type_name: &'static str, id: &ObjectId) {
+        match self {
+            Location::Files(root) => {
+                let path = Location::path(root, type_name, id);
+                for suffix in ["", "-wal", "-shm"] {
+                    let mut file = path.clone().into_os_string();
+                    file.push(suffix);
+                    // Missing files are fine: the goal is that none is left.
+                    let _ = std::fs::remove_file(file);
+                }
+            }
+            Location::Memory(parked) => {
+                parked.lock().unwrap_or_else(|p| p.into_inner()).remove(&(type_name, *id));
+            }
+        }
+    }
+}
+
+fn open_file(path: &Path, durability: Durability) -> Result<Connection> {
+    let what = format!("the database {}", path.display());
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir)
+            .map_err(|e| Error::Storage(format!("cannot create {}: {e}", dir.display())))?;
+    }
+    let flags =
+        OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_CREATE | OpenFlags::SQLITE_OPEN_NO_MUTEX;
+    let conn =
+        Connection::open_with_flags(path, flags).map_err(|e| storage_error(&format!("open {what}"), e))?;
+    conn.busy_timeout(Duration::from_secs(5)).map_err(|e| storage_error(&format!("configure {what}"), e))?;
+    let synchronous = match durability {
+        Durability::Full => "FULL",
+        Durability::Normal => "NORMAL",
+    };
+    conn.execute_batch(&format!("PRAGMA journal_mode = WAL; PRAGMA synchronous = {synchronous};"))
+        .map_err(|e| storage_error(&format!("open {what} (is it an SQLite database?)"), e))?;
+    init(&conn, &what)?;
+    Ok(conn)
+}
+
+/// Checks that the database is ours (or new), and creates the reserved tables.
+fn init(conn: &Connection, what: &str) -> Result<()> {
+    let app_id: i32 = conn
+        .query_row("PRAGMA application_id", [], |row| row.get(0))
+        .map_err(|e| storage_error(&format!("read {what} (is it an SQLite database?)"), e))?;
+    if app_id != APPLICATION_ID {
+        let tables: i64 = conn
+            .query_row("SELECT count(*) FROM sqlite_schema", [], |row| row.get(0))
+            .map_err(|e| storage_error(&format!("read {what}"), e))?;
+        if app_id != 0 || tables != 0 {
+            return Err(Error::Storage(format!(
+                "{what} is not a stead object database (application id {app_id:#x}, {tables} schema \
+                 entries); move the foreign file out of the data directory"
+            )));
+        }
+        conn.execute_batch(&format!("PRAGMA application_id = {APPLICATION_ID};"))
+            .map_err(|e| storage_error(&format!("initialise {what}"), e))?;
+    }
+    conn.execute_batch(SCHEMA).map_err(|e| storage_error(&format!("initialise {what}"), e))
+}
+
+/// A storage error with what was being done.
+pub(crate) fn storage_error(doing: &str, err: rusqlite::Error) -> Error {
+    Error::Storage(format!("could not {doing}: {err}"))
+}

@@ -1,0 +1,596 @@
+//! Each object's durable storage: a key-value API and SQL, in one SQLite
+//! database per object.
+//!
+//! # The output gate
+//! Every turn runs in one implicit transaction, opened at the turn's first
+//! storage access and committed *before* the turn's reply is released. So a
+//! caller that has a reply knows the writes of that turn are committed, and a
+//! turn that panics leaves no writes behind: its transaction is rolled back.
+//! With [`Durability::Full`](crate::Durability::Full) "committed" means
+//! fsynced; with `Normal`, written to the OS (survives a process crash, not a
+//! power loss).
+//!
+//! Storage used outside a turn (from a task the object spawned) commits each
+//! operation on its own.
+//!
+//! # Layout
+//! `data_dir/objects/<type>/<first 2 hex digits of id>/<id>.sqlite`, in WAL
+//! mode. Key-value pairs live in the reserved table `_stead_kv`; the alarm in
+//! `_stead_meta`; the user's own tables sit beside them (names starting with
+//! `_stead_` are reserved). The database is opened on the first access and
+//! closed when the object is evicted, or earlier when too many are open.
+
+mod database;
+mod pool;
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::panic::AssertUnwindSafe;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use rusqlite::{Connection, OptionalExtension, params};
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+use stead_transport::codec;
+
+use crate::alarm::AlarmIndex;
+use crate::error::{Error, Result};
+use crate::id::ObjectId;
+use crate::runtime::Durability;
+pub(crate) use database::Location;
+use database::storage_error;
+pub(crate) use pool::{CloseAttempt, OpenDatabases};
+
+/// The longest key, in bytes.
+pub const MAX_KEY_LEN: usize = 2048;
+
+/// Everything the storage of one runtime shares.
+pub(crate) struct StorageRoot {
+    pub(crate) location: Location,
+    pub(crate) durability: Durability,
+    pub(crate) open: OpenDatabases,
+    pub(crate) alarms: AlarmIndex,
+}
+
+/// Which keys [`Storage::list`] returns, in which order.
+///
+/// Build it with the methods (`ListOptions::default().prefix("user:").limit(10)`)
+/// or with a struct literal (`ListOptions { prefix: Some("user:".into()), ..Default::default() }`).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ListOptions {
+    /// Only keys that start with this.
+    pub prefix: Option<String>,
+    /// Only keys at or after this one.
+    pub start: Option<String>,
+    /// Only keys before this one (exclusive).
+    pub end: Option<String>,
+    /// Descending key order instead of ascending.
+    pub reverse: bool,
+    /// At most this many pairs.
+    pub limit: Option<usize>,
+}
+
+impl ListOptions {
+    /// Only keys that start with `prefix`.
+    pub fn prefix(mut self, prefix: impl Into<String>) -> Self {
+        self.prefix = Some(prefix.into());
+        self
+    }
+
+    /// Only keys at or after `start` (inclusive).
+    pub fn start(mut self, start: impl Into<String>) -> Self {
+        self.start = Some(start.into());
+        self
+    }
+
+    /// Only keys before `end` (exclusive).
+    pub fn end(mut self, end: impl Into<String>) -> Self {
+        self.end = Some(end.into());
+        self
+    }
+
+    /// Descending order when `true`.
+    pub fn reverse(mut self, reverse: bool) -> Self {
+        self.reverse = reverse;
+        self
+    }
+
+    /// At most `limit` pairs.
+    pub fn limit(mut self, limit: usize) -> Self {
+        self.limit = Some(limit);
+        self
+    }
+}
+
+/// The durable storage of one object. Get it with
+/// [`Context::storage`](crate::Context::storage).
+///
+/// Synchronous on purpose: the database is local, and a synchronous API
+/// cannot be interleaved with other turns. Values are any `serde` type,
+/// encoded with stead's codec; keys are strings of at most
+/// [`MAX_KEY_LEN`] bytes, ordered byte-wise.
+///
+/// Every write of a turn is committed when the turn ends, before its reply
+/// is released, and rolled back if the turn panics (see the module docs).
+#[derive(Clone)]
+pub struct Storage {
+    inner: Arc<StorageInner>,
+}
+
+pub(crate) struct StorageInner {
+    type_name: &'static str,
+    id: ObjectId,
+    has_alarm: bool,
+    root: Arc<StorageRoot>,
+    state: Mutex<State>,
+}
+
+#[derive(Default)]
+struct State {
+    conn: Option<Connection>,
+    /// A turn is running: accesses join the turn's transaction.
+    turn: bool,
+    /// The turn's transaction has begun.
+    txn: bool,
+    /// The connection is lent to an `sql` closure.
+    lent: bool,
+    /// The object was evicted: this handle is dead.
+    evicted: bool,
+    /// Open savepoints of `transaction`.
+    savepoints: u32,
+    /// `delete_all` ran: remove the file on close if it stayed empty.
+    maybe_empty: bool,
+}
+
+impl Storage {
+    pub(crate) fn new(
+        root: Arc<StorageRoot>,
+        type_name: &'static str,
+        id: ObjectId,
+        has_alarm: bool,
+    ) -> Self {
+        Storage {
+            inner: Arc::new(StorageInner {
+                type_name,
+                id,
+                has_alarm,
+                root,
+                state: Mutex::new(State::default()),
+            }),
+        }
+    }
+
+    /// The value stored under `key`, if any.
+    ///
+    /// # Errors
+    /// `Storage` when the database fails, `Codec` when the stored value is not
+    /// a `V`.
+    pub fn get<V: DeserializeOwned>(&self, key: &str) -> Result<Option<V>> {
+        check_key(key)?;
+        let bytes: Option<Vec<u8>> = self.with_conn("read a key", |conn| {
+            conn.prepare_cached("SELECT value FROM _stead_kv WHERE key = ?1")?
+                .query_row([key], |row| row.get(0))
+                .optional()
+        })?;
+        bytes.map(|bytes| decode_value(key, &bytes)).transpose()
+    }
+
+    /// Stores `value` under `key`, replacing what was there.
+    pub fn put<V: Serialize + ?Sized>(&self, key: &str, value: &V) -> Result<()> {
+        check_key(key)?;
+        let bytes = codec::encode(value)?;
+        self.with_conn("write a key", |conn| {
+            conn.prepare_cached("INSERT OR REPLACE INTO _stead_kv (key, value) VALUES (?1, ?2)")?
+                .execute(params![key, bytes])
+                .map(drop)
+        })
+    }
+
+    /// Deletes `key`; returns whether it existed.
+    pub fn delete(&self, key: &str) -> Result<bool> {
+        check_key(key)?;
+        self.with_conn("delete a key", |conn| {
+            conn.prepare_cached("DELETE FROM _stead_kv WHERE key = ?1")?.execute([key]).map(|n| n > 0)
+        })
+    }
+
+    /// The values of those of `keys` that exist.
+    pub fn get_many<K, V>(&self, keys: impl IntoIterator<Item = K>) -> Result<BTreeMap<String, V>>
+    where
+        K: AsRef<str>,
+        V: DeserializeOwned,
+    {
+        let keys: Vec<K> = keys.into_iter().collect();
+        for key in &keys {
+            check_key(key.as_ref())?;
+        }
+        let found: Vec<(String, Vec<u8>)> = self.with_conn("read keys", |conn| {
+            let mut stmt = conn.prepare_cached("SELECT key, value FROM _stead_kv WHERE key = ?1")?;
+            let mut found = Vec::new();
+            for key in &keys {
+                if let Some(pair) =
+                    stmt.query_row([key.as_ref()], |row| Ok((row.get(0)?, row.get(1)?))).optional()?
+                {
+                    found.push(pair);
+                }
+            }
+            Ok(found)
+        })?;
+        found.into_iter().map(|(key, bytes)| Ok((key.clone(), decode_value(&key, &bytes)?))).collect()
+    }
+
+    /// Stores every pair, atomically.
+    pub fn put_many<K, V>(&self, entries: impl IntoIterator<Item = (K, V)>) -> Result<()>
+    where
+        K: AsRef<str>,
+        V: Serialize,
+    {
+        let mut encoded = Vec::new();
+        for (key, value) in entries {
+            check_key(key.as_ref())?;
+            encoded.push((key.as_ref().to_string(), codec::encode(&value)?));
+        }
+        self.with_conn("write keys", |conn| {
+            let mut stmt =
+                conn.prepare_cached("INSERT OR REPLACE INTO _stead_kv (key, value) VALUES (?1, ?2)")?;
+            for (key, bytes) in &encoded {
+                stmt.execute(params![key, bytes])?;
+            }
+            Ok(())
+        })
+    }
+
+    /// Deletes every key given; returns how many existed.
+    pub fn delete_many<K: AsRef<str>>(&self, keys: impl IntoIterator<Item = K>) -> Result<usize> {
+        let keys: Vec<K> = keys.into_iter().collect();
+        for key in &keys {
+            check_key(key.as_ref())?;
+        }
+        self.with_conn("delete keys", |conn| {
+            let mut stmt = conn.prepare_cached("DELETE FROM _stead_kv WHERE key = ?1")?;
+            let mut deleted = 0;
+            for key in &keys {
+                deleted += stmt.execute([key.as_ref()])?;
+            }
+            Ok(deleted)
+        })
+    }
+
+    /// The pairs selected by `options`, in key order.
+    pub fn list<V: DeserializeOwned>(&self, options: ListOptions) -> Result<Vec<(String, V)>> {
+        let order = if options.reverse { "DESC" } else { "ASC" };
+        let sql = format!(
+            "SELECT key, value FROM _stead_kv
+             WHERE (?1 IS NULL OR key >= ?1) AND (?2 IS NULL OR key < ?2)
+               AND (?3 IS NULL OR (key >= ?3 AND substr(key, 1, length(?3)) = ?3))
+             ORDER BY key {order} LIMIT ?4"
+        );
+        let limit = options.limit.map_or(-1, |n| i64::try_from(n).unwrap_or(i64::MAX));
+        let rows: Vec<(String, Vec<u8>)> = self.with_conn("list keys", |conn| {
+            conn.prepare_cached(&sql)?
+                .query_map(params![options.start, options.end, options.prefix, limit], |row| {
+                    Ok((row.get(0)?, row.get(1)?))
+                })?
+                .collect()
+        })?;
+        rows.into_iter().map(|(key, bytes)| Ok((key.clone(), decode_value(&key, &bytes)?))).collect()
+    }
+
+    /// Deletes every key and every table of the user; the alarm stays.
+    ///
+    /// The storage stays usable. Like every write it is part of the turn (a
+    /// panic undoes it); once committed, the object's database file is
+    /// removed when the object is evicted, if nothing was written since.
+    pub fn delete_all(&self) -> Result<()> {
+        self.with_conn("delete everything", |conn| {
+            let tables: Vec<String> = conn
+                .prepare("SELECT name FROM sqlite_schema WHERE type = 'table' AND name NOT LIKE '\\_stead\\_%' ESCAPE '\\' AND name NOT LIKE 'sqlite\\_%' ESCAPE '\\'")?
+                .query_map([], |row| row.get(0))?
+                .collect::<rusqlite::Result<_>>()?;
+            for table in tables {
+                conn.execute_batch(&format!("DROP TABLE IF EXISTS \"{}\"", table.replace('"', "\"\"")))?;
+            }
+            conn.execute_batch("DELETE FROM _stead_kv")
+        })?;
+        self.lock().maybe_empty = true;
+        Ok(())
+    }
+
+    /// Runs `f` in a savepoint: if `f` returns an error, just its writes are
+    /// rolled back, and the error is returned; otherwise they join the turn.
+    pub fn transaction<R, E>(
+        &self,
+        f: impl FnOnce(&Storage) -> std::result::Result<R, E>,
+    ) -> std::result::Result<R, E>
+    where
+        E: From<Error>,
+    {
+        let depth = {
+            let mut state = self.lock();
+            let depth = state.savepoints;
+            let conn = self.ready(&mut state)?;
+            conn.execute_batch(&format!("SAVEPOINT stead_{depth}"))
+                .map_err(|e| storage_error("open a savepoint", e))?;
+            state.savepoints += 1;
+            depth
+        };
+        let result = f(self);
+        let mut state = self.lock();
+        state.savepoints = state.savepoints.saturating_sub(1);
+        let conn = self.ready(&mut state)?;
+        let end = match &result {
+            Ok(_) => format!("RELEASE stead_{depth}"),
+            Err(_) => format!("ROLLBACK TO stead_{depth}; RELEASE stead_{depth}"),
+        };
+        conn.execute_batch(&end).map_err(|e| storage_error("close a savepoint", e))?;
+        result
+    }
+
+    /// Runs `f` with the object's SQLite connection, for the user's own
+    /// tables (rusqlite is re-exported as `stead::rusqlite`).
+    ///
+    /// Inside a turn, `f` runs in the turn's transaction: do not `COMMIT` or
+    /// `ROLLBACK` (the output gate commits for you; use
+    /// [`transaction`](Self::transaction) for a nested savepoint). Tables
+    /// whose names start with `_stead_` are reserved.
+    pub fn sql<R>(&self, f: impl FnOnce(&Connection) -> rusqlite::Result<R>) -> Result<R> {
+        let (conn, in_turn) = {
+            let mut state = self.lock();
+            self.ready(&mut state)?;
+            state.lent = true;
+            (state.conn.take(), state.turn)
+        };
+        let Some(conn) = conn else {
+            self.lock().lent = false;
+            return Err(Error::Storage("the database was not open".into()));
+        };
+        let result = std::panic::catch_unwind(AssertUnwindSafe(|| f(&conn)));
+        let ended_turn = in_turn && conn.is_autocommit();
+        {
+            let mut state = self.lock();
+            state.conn = Some(conn);
+            state.lent = false;
+            if ended_turn {
+                state.txn = false;
+            }
+        }
+        let result = result.unwrap_or_else(|panic| std::panic::resume_unwind(panic));
+        if ended_turn {
+            return Err(Error::Storage(
+                "the sql closure ended the turn's transaction with COMMIT or ROLLBACK; the turn \
+                 commits by itself, use `Storage::transaction` for a nested savepoint"
+                    .into(),
+            ));
+        }
+        result.map_err(|e| storage_error("run the sql closure", e))
+    }
+
+    /// Sets the object's alarm to `at`, replacing any other; the type's
+    /// `#[alarm]` handler runs then (at least once). A time in the past fires
+    /// at once.
+    ///
+    /// # Errors
+    /// `Config` when the type has no `#[alarm]` handler.
+    pub fn set_alarm(&self, at: SystemTime) -> Result<()> {
+        if !self.inner.has_alarm {
+            return Err(Error::Config(format!(
+                "`{0}` has no alarm handler, so its alarm would never run; add \
+                 `#[alarm] async fn alarm(&mut self, info: stead::AlarmInfo)` to the \
+                 `#[durable_object] impl {0}` block",
+                self.inner.type_name
+            )));
+        }
+        let at = unix_millis(at);
+        // The node's index first: if the turn then commits, the alarm is
+        // found after a crash; if it rolls back, the index entry is checked
+        // against this storage when it fires, and dropped.
+        self.inner.root.alarms.schedule(self.inner.type_name, &self.inner.id, at, 0)?;
+        self.with_conn("set the alarm", |conn| {
+            conn.prepare_cached("INSERT OR REPLACE INTO _stead_meta (name, value) VALUES ('alarm', ?1)")?
+                .execute([at])
+                .map(drop)
+        })
+    }
+
+    /// When the object's alarm is set to fire, if it is.
+    pub fn get_alarm(&self) -> Result<Option<SystemTime>> {
+        Ok(self.alarm_millis()?.map(from_unix_millis))
+    }
+
+    /// Cancels the object's alarm, if any.
+    pub fn delete_alarm(&self) -> Result<()> {
+        self.with_conn("delete the alarm", |conn| {
+            conn.prepare_cached("DELETE FROM _stead_meta WHERE name = 'alarm'")?.execute([]).map(drop)
+        })
+    }
+
+    pub(crate) fn alarm_millis(&self) -> Result<Option<i64>> {
+        self.with_conn("read the alarm", |conn| {
+            conn.prepare_cached("SELECT value FROM _stead_meta WHERE name = 'alarm'")?
+                .query_row([], |row| row.get(0))
+                .optional()
+        })
+    }
+
+    /// Starts a turn: accesses from now on join one transaction.
+    pub(crate) fn begin_turn(&self) {
+        self.lock().turn = true;
+    }
+
+    /// Ends the turn by committing its transaction (the output gate).
+    pub(crate) fn commit_turn(&self) -> Result<()> {
+        let mut state = self.lock();
+        state.turn = false;
+        state.savepoints = 0;
+        if !std::mem::take(&mut state.txn) {
+            return Ok(());
+        }
+        let Some(conn) = state.conn.as_ref() else { return Ok(()) };
+        if let Err(err) = conn.execute_batch("COMMIT") {
+            let _ = conn.execute_batch("ROLLBACK");
+            return Err(storage_error("commit the turn", err));
+        }
+        Ok(())
+    }
+
+    /// Ends the turn by rolling back its transaction.
+    pub(crate) fn rollback_turn(&self) {
+        let mut state = self.lock();
+        state.turn = false;
+        state.savepoints = 0;
+        if std::mem::take(&mut state.txn)
+            && let Some(conn) = state.conn.as_ref()
+            && !conn.is_autocommit()
+        {
+            // A failed rollback leaves nothing to undo: SQLite rolled back already.
+            let _ = conn.execute_batch("ROLLBACK");
+        }
+    }
+
+    /// Closes the database for good: the object was evicted.
+    pub(crate) fn close(&self) {
+        let mut state = self.lock();
+        state.evicted = true;
+        self.inner.close_conn(&mut state);
+    }
+
+    fn lock(&self) -> MutexGuard<'_, State> {
+        self.inner.lock()
+    }
+
+    /// The open connection, inside the turn's transaction when in a turn.
+    fn ready<'a>(&self, state: &'a mut State) -> Result<&'a Connection> {
+        if state.evicted {
+            return Err(Error::Storage(format!(
+                "the storage handle of `{}` object {} is no longer valid: the object was evicted \
+                 (a task kept its Context after the object left memory); reach the object \
+                 through a stub instead",
+                self.inner.type_name, self.inner.id
+            )));
+        }
+        if state.lent {
+            return Err(Error::Storage(
+                "the storage is in use by an `sql` closure; use the connection it was given".into(),
+            ));
+        }
+        if state.conn.is_none() {
+            let root = &self.inner.root;
+            let conn =
+                root.location.open(self.inner.type_name, &self.inner.id, root.durability).map_err(|err| {
+                    Error::Storage(format!("`{}` object {}: {err}", self.inner.type_name, self.inner.id))
+                })?;
+            state.conn = Some(conn);
+            root.open.opened(&self.inner);
+        }
+        let conn = state.conn.as_ref().ok_or_else(|| Error::Storage("the database was not open".into()))?;
+        if state.turn && !state.txn {
+            conn.execute_batch("BEGIN").map_err(|e| storage_error("begin the turn's transaction", e))?;
+            state.txn = true;
+        }
+        Ok(conn)
+    }
+
+    /// Runs `f` on the connection: in the turn's transaction, or (outside a
+    /// turn) in a transaction of its own.
+    fn with_conn<R>(&self, doing: &str, f: impl FnOnce(&Connection) -> rusqlite::Result<R>) -> Result<R> {
+        let mut state = self.lock();
+        let conn = self.ready(&mut state)?;
+        if !conn.is_autocommit() {
+            return f(conn).map_err(|e| storage_error(doing, e));
+        }
+        conn.execute_batch("BEGIN").map_err(|e| storage_error(doing, e))?;
+        match f(conn) {
+            Ok(value) => {
+                conn.execute_batch("COMMIT").map_err(|e| storage_error(doing, e))?;
+                Ok(value)
+            }
+            Err(err) => {
+                let _ = conn.execute_batch("ROLLBACK");
+                Err(storage_error(doing, err))
+            }
+        }
+    }
+}
+
+impl StorageInner {
+    fn lock(&self) -> MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Closes the connection unless a turn is using it (called by the pool).
+    pub(crate) fn try_close_idle(&self) -> CloseAttempt {
+        let Ok(mut state) = self.state.try_lock() else { return CloseAttempt::Busy };
+        if state.conn.is_none() {
+            return CloseAttempt::NotOpen;
+        }
+        if state.turn || state.lent || state.savepoints > 0 {
+            return CloseAttempt::Busy;
+        }
+        self.close_conn(&mut state);
+        CloseAttempt::Closed
+    }
+
+    fn close_conn(&self, state: &mut State) {
+        let Some(conn) = state.conn.take() else { return };
+        if state.txn {
+            let _ = conn.execute_batch("ROLLBACK");
+            state.txn = false;
+        }
+        let empty = std::mem::take(&mut state.maybe_empty) && is_empty(&conn);
+        self.root.location.close(self.type_name, &self.id, conn);
+        if empty {
+            self.root.location.remove(self.type_name, &self.id);
+        }
+        self.root.open.closed();
+    }
+}
+
+impl Drop for StorageInner {
+    fn drop(&mut self) {
+        let mut state = std::mem::take(self.state.get_mut().unwrap_or_else(|p| p.into_inner()));
+        self.close_conn(&mut state);
+    }
+}
+
+impl fmt::Debug for Storage {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Storage").field("type", &self.inner.type_name).field("id", &self.inner.id).finish()
+    }
+}
+
+/// Whether a database holds no keys, no alarm and no user tables.
+fn is_empty(conn: &Connection) -> bool {
+    conn.query_row(
+        "SELECT (SELECT count(*) FROM _stead_kv) + (SELECT count(*) FROM _stead_meta)
+              + (SELECT count(*) FROM sqlite_schema WHERE type = 'table' AND name NOT LIKE '\\_stead\\_%' ESCAPE '\\')",
+        [],
+        |row| row.get::<_, i64>(0),
+    )
+    .map(|n| n == 0)
+    .unwrap_or(false)
+}
+
+fn check_key(key: &str) -> Result<()> {
+    if key.len() > MAX_KEY_LEN {
+        return Err(Error::Storage(format!(
+            "a key is at most {MAX_KEY_LEN} bytes, this one has {} (it starts with {:?}); store \
+             long identifiers as values, or hash them into the key",
+            key.len(),
+            key.chars().take(32).collect::<String>()
+        )));
+    }
+    Ok(())
+}
+
+fn decode_value<V: DeserializeOwned>(key: &str, bytes: &[u8]) -> Result<V> {
+    codec::decode(bytes).map_err(|e| Error::Codec(format!("the value under key {key:?}: {e}")))
+}
+
+pub(crate) fn unix_millis(at: SystemTime) -> i64 {
+    at.duration_since(UNIX_EPOCH).map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
+}
+
+pub(crate) fn from_unix_millis(millis: i64) -> SystemTime {
+    UNIX_EPOCH + Duration::from_millis(u64::try_from(millis).unwrap_or(0))
+}

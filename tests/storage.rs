@@ -1,0 +1,369 @@
+//! Storage: the key-value API, SQL beside it, savepoints, the output gate,
+//! persistence across restarts, and refusal of bad input.
+
+#![allow(missing_docs)] // test objects are exercised, not documented
+
+use std::path::Path;
+use std::time::Duration;
+
+use stead::{Context, Error, ListOptions, Runtime, durable_object};
+
+pub struct Store {
+    ctx: Context,
+}
+
+#[durable_object]
+impl Store {
+    pub async fn new(ctx: Context) -> Self {
+        Store { ctx }
+    }
+
+    pub fn put(&mut self, key: String, value: String) -> stead::Result<()> {
+        self.ctx.storage().put(&key, &value)
+    }
+
+    pub fn get(&self, key: String) -> stead::Result<Option<String>> {
+        self.ctx.storage().get(&key)
+    }
+
+    pub fn delete(&mut self, key: String) -> stead::Result<bool> {
+        self.ctx.storage().delete(&key)
+    }
+
+    pub fn put_many(&mut self, entries: Vec<(String, String)>) -> stead::Result<()> {
+        self.ctx.storage().put_many(entries)
+    }
+
+    pub fn get_many(&self, keys: Vec<String>) -> stead::Result<Vec<(String, String)>> {
+        Ok(self.ctx.storage().get_many(keys)?.into_iter().collect())
+    }
+
+    pub fn delete_many(&mut self, keys: Vec<String>) -> stead::Result<usize> {
+        self.ctx.storage().delete_many(keys)
+    }
+
+    pub fn list(
+        &self,
+        options: (Option<String>, Option<String>, Option<String>, bool, Option<usize>),
+    ) -> stead::Result<Vec<String>> {
+        let (prefix, start, end, reverse, limit) = options;
+        let options = ListOptions { prefix, start, end, reverse, limit };
+        Ok(self.ctx.storage().list::<String>(options)?.into_iter().map(|(k, _)| k).collect())
+    }
+
+    pub fn delete_all(&mut self) -> stead::Result<()> {
+        self.ctx.storage().delete_all()
+    }
+
+    /// Writes `a`, then in a savepoint writes `b` and fails, then writes `c`.
+    pub fn savepoints(&mut self) -> stead::Result<String> {
+        let storage = self.ctx.storage();
+        storage.put("a", "1")?;
+        let failed: stead::Result<()> = storage.transaction(|txn| {
+            txn.put("b", "2")?;
+            Err(Error::Storage("changed my mind".into()))
+        });
+        assert!(failed.is_err());
+        storage.transaction(|txn| txn.put("c", "3"))?;
+        Ok("done".into())
+    }
+
+    /// Puts, then panics: the put must not survive.
+    pub fn put_then_panic(&mut self, key: String) {
+        self.ctx.storage().put(&key, "doomed").unwrap();
+        panic!("after writing {key}");
+    }
+
+    /// A user table beside the key-value pairs.
+    pub fn add_row(&mut self, name: String) -> stead::Result<i64> {
+        self.ctx.storage().sql(|conn| {
+            conn.execute_batch("CREATE TABLE IF NOT EXISTS people (name TEXT NOT NULL)")?;
+            conn.execute("INSERT INTO people (name) VALUES (?1)", [&name])?;
+            conn.query_row("SELECT count(*) FROM people", [], |row| row.get(0))
+        })
+    }
+
+    pub fn rows(&self) -> stead::Result<Vec<String>> {
+        self.ctx.storage().sql(|conn| {
+            let mut stmt = conn.prepare("SELECT name FROM people ORDER BY rowid")?;
+            stmt.query_map([], |row| row.get(0))?.collect()
+        })
+    }
+
+    pub fn commit_by_hand(&mut self) -> stead::Result<()> {
+        self.ctx.storage().put("x", "y")?;
+        self.ctx.storage().sql(|conn| conn.execute_batch("COMMIT"))
+    }
+
+    pub fn put_u64(&mut self, key: String, value: u64) -> stead::Result<()> {
+        self.ctx.storage().put(&key, &value)
+    }
+}
+
+async fn on_disk(dir: &Path) -> Runtime {
+    Runtime::builder().data_dir(dir).host::<Store>().build().await.unwrap()
+}
+
+fn list(
+    prefix: Option<&str>,
+    start: Option<&str>,
+    end: Option<&str>,
+    reverse: bool,
+    limit: Option<usize>,
+) -> (Option<String>, Option<String>, Option<String>, bool, Option<usize>) {
+    (prefix.map(String::from), start.map(String::from), end.map(String::from), reverse, limit)
+}
+
+#[tokio::test]
+async fn put_get_and_delete_round_trip() {
+    let dir = tempfile::tempdir().unwrap();
+    let rt = on_disk(dir.path()).await;
+    let ns = rt.namespace::<Store>();
+    let store = ns.stub(&ns.unique_id());
+    assert_eq!(store.get("k".into()).await.unwrap().unwrap(), None);
+    store.put("k".into(), "v1".into()).await.unwrap().unwrap();
+    assert_eq!(store.get("k".into()).await.unwrap().unwrap(), Some("v1".into()));
+    store.put("k".into(), "v2".into()).await.unwrap().unwrap();
+    assert_eq!(store.get("k".into()).await.unwrap().unwrap(), Some("v2".into()));
+    assert!(store.delete("k".into()).await.unwrap().unwrap());
+    assert!(!store.delete("k".into()).await.unwrap().unwrap());
+    assert_eq!(store.get("k".into()).await.unwrap().unwrap(), None);
+    rt.shutdown().await.unwrap();
+}
+
+#[tokio::test]
+async fn many_keys_at_once() {
+    let rt = Runtime::builder().in_memory().host::<Store>().build().await.unwrap();
+    let ns = rt.namespace::<Store>();
+    let store = ns.stub(&ns.unique_id());
+    let entries: Vec<_> = (0..10).map(|i| (format!("k{i}"), format!("v{i}"))).collect();
+    store.put_many(entries).await.unwrap().unwrap();
+    let got = store.get_many(vec!["k1".into(), "k5".into(), "missing".into()]).await.unwrap().unwrap();
+    assert_eq!(got, vec![("k1".to_string(), "v1".to_string()), ("k5".to_string(), "v5".to_string())]);
+    let deleted = store.delete_many(vec!["k1".into(), "k2".into(), "missing".into()]).await.unwrap().unwrap();
+    assert_eq!(deleted, 2);
+    assert_eq!(store.get("k1".into()).await.unwrap().unwrap(), None);
+    assert_eq!(store.get("k3".into()).await.unwrap().unwrap(), Some("v3".into()));
+}
+
+#[tokio::test]
+async fn list_honours_prefix_start_end_reverse_and_limit() {
+    let rt = Runtime::builder().in_memory().host::<Store>().build().await.unwrap();
+    let ns = rt.namespace::<Store>();
+    let store = ns.stub(&ns.unique_id());
+    let keys = ["a", "user:1", "user:2", "user:3", "user;", "users", "z"];
+    store.put_many(keys.iter().map(|k| (k.to_string(), "v".to_string())).collect()).await.unwrap().unwrap();
+
+    let all = store.list(list(None, None, None, false, None)).await.unwrap().unwrap();
+    assert_eq!(all, keys);
+    let users = store.list(list(Some("user:"), None, None, false, None)).await.unwrap().unwrap();
+    assert_eq!(users, ["user:1", "user:2", "user:3"]);
+    let range = store.list(list(None, Some("user:2"), Some("users"), false, None)).await.unwrap().unwrap();
+    assert_eq!(range, ["user:2", "user:3", "user;"]);
+    let reversed = store.list(list(Some("user:"), None, None, true, Some(2))).await.unwrap().unwrap();
+    assert_eq!(reversed, ["user:3", "user:2"]);
+    let limited = store.list(list(None, Some("b"), None, false, Some(1))).await.unwrap().unwrap();
+    assert_eq!(limited, ["user:1"]);
+    let nothing = store.list(list(Some("nope"), None, None, false, None)).await.unwrap().unwrap();
+    assert!(nothing.is_empty());
+}
+
+#[tokio::test]
+async fn list_options_have_builder_methods() {
+    let options = ListOptions::default().prefix("p").start("s").end("e").reverse(true).limit(3);
+    assert_eq!(
+        options,
+        ListOptions {
+            prefix: Some("p".into()),
+            start: Some("s".into()),
+            end: Some("e".into()),
+            reverse: true,
+            limit: Some(3)
+        }
+    );
+}
+
+#[tokio::test]
+async fn a_savepoint_that_fails_rolls_back_only_its_own_writes() {
+    let rt = Runtime::builder().in_memory().host::<Store>().build().await.unwrap();
+    let ns = rt.namespace::<Store>();
+    let store = ns.stub(&ns.unique_id());
+    store.savepoints().await.unwrap().unwrap();
+    assert_eq!(store.get("a".into()).await.unwrap().unwrap(), Some("1".into()));
+    assert_eq!(store.get("b".into()).await.unwrap().unwrap(), None);
+    assert_eq!(store.get("c".into()).await.unwrap().unwrap(), Some("3".into()));
+}
+
+#[tokio::test]
+async fn a_panicking_turn_leaves_no_writes() {
+    let dir = tempfile::tempdir().unwrap();
+    let rt = on_disk(dir.path()).await;
+    let ns = rt.namespace::<Store>();
+    let store = ns.stub(&ns.unique_id());
+    store.put("kept".into(), "yes".into()).await.unwrap().unwrap();
+    let err = store.put_then_panic("doomed".into()).await.unwrap_err();
+    assert!(matches!(err, Error::Panicked(_)), "{err}");
+    assert_eq!(store.get("doomed".into()).await.unwrap().unwrap(), None);
+    assert_eq!(store.get("kept".into()).await.unwrap().unwrap(), Some("yes".into()));
+}
+
+#[tokio::test]
+async fn sql_tables_live_beside_the_key_value_pairs() {
+    let dir = tempfile::tempdir().unwrap();
+    let rt = on_disk(dir.path()).await;
+    let ns = rt.namespace::<Store>();
+    let id = ns.unique_id();
+    let store = ns.stub(&id);
+    store.put("k".into(), "v".into()).await.unwrap().unwrap();
+    assert_eq!(store.add_row("ada".into()).await.unwrap().unwrap(), 1);
+    assert_eq!(store.add_row("grace".into()).await.unwrap().unwrap(), 2);
+    rt.shutdown().await.unwrap();
+
+    let rt = on_disk(dir.path()).await;
+    let store = rt.namespace::<Store>().stub(&id);
+    assert_eq!(store.rows().await.unwrap().unwrap(), ["ada", "grace"]);
+    assert_eq!(store.get("k".into()).await.unwrap().unwrap(), Some("v".into()));
+}
+
+#[tokio::test]
+async fn committing_by_hand_inside_sql_is_refused_and_rolled_back() {
+    let rt = Runtime::builder().in_memory().host::<Store>().build().await.unwrap();
+    let ns = rt.namespace::<Store>();
+    let store = ns.stub(&ns.unique_id());
+    let Err(Error::Storage(message)) = store.commit_by_hand().await.unwrap() else { panic!() };
+    assert!(message.contains("COMMIT"), "{message}");
+    // The object keeps working afterwards.
+    store.put("after".into(), "ok".into()).await.unwrap().unwrap();
+    assert_eq!(store.get("after".into()).await.unwrap().unwrap(), Some("ok".into()));
+}
+
+#[tokio::test]
+async fn values_and_ids_survive_a_restart_on_the_same_data_dir() {
+    let dir = tempfile::tempdir().unwrap();
+    let rt = on_disk(dir.path()).await;
+    let ns = rt.namespace::<Store>();
+    let unique = ns.unique_id();
+    let named = ns.id_from_name("alice");
+    ns.stub(&unique).put("k".into(), "unique".into()).await.unwrap().unwrap();
+    ns.stub(&named).put("k".into(), "named".into()).await.unwrap().unwrap();
+    let text = unique.to_string();
+    rt.shutdown().await.unwrap();
+
+    let rt = on_disk(dir.path()).await;
+    let ns = rt.namespace::<Store>();
+    let parsed = ns.id_from_str(&text).expect("an id minted before the restart is accepted after it");
+    assert_eq!(parsed, unique);
+    assert_eq!(ns.id_from_name("alice"), named);
+    assert_eq!(ns.stub(&parsed).get("k".into()).await.unwrap().unwrap(), Some("unique".into()));
+    assert_eq!(ns.stub(&named).get("k".into()).await.unwrap().unwrap(), Some("named".into()));
+}
+
+#[tokio::test]
+async fn an_evicted_object_comes_back_with_its_storage() {
+    for in_memory in [false, true] {
+        let dir = tempfile::tempdir().unwrap();
+        let builder = Runtime::builder().idle_timeout(Duration::from_millis(30)).host::<Store>();
+        let builder = if in_memory { builder.in_memory() } else { builder.data_dir(dir.path()) };
+        let rt = builder.build().await.unwrap();
+        let ns = rt.namespace::<Store>();
+        let store = ns.stub(&ns.unique_id());
+        store.put("k".into(), "kept".into()).await.unwrap().unwrap();
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+        while rt.active_objects() > 0 {
+            assert!(tokio::time::Instant::now() < deadline);
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        assert_eq!(rt.open_databases(), 0, "eviction closes the database");
+        assert_eq!(store.get("k".into()).await.unwrap().unwrap(), Some("kept".into()));
+    }
+}
+
+#[tokio::test]
+async fn delete_all_empties_the_storage_which_stays_usable() {
+    let dir = tempfile::tempdir().unwrap();
+    let rt = on_disk(dir.path()).await;
+    let ns = rt.namespace::<Store>();
+    let id = ns.unique_id();
+    let store = ns.stub(&id);
+    store.put("a".into(), "1".into()).await.unwrap().unwrap();
+    store.add_row("ada".into()).await.unwrap().unwrap();
+    store.delete_all().await.unwrap().unwrap();
+    assert_eq!(store.get("a".into()).await.unwrap().unwrap(), None);
+    assert!(store.rows().await.unwrap().is_err(), "the user's tables are gone too");
+    store.put("b".into(), "2".into()).await.unwrap().unwrap();
+    assert_eq!(store.get("b".into()).await.unwrap().unwrap(), Some("2".into()));
+
+    // Emptied and left empty, the database file is removed on eviction.
+    store.delete_all().await.unwrap().unwrap();
+    rt.shutdown().await.unwrap();
+    let hex = id.to_string();
+    let file = dir.path().join("objects").join("Store").join(&hex[..2]).join(format!("{hex}.sqlite"));
+    assert!(!file.exists(), "{} should have been removed", file.display());
+}
+
+#[tokio::test]
+async fn an_overlong_key_is_a_clear_error() {
+    let rt = Runtime::builder().in_memory().host::<Store>().build().await.unwrap();
+    let ns = rt.namespace::<Store>();
+    let store = ns.stub(&ns.unique_id());
+    let Err(Error::Storage(message)) = store.put("k".repeat(2049), "v".into()).await.unwrap() else {
+        panic!()
+    };
+    assert!(message.contains("2048") && message.contains("2049"), "{message}");
+    store.put("k".repeat(2048), "v".into()).await.unwrap().unwrap();
+}
+
+#[tokio::test]
+async fn a_value_read_as_the_wrong_type_is_a_codec_error() {
+    let rt = Runtime::builder().in_memory().host::<Store>().build().await.unwrap();
+    let ns = rt.namespace::<Store>();
+    let store = ns.stub(&ns.unique_id());
+    store.put_u64("n".into(), u64::MAX).await.unwrap().unwrap();
+    let err = store.get("n".into()).await.unwrap().unwrap_err();
+    assert!(matches!(err, Error::Codec(_)), "{err}");
+}
+
+#[tokio::test]
+async fn a_corrupt_or_foreign_file_fails_only_its_own_object() {
+    let dir = tempfile::tempdir().unwrap();
+    let rt = on_disk(dir.path()).await;
+    let ns = rt.namespace::<Store>();
+    let corrupt = ns.unique_id();
+    let foreign = ns.unique_id();
+    let healthy = ns.unique_id();
+    let path = |id: &stead::ObjectId| {
+        let hex = id.to_string();
+        dir.path().join("objects").join("Store").join(&hex[..2]).join(format!("{hex}.sqlite"))
+    };
+    for id in [&corrupt, &foreign] {
+        std::fs::create_dir_all(path(id).parent().unwrap()).unwrap();
+    }
+    std::fs::write(path(&corrupt), b"this is not an sqlite database, just some bytes.......").unwrap();
+    let other = stead::rusqlite::Connection::open(path(&foreign)).unwrap();
+    other.execute_batch("CREATE TABLE invoices (n INTEGER)").unwrap();
+    drop(other);
+
+    for id in [&corrupt, &foreign] {
+        let Err(Error::Storage(message)) = ns.stub(id).get("k".into()).await.unwrap() else { panic!() };
+        assert!(message.contains(&id.to_string()), "{message}");
+    }
+    ns.stub(&healthy).put("k".into(), "fine".into()).await.unwrap().unwrap();
+    assert_eq!(ns.stub(&healthy).get("k".into()).await.unwrap().unwrap(), Some("fine".into()));
+}
+
+#[tokio::test]
+async fn no_more_databases_are_open_than_the_cap() {
+    let dir = tempfile::tempdir().unwrap();
+    let rt =
+        Runtime::builder().data_dir(dir.path()).max_open_databases(4).host::<Store>().build().await.unwrap();
+    let ns = rt.namespace::<Store>();
+    let ids: Vec<_> = (0..20).map(|_| ns.unique_id()).collect();
+    for (i, id) in ids.iter().enumerate() {
+        ns.stub(id).put("i".into(), i.to_string()).await.unwrap().unwrap();
+        assert!(rt.open_databases() <= 4, "{} open", rt.open_databases());
+    }
+    for (i, id) in ids.iter().enumerate() {
+        assert_eq!(ns.stub(id).get("i".into()).await.unwrap().unwrap(), Some(i.to_string()));
+    }
+    assert!(rt.open_databases() <= 4);
+}
