@@ -4,7 +4,6 @@
 #![allow(missing_docs)] // test objects are exercised, not documented
 
 use std::path::Path;
-use std::time::Duration;
 
 use stead::{Context, Error, ListOptions, Runtime, durable_object};
 
@@ -256,26 +255,6 @@ async fn values_and_ids_survive_a_restart_on_the_same_data_dir() {
     assert_eq!(ns.id_from_name("alice"), named);
     assert_eq!(ns.stub(&parsed).get("k".into()).await.unwrap().unwrap(), Some("unique".into()));
     assert_eq!(ns.stub(&named).get("k".into()).await.unwrap().unwrap(), Some("named".into()));
-}
-
-#[tokio::test]
-async fn an_evicted_object_comes_back_with_its_storage() {
-    for in_memory in [false, true] {
-        let dir = tempfile::tempdir().unwrap();
-        let builder = Runtime::builder().idle_timeout(Duration::from_millis(30)).host::<Store>();
-        let builder = if in_memory { builder.in_memory() } else { builder.data_dir(dir.path()) };
-        let rt = builder.build().await.unwrap();
-        let ns = rt.namespace::<Store>();
-        let store = ns.stub(&ns.unique_id());
-        store.put("k".into(), "kept".into()).await.unwrap().unwrap();
-        let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
-        while rt.active_objects() > 0 {
-            assert!(tokio::time::Instant::now() < deadline);
-            tokio::time::sleep(Duration::from_millis(10)).await;
-        }
-        assert_eq!(rt.open_databases(), 0, "eviction closes the database");
-        assert_eq!(store.get("k".into()).await.unwrap().unwrap(), Some("kept".into()));
-    }
 }
 
 #[tokio::test]
