@@ -1,6 +1,10 @@
-//! # stead: durable objects for Rust
+#![doc = include_str!("../README.md")]
 //!
-//! (The guide lives in the README; this page grows with it.)
+//! # Crate layout
+//!
+//! This facade re-exports the runtime (`stead-runtime`: ids, namespaces,
+//! activations, storage, alarms) and the `#[durable_object]` attribute
+//! (`stead-macros`). Everything a user names is at the crate root.
 
 pub use stead_runtime::*;
 

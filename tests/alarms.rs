@@ -63,7 +63,7 @@ impl Reminder {
         let failures: u32 = storage.get("failures").map_err(|e| e.to_string())?.unwrap_or(0);
         if info.retry_count < failures {
             // Alternate the two ways a handler can fail.
-            if info.retry_count % 2 == 0 {
+            if info.retry_count.is_multiple_of(2) {
                 panic!("alarm handler failure number {}", info.retry_count + 1);
             }
             return Err(format!("failure number {}", info.retry_count + 1));

@@ -3,11 +3,11 @@
 //!
 //! The macro works in three phases, one module each, as thiserror and
 //! serde_derive do:
-//! - [`ast`] reads the `impl` block into our own types (tolerantly: it never
+//! - `ast` reads the `impl` block into our own types (tolerantly: it never
 //!   fails on what it does not like);
-//! - [`valid`] checks everything and collects every error, each spanned at the
+//! - `valid` checks everything and collects every error, each spanned at the
 //!   user's token;
-//! - [`expand`] generates the stub, the dispatch code and the trait impl.
+//! - `expand` generates the stub, the dispatch code and the trait impl.
 //!
 //! When validation fails, the user's impl is still emitted unchanged next to
 //! the `compile_error!`s, so that the user sees the precise errors and not a

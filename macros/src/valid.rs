@@ -163,7 +163,8 @@ fn check_constructor<'a>(
     let returns_result = match func.output() {
         Some(ty) if is_self(ty) => false,
         Some(ty) => match ast::result_args(ty) {
-            Some((ok, Some(_))) if is_self(ok) => true,
+            // `Result<Self, E>`, or a one-argument alias such as `stead::Result<Self>`.
+            Some((ok, _)) if is_self(ok) => true,
             _ => {
                 errors.at(ty, "the constructor returns `Self` or `Result<Self, E>` where `E: Display`");
                 false
@@ -253,7 +254,7 @@ fn check_alarm<'a>(func: &'a Function, errors: &mut Errors) -> Option<Fallible<'
     check_signature_modifiers(func, errors);
     let returns_result = match func.output() {
         None => false,
-        Some(ty) if matches!(ast::result_args(ty), Some((ok, Some(_))) if is_unit(ok)) => true,
+        Some(ty) if matches!(ast::result_args(ty), Some((ok, _)) if is_unit(ok)) => true,
         Some(ty) => {
             errors.at(ty, "the alarm handler returns nothing or `Result<(), E>` where `E: Display`");
             false
