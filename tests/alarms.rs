@@ -105,7 +105,7 @@ async fn an_alarm_fires_once_at_its_time_and_is_then_cleared() {
     let ns = rt.namespace::<Reminder>();
     let id = ns.unique_id();
     let reminder = ns.stub(&id);
-    reminder.remind_in(100, 0).await.unwrap().unwrap();
+    reminder.remind_in(500, 0).await.unwrap().unwrap();
     assert!(reminder.alarm_at().await.unwrap().unwrap().is_some());
     assert!(runs_of(id).is_empty(), "the alarm must not fire early");
 

@@ -76,7 +76,7 @@ async fn an_evicted_object_is_constructed_again_with_its_state() {
 async fn an_object_in_use_is_not_evicted() {
     let rt = Runtime::builder()
         .in_memory()
-        .idle_timeout(Duration::from_millis(200))
+        .idle_timeout(Duration::from_secs(1))
         .host::<Cached>()
         .build()
         .await
