@@ -139,7 +139,7 @@ impl HostedType {
 
 /// Locks `mutex`, ignoring poisoning: no code of ours panics while holding
 /// these locks, and user code never runs under them.
-fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
+pub(crate) fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
     mutex.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 

@@ -26,6 +26,7 @@ use std::time::{Duration, SystemTime};
 use rusqlite::{Connection, params};
 use tokio::sync::Notify;
 
+use crate::activation::lock;
 use crate::error::{Error, Result};
 use crate::id::ObjectId;
 use crate::mailbox::Message;
@@ -155,10 +156,6 @@ impl AlarmIndex {
     fn conn(&self) -> MutexGuard<'_, Connection> {
         lock(&self.conn)
     }
-}
-
-fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
-    mutex.lock().unwrap_or_else(|p| p.into_inner())
 }
 
 fn index_error(what: &str, err: rusqlite::Error) -> Error {

@@ -160,12 +160,20 @@ fn parse_hex(text: &str) -> Result<ObjectId> {
              {position}"
         )));
     }
+    // Length and digits were checked above, so decoding cannot fail.
+    decode_hex(text).map(ObjectId).ok_or_else(|| Error::InvalidId(format!("{text:?} is not hex")))
+}
+
+/// Decodes 64 hex digits (either case) into 32 bytes.
+pub(crate) fn decode_hex(text: &str) -> Option<[u8; ID_LEN]> {
+    if text.len() != HEX_LEN || !text.bytes().all(|b| b.is_ascii_hexdigit()) {
+        return None;
+    }
     let mut bytes = [0u8; ID_LEN];
     for (i, byte) in bytes.iter_mut().enumerate() {
-        // Every character is an ASCII hex digit, so these slices and parses cannot fail.
-        *byte = u8::from_str_radix(&text[2 * i..2 * i + 2], 16).unwrap_or_default();
+        *byte = u8::from_str_radix(&text[2 * i..2 * i + 2], 16).ok()?;
     }
-    Ok(ObjectId(bytes))
+    Some(bytes)
 }
 
 #[cfg(test)]

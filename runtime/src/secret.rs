@@ -5,6 +5,7 @@ use std::io::Write;
 use std::path::Path;
 
 use crate::error::{Error, Result};
+use crate::id::decode_hex;
 
 const FILE_NAME: &str = "secret";
 const MIN_LEN: usize = 16;
@@ -67,15 +68,4 @@ fn create(path: &Path) -> Result<String> {
             .map_err(|e| Error::Config(format!("cannot read the secret file {}: {e}", path.display()))),
         Err(e) => Err(Error::Config(format!("cannot create the secret file {}: {e}", path.display()))),
     }
-}
-
-fn decode_hex(text: &str) -> Option<[u8; 32]> {
-    if text.len() != 64 || !text.bytes().all(|b| b.is_ascii_hexdigit()) {
-        return None;
-    }
-    let mut bytes = [0u8; 32];
-    for (i, byte) in bytes.iter_mut().enumerate() {
-        *byte = u8::from_str_radix(&text[2 * i..2 * i + 2], 16).ok()?;
-    }
-    Some(bytes)
 }

@@ -7,6 +7,7 @@ use std::time::Duration;
 
 use rusqlite::{Connection, OpenFlags};
 
+use crate::activation::lock;
 use crate::error::{Error, Result};
 use crate::id::ObjectId;
 use crate::runtime::Durability;
@@ -48,7 +49,7 @@ impl Location {
         match self {
             Location::Files(root) => open_file(&Location::path(root, type_name, id), durability),
             Location::Memory(parked) => {
-                let parked = parked.lock().unwrap_or_else(|p| p.into_inner()).remove(&(type_name, *id));
+                let parked = lock(parked).remove(&(type_name, *id));
                 match parked {
                     Some(conn) => Ok(conn),
                     None => {
@@ -67,7 +68,7 @@ impl Location {
         match self {
             Location::Files(_) => drop(conn),
             Location::Memory(parked) => {
-                parked.lock().unwrap_or_else(|p| p.into_inner()).insert((type_name, *id), conn);
+                lock(parked).insert((type_name, *id), conn);
             }
         }
     }
@@ -85,7 +86,7 @@ impl Location {
                 }
             }
             Location::Memory(parked) => {
-                parked.lock().unwrap_or_else(|p| p.into_inner()).remove(&(type_name, *id));
+                lock(parked).remove(&(type_name, *id));
             }
         }
     }

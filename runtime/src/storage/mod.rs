@@ -515,7 +515,7 @@ impl Storage {
 
 impl StorageInner {
     fn lock(&self) -> MutexGuard<'_, State> {
-        self.state.lock().unwrap_or_else(|p| p.into_inner())
+        crate::activation::lock(&self.state)
     }
 
     /// Closes the connection unless a turn is using it (called by the pool).

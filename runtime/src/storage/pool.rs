@@ -12,6 +12,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, Weak};
 
 use super::StorageInner;
+use crate::activation::lock;
 
 pub(crate) struct OpenDatabases {
     limit: usize,
@@ -30,7 +31,7 @@ impl OpenDatabases {
     /// is exceeded. The caller holds `storage`'s lock; others are only tried.
     pub(crate) fn opened(&self, storage: &Arc<StorageInner>) {
         let count = self.count.fetch_add(1, Ordering::SeqCst) + 1;
-        let mut queue = self.queue.lock().unwrap_or_else(|p| p.into_inner());
+        let mut queue = lock(&self.queue);
         queue.push_back(Arc::downgrade(storage));
         let mut excess = count.saturating_sub(self.limit);
         // Each entry is looked at once at most; busy ones go to the back.
