@@ -79,7 +79,14 @@ impl HostedType {
     }
 
     /// Delivers `message` to object `id`, activating it if needed.
-    pub(crate) fn send(self: &Arc<Self>, runtime: &Runtime, id: ObjectId, message: Message) -> Result<()> {
+    /// On failure the message is handed back with the error, so that the
+    /// caller can answer its reply channel.
+    pub(crate) fn send(
+        self: &Arc<Self>,
+        runtime: &Runtime,
+        id: ObjectId,
+        message: Message,
+    ) -> std::result::Result<(), (Error, Message)> {
         let mut message = message;
         loop {
             let activation = {
@@ -87,7 +94,9 @@ impl HostedType {
                 match shard.get(&id) {
                     Some(activation) => activation.clone(),
                     None => {
-                        self.keys.verify(&id)?;
+                        if let Err(err) = self.keys.verify(&id) {
+                            return Err((err, message));
+                        }
                         let activation = Arc::new(Activation::new(id, self.clone(), runtime.clone()));
                         shard.insert(id, activation.clone());
                         activation
@@ -97,13 +106,14 @@ impl HostedType {
             match activation.push(message) {
                 Ok(()) => return Ok(()),
                 Err(Refused::Retired(returned)) => message = returned,
-                Err(Refused::Full) => {
-                    return Err(Error::Overloaded(format!(
+                Err(Refused::Full(returned)) => {
+                    let err = Error::Overloaded(format!(
                         "the mailbox of `{}` object {id} is full ({} calls waiting); the call was \
                          not delivered, retry later or raise `RuntimeBuilder::mailbox_capacity`",
                         self.name,
                         runtime.config().mailbox_capacity
-                    )));
+                    ));
+                    return Err((err, returned));
                 }
             }
         }
@@ -145,8 +155,8 @@ pub(crate) fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
 
 /// Why an activation did not take a message.
 enum Refused {
-    /// The mailbox is full.
-    Full,
+    /// The mailbox is full; the message is handed back.
+    Full(Message),
     /// The activation was evicted meanwhile; the message is handed back.
     Retired(Message),
 }
@@ -196,8 +206,8 @@ impl Activation {
                 return Err(Refused::Retired(message));
             }
             let capacity = self.runtime.config().mailbox_capacity;
-            if let Err(Full) = state.mailbox.push(message, capacity) {
-                return Err(Refused::Full);
+            if let Err(Full(message)) = state.mailbox.push(message, capacity) {
+                return Err(Refused::Full(message));
             }
             !std::mem::replace(&mut state.running, true)
         };

@@ -188,7 +188,7 @@ pub(crate) async fn run_scheduler(runtime: WeakRuntime) {
                 continue;
             };
             let id = due.id;
-            if let Err(err) = hosted.send(&rt, id, Message::Alarm(due.clone())) {
+            if let Err((err, _)) = hosted.send(&rt, id, Message::Alarm(due.clone())) {
                 tracing::warn!(%err, object = %id, "could not deliver an alarm");
                 index.release(&due);
             }

@@ -12,22 +12,27 @@
 
 mod activation;
 mod alarm;
+mod cluster;
 mod context;
+mod directory;
 mod error;
 mod id;
 mod mailbox;
 mod namespace;
 mod object;
+mod remote;
 mod runtime;
 mod secret;
 mod storage;
 mod stub;
+mod wire;
 
 #[doc(hidden)]
 pub mod __private;
 
 pub use alarm::MAX_ALARM_RETRIES;
 pub use context::Context;
+pub use directory::Directory;
 pub use error::{Error, Result};
 pub use id::ObjectId;
 pub use namespace::Namespace;
@@ -37,6 +42,11 @@ pub use runtime::{
     Durability, Runtime, RuntimeBuilder,
 };
 pub use storage::{ListOptions, MAX_KEY_LEN, Storage};
+
+/// TLS identities for cluster nodes and clients.
+pub mod tls {
+    pub use stead_transport::tls::{Identity, TlsError, dev_identity, stranger_identity};
+}
 
 /// The SQLite bindings behind [`Storage::sql`], re-exported so that user code
 /// uses the same version.

@@ -46,8 +46,8 @@ pub(crate) struct Mailbox {
     queue: VecDeque<Message>,
 }
 
-/// The mailbox is full: the call was not queued.
-pub(crate) struct Full;
+/// The mailbox is full: the call was not queued and is handed back.
+pub(crate) struct Full(pub(crate) Message);
 
 impl Mailbox {
     pub(crate) fn new() -> Self {
@@ -58,7 +58,7 @@ impl Mailbox {
     /// Queues a call, or hands it back when `capacity` calls already wait.
     pub(crate) fn push(&mut self, message: Message, capacity: usize) -> Result<(), Full> {
         if matches!(message, Message::Call(_)) && self.queue.len() >= capacity {
-            return Err(Full);
+            return Err(Full(message));
         }
         self.queue.push_back(message);
         Ok(())

@@ -62,7 +62,23 @@ impl<T: DurableObject> Namespace<T> {
     /// This does no I/O and never creates the object: the object is
     /// constructed by the first call that reaches it.
     pub fn stub(&self, id: &ObjectId) -> T::Stub {
-        T::__stub(StubCore::new(self.runtime.clone(), T::NAME, *id, self.hosted.clone()))
+        T::__stub(StubCore::new(self.runtime.clone(), T::NAME, *id, self.hosted.clone(), None))
+    }
+
+    /// A stub for object `id` that places the object on node `node` if this
+    /// stub's first call is the object's first call anywhere in the cluster.
+    ///
+    /// Like [`stub`](Self::stub) it does no I/O. Once an object lives on a
+    /// node it stays there: the hint of a later stub is ignored. Outside a
+    /// cluster the hint means nothing.
+    pub fn stub_at(&self, id: &ObjectId, node: &str) -> T::Stub {
+        T::__stub(StubCore::new(
+            self.runtime.clone(),
+            T::NAME,
+            *id,
+            self.hosted.clone(),
+            Some(node.to_string()),
+        ))
     }
 
     /// The name of the object type, as used in ids and storage paths.

@@ -3,6 +3,7 @@
 use std::collections::HashMap;
 use std::fmt;
 use std::future::Future;
+use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Weak};
@@ -10,10 +11,12 @@ use std::time::{Duration, Instant};
 
 use crate::activation::{HostedType, in_turn};
 use crate::alarm::{self, AlarmIndex};
+use crate::cluster::{Cluster, ClusterConfig};
 use crate::error::{Error, Result};
 use crate::id::IdKeys;
 use crate::namespace::Namespace;
 use crate::object::DurableObject;
+use crate::remote;
 use crate::secret;
 use crate::storage::{Location, OpenDatabases, StorageRoot};
 
@@ -83,6 +86,7 @@ pub struct RuntimeBuilder {
     max_open_databases: usize,
     alarm_retry_delay: Duration,
     hosts: Vec<(&'static str, MakeHostedType)>,
+    cluster: ClusterConfig,
 }
 
 impl RuntimeBuilder {
@@ -145,6 +149,62 @@ impl RuntimeBuilder {
         self
     }
 
+    /// Makes this process the cluster node `name`: it hosts objects and
+    /// listens for other nodes. `name` must be in the peer list.
+    pub fn node(mut self, name: impl Into<String>) -> Self {
+        self.cluster.node = Some(name.into());
+        self
+    }
+
+    /// Makes this process a client of the cluster: it hosts nothing and
+    /// calls objects on the nodes (Cloudflare's "Worker").
+    pub fn client(mut self) -> Self {
+        self.cluster.client = true;
+        self
+    }
+
+    /// Where this node listens (default: its own address in the peer list).
+    pub fn listen(mut self, addr: SocketAddr) -> Self {
+        self.cluster.listen = Some(addr);
+        self
+    }
+
+    /// Adds node `name` at `addr` to the cluster's peer list. Every process
+    /// of the cluster must list the same nodes in the same order; the first
+    /// is the coordinator, which keeps the directory of placements.
+    pub fn peer(mut self, name: impl Into<String>, addr: SocketAddr) -> Self {
+        self.cluster.peers.push((name.into(), addr));
+        self
+    }
+
+    /// The TLS identity this process presents: a certificate signed by the
+    /// cluster's CA. Peers without one are refused at the handshake.
+    pub fn tls(mut self, identity: crate::tls::Identity) -> Self {
+        self.cluster.identity = Some(identity);
+        self
+    }
+
+    /// The TLS identity from three PEM files (the CA certificate, this
+    /// process's certificate chain, its private key), read by `build`; a
+    /// missing or malformed file fails `build` with a `Config` error.
+    pub fn tls_pem_files(
+        mut self,
+        ca: impl Into<PathBuf>,
+        chain: impl Into<PathBuf>,
+        key: impl Into<PathBuf>,
+    ) -> Self {
+        self.cluster.identity_files = Some((ca.into(), chain.into(), key.into()));
+        self
+    }
+
+    /// Speaks another wire protocol version: only for testing that nodes of
+    /// different versions refuse each other with a clear error.
+    #[doc(hidden)]
+    pub fn protocol_version_for_tests(mut self, version: u32) -> Self {
+        self.cluster.protocol_version = Some(version);
+        self
+    }
+
     /// Hosts objects of type `T` in this runtime.
     pub fn host<T: DurableObject>(mut self) -> Self {
         self.hosts.push((T::NAME, HostedType::new::<T>));
@@ -187,7 +247,18 @@ impl RuntimeBuilder {
                 Error::Config(format!("cannot create the data directory {}: {e}", dir.display()))
             })?;
         }
+        if self.cluster.client && !self.hosts.is_empty() {
+            return Err(Error::Config(
+                "a client-only runtime hosts nothing; remove its `host::<T>()` calls or make it a `node`"
+                    .into(),
+            ));
+        }
         let secret = secret::resolve(self.secret.as_deref(), data_dir.as_deref())?;
+        let cluster = if self.cluster.is_set() {
+            Some(Cluster::start(&self.cluster, data_dir.as_deref())?)
+        } else {
+            None
+        };
         let mut hosted = HashMap::new();
         for (name, make) in self.hosts {
             if hosted.insert(name, Arc::new(make(&secret))).is_some() {
@@ -217,9 +288,15 @@ impl RuntimeBuilder {
             hosted,
             handle,
             storage,
+            cluster,
             lifecycle: Lifecycle::default(),
         });
         let runtime = Runtime { inner };
+        if let Some(cluster) = &runtime.inner.cluster
+            && cluster.me.is_some()
+        {
+            runtime.spawn(remote::serve(runtime.downgrade(), cluster.endpoint.clone()));
+        }
         runtime.spawn(evict_idle_objects(Arc::downgrade(&runtime.inner)));
         runtime.spawn(alarm::run_scheduler(runtime.downgrade()));
         Ok(runtime)
@@ -255,6 +332,7 @@ struct RuntimeInner {
     hosted: HashMap<&'static str, Arc<HostedType>>,
     handle: tokio::runtime::Handle,
     storage: Arc<StorageRoot>,
+    cluster: Option<Arc<Cluster>>,
     lifecycle: Lifecycle,
 }
 
@@ -281,6 +359,7 @@ impl Runtime {
             max_open_databases: DEFAULT_MAX_OPEN_DATABASES,
             alarm_retry_delay: DEFAULT_ALARM_RETRY_DELAY,
             hosts: Vec::new(),
+            cluster: ClusterConfig::default(),
         }
     }
 
@@ -313,6 +392,9 @@ impl Runtime {
         for hosted in self.inner.hosted.values() {
             hosted.evict_idle(far_future);
         }
+        if let Some(cluster) = &self.inner.cluster {
+            cluster.endpoint.close();
+        }
         Ok(())
     }
 
@@ -324,6 +406,17 @@ impl Runtime {
     /// Number of object databases currently open.
     pub fn open_databases(&self) -> usize {
         self.inner.storage.open.count()
+    }
+
+    /// The address this node listens on, in a cluster.
+    pub fn local_addr(&self) -> Option<SocketAddr> {
+        let cluster = self.inner.cluster.as_ref()?;
+        cluster.me.as_ref()?;
+        cluster.endpoint.local_addr().ok()
+    }
+
+    pub(crate) fn cluster(&self) -> Option<&Arc<Cluster>> {
+        self.inner.cluster.as_ref()
     }
 
     pub(crate) fn downgrade(&self) -> WeakRuntime {

@@ -22,6 +22,7 @@ use crate::activation::HostedType;
 use crate::error::{Error, Result};
 use crate::id::ObjectId;
 use crate::mailbox::{Call, Message};
+use crate::remote::ClusterRoute;
 use crate::runtime::Runtime;
 
 /// The address and route shared by a stub and its clones.
@@ -39,22 +40,31 @@ struct Target {
 }
 
 enum Route {
-    /// The type is hosted by this runtime.
+    /// The type is hosted by this runtime, which is not part of a cluster.
     Local(Arc<HostedType>),
     /// The type is not hosted here and there is nowhere else to send it.
     NotHosted,
+    /// The object lives somewhere in the cluster (maybe here).
+    Cluster(ClusterRoute),
 }
 
 impl StubCore {
+    /// A stub core; `hint` names the node to place the object on if its
+    /// first call comes through this stub (cluster only).
     pub(crate) fn new(
         runtime: Runtime,
         type_name: &'static str,
         id: ObjectId,
         hosted: Option<Arc<HostedType>>,
+        hint: Option<String>,
     ) -> Self {
-        let route = match hosted {
-            Some(hosted) => Route::Local(hosted),
-            None => Route::NotHosted,
+        let route = if runtime.cluster().is_some() {
+            Route::Cluster(ClusterRoute::new(hint, runtime.config().mailbox_capacity))
+        } else {
+            match hosted {
+                Some(hosted) => Route::Local(hosted),
+                None => Route::NotHosted,
+            }
         };
         StubCore { target: Arc::new(Target { id, type_name, runtime, route }) }
     }
@@ -74,9 +84,12 @@ impl StubCore {
         let target = &*self.target;
         target.runtime.check_accepting()?;
         let (reply, receiver) = oneshot::channel();
-        let message = Message::Call(Call { method, fingerprint, args, reply });
+        let call = Call { method, fingerprint, args, reply };
         match &target.route {
-            Route::Local(hosted) => hosted.send(&target.runtime, target.id, message)?,
+            Route::Local(hosted) => {
+                hosted.send(&target.runtime, target.id, Message::Call(call)).map_err(|(err, _)| err)?
+            }
+            Route::Cluster(route) => route.send(&target.runtime, target.type_name, target.id, call)?,
             Route::NotHosted => {
                 return Err(Error::NotHosted(format!(
                     "durable object type `{0}` is not hosted by this runtime; register it with \

@@ -1,0 +1,511 @@
+//! The QUIC cluster, with real separate processes on loopback.
+//!
+//! Every process here is this test binary: the ignored test `node_process`
+//! runs a node, `worker_process` a client-only worker, selected by
+//! environment variables. Ports are chosen by the OS; every child is killed
+//! when its guard is dropped.
+
+#![allow(missing_docs)] // test objects are exercised, not documented
+
+use std::io::{BufRead, BufReader};
+use std::net::{SocketAddr, UdpSocket};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use stead::{Context, Error, Runtime, durable_object};
+
+const ROLE: &str = "STEAD_CLUSTER_ROLE";
+const NAME: &str = "STEAD_CLUSTER_NAME";
+const PEERS: &str = "STEAD_CLUSTER_PEERS";
+const TLS_DIR: &str = "STEAD_CLUSTER_TLS";
+const DATA_DIR: &str = "STEAD_CLUSTER_DATA";
+const OBJECT_ID: &str = "STEAD_CLUSTER_ID";
+const SECRET: &str = "the cluster test secret, shared by every process";
+
+pub struct Counter {
+    ctx: Context,
+    value: u64,
+}
+
+#[durable_object]
+impl Counter {
+    pub async fn new(ctx: Context) -> stead::Result<Self> {
+        // Nodes print their activations; the parent counts them.
+        println!("constructed {}", ctx.id());
+        let value = ctx.storage().get("value")?.unwrap_or(0);
+        Ok(Counter { ctx, value })
+    }
+
+    pub fn increment(&mut self, by: u64) -> stead::Result<u64> {
+        self.value += by;
+        self.ctx.storage().put("value", &self.value)?;
+        Ok(self.value)
+    }
+
+    pub fn get(&self) -> u64 {
+        self.value
+    }
+}
+
+pub struct Log {
+    seen: Vec<u64>,
+}
+
+#[durable_object]
+impl Log {
+    pub async fn new(_ctx: Context) -> Self {
+        Log { seen: Vec::new() }
+    }
+
+    pub fn record(&mut self, n: u64) -> usize {
+        self.seen.push(n);
+        self.seen.len()
+    }
+
+    pub fn seen(&self) -> Vec<u64> {
+        self.seen.clone()
+    }
+}
+
+pub struct Register {
+    ctx: Context,
+}
+
+#[durable_object]
+impl Register {
+    pub async fn new(ctx: Context) -> Self {
+        Register { ctx }
+    }
+
+    pub fn set(&mut self, value: String) -> stead::Result<()> {
+        self.ctx.storage().put("value", &value)
+    }
+
+    pub fn get(&self) -> stead::Result<Option<String>> {
+        self.ctx.storage().get("value")
+    }
+}
+
+/// Makes the node it lives on call a `Counter` (so that the node is its
+/// first caller).
+pub struct Trigger {
+    ctx: Context,
+}
+
+#[durable_object]
+impl Trigger {
+    pub async fn new(ctx: Context) -> Self {
+        Trigger { ctx }
+    }
+
+    pub async fn increment(&mut self, counter: String, times: u64) -> stead::Result<u64> {
+        let counters = self.ctx.namespace::<Counter>();
+        let stub = counters.stub(&counters.id_from_name(&counter));
+        let calls: Vec<_> = (0..times).map(|_| stub.increment(1)).collect();
+        let mut last = 0;
+        for call in calls {
+            last = call.await??;
+        }
+        Ok(last)
+    }
+}
+
+// ---------------------------------------------------------------- children
+
+fn parse_peers(text: &str) -> Vec<(String, SocketAddr)> {
+    text.split(',')
+        .map(|peer| {
+            let (name, addr) = peer.split_once('=').unwrap();
+            (name.to_string(), addr.parse().unwrap())
+        })
+        .collect()
+}
+
+fn with_peers(mut builder: stead::RuntimeBuilder, peers: &[(String, SocketAddr)]) -> stead::RuntimeBuilder {
+    for (name, addr) in peers {
+        builder = builder.peer(name.clone(), *addr);
+    }
+    builder
+}
+
+/// A node: hosts every test type until it is killed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "run by the cluster tests as a child process"]
+async fn node_process() {
+    if std::env::var(ROLE).as_deref() != Ok("node") {
+        return;
+    }
+    let name = std::env::var(NAME).unwrap();
+    let peers = parse_peers(&std::env::var(PEERS).unwrap());
+    let identity = stead::tls::dev_identity(Path::new(&std::env::var(TLS_DIR).unwrap()), &name).unwrap();
+    let builder = Runtime::builder()
+        .node(name)
+        .tls(identity)
+        .secret(SECRET)
+        .data_dir(std::env::var(DATA_DIR).unwrap())
+        .host::<Counter>()
+        .host::<Log>()
+        .host::<Register>()
+        .host::<Trigger>();
+    let _rt = with_peers(builder, &peers).build().await.unwrap();
+    println!("ready");
+    loop {
+        tokio::time::sleep(Duration::from_secs(60)).await;
+    }
+}
+
+/// A client-only worker: `write` mints an id and writes through it,
+/// `read` parses an id and reads.
+#[tokio::test]
+#[ignore = "run by the cluster tests as a child process"]
+async fn worker_process() {
+    let Ok(role) = std::env::var(ROLE) else { return };
+    if role != "write" && role != "read" {
+        return;
+    }
+    let peers = parse_peers(&std::env::var(PEERS).unwrap());
+    let rt = client(&peers, Path::new(&std::env::var(TLS_DIR).unwrap()), &role).await;
+    let registers = rt.namespace::<Register>();
+    if role == "write" {
+        let id = registers.unique_id();
+        registers.stub(&id).set("written by worker A".into()).await.unwrap().unwrap();
+        println!("id {id}");
+    } else {
+        let id = registers.id_from_str(&std::env::var(OBJECT_ID).unwrap()).unwrap();
+        let value = registers.stub(&id).get().await.unwrap().unwrap();
+        println!("value {}", value.unwrap_or_default());
+    }
+}
+
+async fn client(peers: &[(String, SocketAddr)], tls_dir: &Path, name: &str) -> Runtime {
+    let identity = stead::tls::dev_identity(tls_dir, name).unwrap();
+    let builder = Runtime::builder().client().tls(identity).secret(SECRET).in_memory();
+    with_peers(builder, peers).build().await.unwrap()
+}
+
+// ---------------------------------------------------------------- harness
+
+/// Loopback addresses with ports the OS just handed out.
+fn free_addrs(n: usize) -> Vec<SocketAddr> {
+    let sockets: Vec<_> = (0..n).map(|_| UdpSocket::bind("127.0.0.1:0").unwrap()).collect();
+    sockets.iter().map(|s| s.local_addr().unwrap()).collect()
+}
+
+/// A child process, killed on drop, whose stdout lines are collected.
+struct ChildGuard {
+    child: Child,
+    lines: Arc<Mutex<Vec<String>>>,
+}
+
+impl ChildGuard {
+    fn spawn(test: &str, env: &[(&str, String)]) -> ChildGuard {
+        let mut command = Command::new(std::env::current_exe().unwrap());
+        command.args(["--exact", test, "--ignored", "--nocapture", "--test-threads=1"]);
+        for (key, value) in env {
+            command.env(key, value);
+        }
+        let mut child = command.stdout(Stdio::piped()).stderr(Stdio::null()).spawn().unwrap();
+        let stdout = child.stdout.take().unwrap();
+        let lines = Arc::new(Mutex::new(Vec::new()));
+        let sink = lines.clone();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+                sink.lock().unwrap().push(line);
+            }
+        });
+        ChildGuard { child, lines }
+    }
+
+    /// Waits for a line starting with `prefix`, returning its rest.
+    fn wait_for(&self, prefix: &str) -> String {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            // The harness prints "test node_process ... " without a newline,
+            // so the first line of the child's own output may follow it.
+            if let Some(rest) =
+                self.lines.lock().unwrap().iter().find_map(|l| l.split_once(prefix).map(|(_, r)| r))
+            {
+                return rest.trim().to_string();
+            }
+            assert!(
+                Instant::now() < deadline,
+                "the child never printed {prefix:?}; it printed {:?}",
+                self.lines.lock().unwrap()
+            );
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+
+    fn count(&self, line: &str) -> usize {
+        self.lines.lock().unwrap().iter().filter(|l| l.ends_with(line)).count()
+    }
+}
+
+impl Drop for ChildGuard {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Two nodes, "ohio" (the coordinator) and "seoul", on loopback.
+struct TestCluster {
+    dir: tempfile::TempDir,
+    peers: Vec<(String, SocketAddr)>,
+    nodes: Vec<Option<ChildGuard>>,
+}
+
+impl TestCluster {
+    fn start() -> TestCluster {
+        let dir = tempfile::tempdir().unwrap();
+        let addrs = free_addrs(2);
+        let peers = vec![("ohio".to_string(), addrs[0]), ("seoul".to_string(), addrs[1])];
+        let mut cluster = TestCluster { dir, peers, nodes: vec![None, None] };
+        for i in 0..2 {
+            cluster.start_node(i);
+        }
+        cluster
+    }
+
+    fn tls_dir(&self) -> PathBuf {
+        self.dir.path().join("tls")
+    }
+
+    fn peer_list(&self) -> String {
+        self.peers.iter().map(|(name, addr)| format!("{name}={addr}")).collect::<Vec<_>>().join(",")
+    }
+
+    fn start_node(&mut self, i: usize) {
+        let name = self.peers[i].0.clone();
+        let node = ChildGuard::spawn(
+            "node_process",
+            &[
+                (ROLE, "node".into()),
+                (NAME, name.clone()),
+                (PEERS, self.peer_list()),
+                (TLS_DIR, self.tls_dir().display().to_string()),
+                (DATA_DIR, self.dir.path().join(&name).display().to_string()),
+            ],
+        );
+        node.wait_for("ready");
+        self.nodes[i] = Some(node);
+    }
+
+    fn kill_node(&mut self, i: usize) {
+        self.nodes[i] = None;
+    }
+
+    fn node(&self, i: usize) -> &ChildGuard {
+        self.nodes[i].as_ref().unwrap()
+    }
+
+    async fn client(&self, name: &str) -> Runtime {
+        client(&self.peers, &self.tls_dir(), name).await
+    }
+}
+
+// ---------------------------------------------------------------- tests
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_remote_call_round_trips_and_keeps_state_on_the_node() {
+    let cluster = TestCluster::start();
+    let rt = cluster.client("client").await;
+    let counters = rt.namespace::<Counter>();
+    let id = counters.id_from_name("remote");
+    let counter = counters.stub_at(&id, "seoul");
+    assert_eq!(counter.increment(2).await.unwrap().unwrap(), 2);
+    assert_eq!(counter.increment(3).await.unwrap().unwrap(), 5);
+    assert_eq!(counters.stub(&id).get().await.unwrap(), 5);
+    assert_eq!(cluster.node(1).count(&format!("constructed {id}")), 1, "the object lives on seoul");
+    assert_eq!(cluster.node(0).count(&format!("constructed {id}")), 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_thousand_pipelined_calls_through_one_remote_stub_arrive_in_issue_order() {
+    let cluster = TestCluster::start();
+    let rt = cluster.client("client").await;
+    let logs = rt.namespace::<Log>();
+    let log = logs.stub_at(&logs.unique_id(), "seoul");
+    let pending: Vec<_> = (0..1_000).map(|n| log.record(n)).collect();
+    for (i, call) in pending.into_iter().enumerate().rev() {
+        assert_eq!(call.await.unwrap(), i + 1);
+    }
+    assert_eq!(log.seen().await.unwrap(), (0..1_000).collect::<Vec<_>>());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn worker_b_reads_what_worker_a_wrote_through_an_id_string() {
+    let cluster = TestCluster::start();
+    let env = |role: &str| {
+        vec![
+            (ROLE, role.to_string()),
+            (PEERS, cluster.peer_list()),
+            (TLS_DIR, cluster.tls_dir().display().to_string()),
+        ]
+    };
+    let writer = ChildGuard::spawn("worker_process", &env("write"));
+    let id = writer.wait_for("id ");
+    let mut reader_env = env("read");
+    reader_env.push((OBJECT_ID, id));
+    let reader = ChildGuard::spawn("worker_process", &reader_env);
+    assert_eq!(reader.wait_for("value "), "written by worker A");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_nodes_racing_to_create_one_named_object_end_with_one_activation() {
+    let cluster = TestCluster::start();
+    let rt = cluster.client("client").await;
+    let triggers = rt.namespace::<Trigger>();
+    let at_ohio = triggers.stub_at(&triggers.id_from_name("t-ohio"), "ohio");
+    let at_seoul = triggers.stub_at(&triggers.id_from_name("t-seoul"), "seoul");
+    // Both nodes call the same named counter as its first callers, at once.
+    let (a, b) =
+        tokio::join!(at_ohio.increment("contested".into(), 50), at_seoul.increment("contested".into(), 50));
+    a.unwrap().unwrap();
+    b.unwrap().unwrap();
+    let counters = rt.namespace::<Counter>();
+    let id = counters.id_from_name("contested");
+    assert_eq!(counters.stub(&id).get().await.unwrap(), 100, "every increment reached the one object");
+    let line = format!("constructed {id}");
+    assert_eq!(cluster.node(0).count(&line) + cluster.node(1).count(&line), 1, "exactly one activation");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_peer_without_a_certificate_from_the_cluster_ca_is_refused() {
+    let cluster = TestCluster::start();
+    let stranger = stead::tls::stranger_identity("client").unwrap();
+    let builder = Runtime::builder().client().tls(stranger).secret(SECRET).in_memory();
+    let rt = with_peers(builder, &cluster.peers).build().await.unwrap();
+    let counters = rt.namespace::<Counter>();
+    let err = counters.stub_at(&counters.unique_id(), "seoul").get().await.unwrap_err();
+    assert!(matches!(err, Error::Unavailable(_)), "{err}");
+
+    // The cluster keeps serving its own clients.
+    let rt = cluster.client("client").await;
+    let counters = rt.namespace::<Counter>();
+    assert_eq!(counters.stub(&counters.unique_id()).increment(1).await.unwrap().unwrap(), 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_peer_on_another_protocol_version_is_refused_with_both_versions_named() {
+    let cluster = TestCluster::start();
+    let identity = stead::tls::dev_identity(&cluster.tls_dir(), "future").unwrap();
+    let builder =
+        Runtime::builder().client().tls(identity).secret(SECRET).in_memory().protocol_version_for_tests(2);
+    let rt = with_peers(builder, &cluster.peers).build().await.unwrap();
+    let counters = rt.namespace::<Counter>();
+    let err = counters.stub_at(&counters.unique_id(), "seoul").get().await.unwrap_err();
+    let Error::Incompatible(message) = &err else { panic!("expected Incompatible, got {err:?}") };
+    assert!(message.contains("stead/1") && message.contains("stead/2"), "{message}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn oversized_frames_and_random_bytes_leave_the_node_serving_others() {
+    let cluster = TestCluster::start();
+    let identity = stead::tls::dev_identity(&cluster.tls_dir(), "prober").unwrap();
+    let endpoint = stead_transport::Endpoint::bind(&identity, None).unwrap();
+    let conn = endpoint.connect(cluster.peers[1].1, "seoul").await.unwrap();
+
+    // A frame header claiming 1 GiB: the node stops the stream.
+    let (mut send, mut recv) = conn.open_bi().await.unwrap();
+    send.write_all(&(1u32 << 30).to_le_bytes()).await.unwrap();
+    let mut buf = [0u8; 16];
+    assert!(recv.read(&mut buf).await.is_err() || recv.read(&mut buf).await.unwrap_or(None).is_none());
+
+    // Random bytes: the node stops that stream too.
+    let (mut send, mut recv) = conn.open_bi().await.unwrap();
+    let garbage: Vec<u8> = (0..4096u32).map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8).collect();
+    let _ = send.write_all(&garbage).await;
+    let _ = send.finish();
+    assert!(recv.read(&mut buf).await.is_err() || recv.read(&mut buf).await.unwrap_or(None).is_none());
+
+    // A valid hello, then a frame that is not a request: that stream stops.
+    #[derive(serde::Serialize)]
+    enum Hello {
+        Object { type_name: String, id: stead::ObjectId },
+    }
+    let rt = cluster.client("client").await;
+    let id = rt.namespace::<Counter>().unique_id();
+    let hello = stead_transport::codec::encode(&Hello::Object { type_name: "Counter".into(), id }).unwrap();
+    let (mut send, mut recv) = conn.open_bi().await.unwrap();
+    stead_transport::frame::write_frame(&mut send, &hello).await.unwrap();
+    stead_transport::frame::write_frame(&mut send, &garbage[..100]).await.unwrap();
+    assert!(recv.read(&mut buf).await.is_err() || recv.read(&mut buf).await.unwrap_or(None).is_none());
+
+    let counters = rt.namespace::<Counter>();
+    let stub = counters.stub_at(&counters.unique_id(), "seoul");
+    assert_eq!(stub.increment(7).await.unwrap().unwrap(), 7, "the node still serves");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dead_node_makes_its_objects_unavailable_fast_and_a_restarted_node_serves_them_again() {
+    let mut cluster = TestCluster::start();
+    let rt = cluster.client("client").await;
+    let counters = rt.namespace::<Counter>();
+    let id = counters.id_from_name("survivor");
+    let used_before = counters.stub_at(&id, "seoul");
+    assert_eq!(used_before.increment(41).await.unwrap().unwrap(), 41);
+
+    cluster.kill_node(1);
+    let started = Instant::now();
+    let err = counters.stub(&id).get().await.unwrap_err();
+    let elapsed = started.elapsed();
+    assert!(err.is_retryable(), "{err}");
+    assert!(matches!(err, Error::Unavailable(_) | Error::Disconnected(_)), "{err}");
+    assert!(elapsed < Duration::from_secs(1), "callers learnt it only after {elapsed:?}");
+
+    // Never re-created elsewhere with empty storage: still unavailable.
+    let err = counters.stub(&id).get().await.unwrap_err();
+    assert!(matches!(err, Error::Unavailable(_)), "{err}");
+    assert_eq!(cluster.node(0).count(&format!("constructed {id}")), 0);
+
+    // A stub whose stream broke stays broken, so no later call can overtake
+    // one that was lost: it reports `Disconnected` until replaced.
+    assert!(used_before.get().await.is_err());
+
+    cluster.start_node(1);
+    let Err(Error::Disconnected(_)) = used_before.get().await else {
+        panic!("a broken stub must stay broken")
+    };
+    assert_eq!(counters.stub(&id).increment(1).await.unwrap().unwrap(), 42, "state survived the restart");
+}
+
+#[tokio::test]
+async fn misconfigured_clusters_fail_at_build_with_what_to_fix() {
+    let dir = tempfile::tempdir().unwrap();
+    let identity = || stead::tls::dev_identity(dir.path(), "ohio").unwrap();
+    let addr: SocketAddr = "127.0.0.1:1".parse().unwrap();
+    let cases = [
+        (
+            Runtime::builder().in_memory().node("ohio").tls(identity()).peer("seoul", addr),
+            "not in the peer list",
+        ),
+        (
+            Runtime::builder().in_memory().node("ohio").tls(identity()).peer("ohio", addr).peer("ohio", addr),
+            "appears twice",
+        ),
+        (Runtime::builder().in_memory().node("ohio").peer("ohio", addr), "TLS identity"),
+        (
+            Runtime::builder().in_memory().client().node("ohio").tls(identity()).peer("ohio", addr),
+            "one or the other",
+        ),
+    ];
+    for (builder, expected) in cases {
+        let err = builder.build().await.unwrap_err();
+        let Error::Config(message) = &err else { panic!("{err:?}") };
+        assert!(message.contains(expected), "{message}");
+    }
+    let missing = dir.path().join("missing.pem");
+    let unreadable = Runtime::builder()
+        .in_memory()
+        .node("ohio")
+        .peer("ohio", addr)
+        .tls_pem_files(&missing, &missing, &missing)
+        .build()
+        .await
+        .unwrap_err();
+    let Error::Config(message) = &unreadable else { panic!("{unreadable:?}") };
+    assert!(message.contains("missing.pem"), "{message}");
+}

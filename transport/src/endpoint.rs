@@ -1,0 +1,155 @@
+//! The QUIC endpoint of a node or client: quinn with rustls (ring), mutual
+//! TLS, and an ALPN that carries the protocol version.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use quinn::crypto::rustls::{HandshakeData, QuicClientConfig, QuicServerConfig};
+use quinn::{Connection, Endpoint as QuinnEndpoint, Incoming, TransportConfig, VarInt};
+
+use crate::TransportError;
+use crate::tls::{Identity, client_crypto, server_crypto};
+
+/// The version of stead's wire protocol, carried in the ALPN as `stead/N`.
+pub const PROTOCOL_VERSION: u32 = 1;
+
+/// The highest version a server advertises, so that a peer speaking any
+/// version up to it completes the handshake and learns, in the close
+/// reason, which version this node speaks.
+const HIGHEST_ADVERTISED: u32 = 64;
+
+/// Application close code: the peer speaks another protocol version.
+pub const CLOSE_VERSION_MISMATCH: u32 = 2;
+
+/// How long a connection attempt may take.
+const CONNECT_TIMEOUT: Duration = Duration::from_millis(900);
+
+fn alpn(version: u32) -> Vec<u8> {
+    format!("stead/{version}").into_bytes()
+}
+
+/// Transport settings: many streams in flight, and a dead peer noticed fast.
+fn transport_config() -> Arc<TransportConfig> {
+    let mut config = TransportConfig::default();
+    // One stream per stub-object pair, and thousands of stubs per process.
+    config.max_concurrent_bidi_streams(VarInt::from_u32(65_536));
+    config.max_concurrent_uni_streams(VarInt::from_u32(1_024));
+    // Keep-alives every 150 ms and a 600 ms idle timeout: a peer that died
+    // is noticed in under a second, so callers get `Unavailable` quickly.
+    config.keep_alive_interval(Some(Duration::from_millis(150)));
+    config.max_idle_timeout(Some(VarInt::from_u32(600).into()));
+    Arc::new(config)
+}
+
+/// A QUIC endpoint: a server when it listens, always a client.
+#[derive(Clone, Debug)]
+pub struct Endpoint {
+    inner: QuinnEndpoint,
+    version: u32,
+}
+
+impl Endpoint {
+    /// Binds an endpoint that presents `identity`; with `listen`, it also
+    /// accepts connections there.
+    pub fn bind(identity: &Identity, listen: Option<SocketAddr>) -> Result<Self, TransportError> {
+        Endpoint::bind_with_version(identity, listen, PROTOCOL_VERSION)
+    }
+
+    /// Like [`bind`](Self::bind) but speaking protocol `version`: only for
+    /// testing how nodes of different versions refuse each other.
+    #[doc(hidden)]
+    pub fn bind_with_version(
+        identity: &Identity,
+        listen: Option<SocketAddr>,
+        version: u32,
+    ) -> Result<Self, TransportError> {
+        let client = client_crypto(identity, vec![alpn(version)])?;
+        let client = QuicClientConfig::try_from(client).map_err(|e| TransportError::Tls(e.to_string()))?;
+        let mut client = quinn::ClientConfig::new(Arc::new(client));
+        client.transport_config(transport_config());
+        let mut endpoint = match listen {
+            Some(addr) => {
+                let server = server_crypto(identity, (1..=HIGHEST_ADVERTISED).map(alpn).collect())?;
+                let server =
+                    QuicServerConfig::try_from(server).map_err(|e| TransportError::Tls(e.to_string()))?;
+                let mut server = quinn::ServerConfig::with_crypto(Arc::new(server));
+                server.transport_config(transport_config());
+                QuinnEndpoint::server(server, addr)
+                    .map_err(|e| TransportError::Bind(format!("cannot listen on {addr}: {e}")))?
+            }
+            None => QuinnEndpoint::client(SocketAddr::from(([0, 0, 0, 0], 0)))
+                .map_err(|e| TransportError::Bind(format!("cannot open a client socket: {e}")))?,
+        };
+        endpoint.set_default_client_config(client);
+        Ok(Endpoint { inner: endpoint, version })
+    }
+
+    /// The address the endpoint is bound to.
+    pub fn local_addr(&self) -> Result<SocketAddr, TransportError> {
+        self.inner.local_addr().map_err(|e| TransportError::Bind(e.to_string()))
+    }
+
+    /// Connects to node `name` at `addr`, checking its certificate.
+    pub async fn connect(&self, addr: SocketAddr, name: &str) -> Result<Connection, TransportError> {
+        let connecting = self
+            .inner
+            .connect(addr, name)
+            .map_err(|e| TransportError::Connect(format!("cannot connect to `{name}` at {addr}: {e}")))?;
+        match tokio::time::timeout(CONNECT_TIMEOUT, connecting).await {
+            Ok(Ok(conn)) => Ok(conn),
+            Ok(Err(e)) => Err(connection_error(&format!("`{name}` at {addr}"), e)),
+            Err(_) => Err(TransportError::Connect(format!(
+                "`{name}` at {addr} did not answer within {CONNECT_TIMEOUT:?}"
+            ))),
+        }
+    }
+
+    /// The next incoming connection; `None` once the endpoint is closed.
+    pub async fn accept(&self) -> Option<Incoming> {
+        self.inner.accept().await
+    }
+
+    /// Completes an incoming connection and checks the protocol version;
+    /// a peer on another version is closed with a reason naming both.
+    pub async fn establish(&self, incoming: Incoming) -> Result<Connection, TransportError> {
+        let remote = incoming.remote_address();
+        let conn = incoming
+            .await
+            .map_err(|e| TransportError::Handshake(format!("handshake with {remote} failed: {e}")))?;
+        let offered = conn
+            .handshake_data()
+            .and_then(|data| data.downcast::<HandshakeData>().ok())
+            .and_then(|data| data.protocol)
+            .map(|p| String::from_utf8_lossy(&p).into_owned())
+            .unwrap_or_default();
+        let ours = String::from_utf8_lossy(&alpn(self.version)).into_owned();
+        if offered != ours {
+            let reason = format!(
+                "protocol version mismatch: this node speaks {ours}, the peer speaks {offered}; run \
+                 the same stead version on every node"
+            );
+            conn.close(VarInt::from_u32(CLOSE_VERSION_MISMATCH), reason.as_bytes());
+            return Err(TransportError::Version(reason));
+        }
+        Ok(conn)
+    }
+
+    /// Closes every connection.
+    pub fn close(&self) {
+        self.inner.close(VarInt::from_u32(0), b"shutting down");
+    }
+}
+
+/// Describes why a connection to `peer` failed or closed, telling a version
+/// mismatch apart.
+pub fn connection_error(peer: &str, err: quinn::ConnectionError) -> TransportError {
+    match err {
+        quinn::ConnectionError::ApplicationClosed(close)
+            if close.error_code == VarInt::from_u32(CLOSE_VERSION_MISMATCH) =>
+        {
+            TransportError::Version(String::from_utf8_lossy(&close.reason).into_owned())
+        }
+        other => TransportError::Connect(format!("connection to {peer} failed: {other}")),
+    }
+}

@@ -1,0 +1,48 @@
+//! Length-prefixed frames on QUIC streams.
+//!
+//! A frame is a 4-byte little-endian length followed by that many bytes. A
+//! length above the reader's limit is refused before anything is allocated,
+//! so a hostile or broken peer cannot make a node allocate gigabytes.
+
+use quinn::{RecvStream, SendStream};
+
+use crate::TransportError;
+
+/// The largest frame a node accepts by default: 16 MiB.
+pub const MAX_FRAME_LEN: usize = 16 * 1024 * 1024;
+
+/// Writes one frame.
+pub async fn write_frame(send: &mut SendStream, payload: &[u8]) -> Result<(), TransportError> {
+    let len = u32::try_from(payload.len())
+        .ok()
+        .filter(|len| *len as usize <= MAX_FRAME_LEN)
+        .ok_or(TransportError::FrameTooLarge { len: payload.len(), max: MAX_FRAME_LEN })?;
+    send.write_all(&len.to_le_bytes()).await.map_err(|e| TransportError::Stream(e.to_string()))?;
+    send.write_all(payload).await.map_err(|e| TransportError::Stream(e.to_string()))
+}
+
+/// Reads one frame of at most `max` bytes; `None` when the stream ended
+/// cleanly between frames.
+pub async fn read_frame(recv: &mut RecvStream, max: usize) -> Result<Option<Vec<u8>>, TransportError> {
+    let mut len = [0u8; 4];
+    match recv.read_exact(&mut len).await {
+        Ok(()) => {}
+        Err(quinn::ReadExactError::FinishedEarly(0)) => return Ok(None),
+        Err(quinn::ReadExactError::FinishedEarly(_)) => {
+            return Err(TransportError::Malformed("the stream ended inside a frame header".into()));
+        }
+        Err(quinn::ReadExactError::ReadError(e)) => return Err(TransportError::Stream(e.to_string())),
+    }
+    let len = u32::from_le_bytes(len) as usize;
+    if len > max {
+        return Err(TransportError::FrameTooLarge { len, max });
+    }
+    let mut payload = vec![0u8; len];
+    recv.read_exact(&mut payload).await.map_err(|e| match e {
+        quinn::ReadExactError::FinishedEarly(_) => {
+            TransportError::Malformed("the stream ended inside a frame".into())
+        }
+        quinn::ReadExactError::ReadError(e) => TransportError::Stream(e.to_string()),
+    })?;
+    Ok(Some(payload))
+}
