@@ -112,6 +112,33 @@ impl Trigger {
     }
 }
 
+/// Named like `Counter` with another signature: a caller built from a
+/// different version of the type.
+pub struct CounterV2;
+
+#[durable_object(name = "Counter")]
+impl CounterV2 {
+    pub async fn new(_ctx: Context) -> Self {
+        CounterV2
+    }
+
+    pub fn increment(&mut self, by: u32) -> u32 {
+        by
+    }
+}
+
+/// A type no node hosts.
+pub struct Stranger;
+
+#[durable_object]
+impl Stranger {
+    pub async fn new(_ctx: Context) -> Self {
+        Stranger
+    }
+
+    pub fn hello(&self) {}
+}
+
 // ---------------------------------------------------------------- children
 
 fn parse_peers(text: &str) -> Vec<(String, SocketAddr)> {
@@ -470,6 +497,20 @@ async fn a_dead_node_makes_its_objects_unavailable_fast_and_a_restarted_node_ser
         panic!("a broken stub must stay broken")
     };
     assert_eq!(counters.stub(&id).increment(1).await.unwrap().unwrap(), 42, "state survived the restart");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_caller_from_another_build_gets_incompatible_and_an_unhosted_type_not_hosted() {
+    let cluster = TestCluster::start();
+    let rt = cluster.client("client").await;
+    let v2 = rt.namespace::<CounterV2>();
+    let err = v2.stub_at(&v2.unique_id(), "seoul").increment(1).await.unwrap_err();
+    let Error::Incompatible(message) = &err else { panic!("expected Incompatible, got {err:?}") };
+    assert!(message.contains("Counter::increment"), "{message}");
+
+    let strangers = rt.namespace::<Stranger>();
+    let err = strangers.stub_at(&strangers.unique_id(), "seoul").hello().await.unwrap_err();
+    assert!(matches!(err, Error::NotHosted(_)), "{err}");
 }
 
 #[tokio::test]

@@ -107,13 +107,16 @@ fn open_file(path: &Path, durability: Durability) -> Result<Connection> {
         Durability::Full => "FULL",
         Durability::Normal => "NORMAL",
     };
-    conn.execute_batch(&format!("PRAGMA journal_mode = WAL; PRAGMA synchronous = {synchronous};"))
+    // `synchronous` first, so that switching a new file to WAL is not
+    // itself a fully synced transaction.
+    conn.execute_batch(&format!("PRAGMA synchronous = {synchronous}; PRAGMA journal_mode = WAL;"))
         .map_err(|e| storage_error(&format!("open {what} (is it an SQLite database?)"), e))?;
     init(&conn, &what)?;
     Ok(conn)
 }
 
-/// Checks that the database is ours (or new), and creates the reserved tables.
+/// Checks that the database is ours, or new; a new one gets its marker and
+/// the reserved tables in one transaction.
 fn init(conn: &Connection, what: &str) -> Result<()> {
     let app_id: i32 = conn
         .query_row("PRAGMA application_id", [], |row| row.get(0))
@@ -128,10 +131,10 @@ fn init(conn: &Connection, what: &str) -> Result<()> {
                  entries); move the foreign file out of the data directory"
             )));
         }
-        conn.execute_batch(&format!("PRAGMA application_id = {APPLICATION_ID};"))
+        conn.execute_batch(&format!("BEGIN; PRAGMA application_id = {APPLICATION_ID}; {SCHEMA} COMMIT;"))
             .map_err(|e| storage_error(&format!("initialise {what}"), e))?;
     }
-    conn.execute_batch(SCHEMA).map_err(|e| storage_error(&format!("initialise {what}"), e))
+    Ok(())
 }
 
 /// A storage error with what was being done.

@@ -1,0 +1,93 @@
+//! Memory per object: activates many small objects and prints the resident
+//! memory each one costs while idle in memory.
+//!
+//! `cargo run --release --example memory [COUNT] [STORED]`. Two rounds:
+//! COUNT objects (default 100,000) that never touch storage, and STORED
+//! objects (default 10,000) that each wrote one key to their own SQLite
+//! database, which is then closed (at most 64 stay open), as happens to
+//! idle objects on a busy node. Creating a database costs a few
+//! milliseconds (file creation and fsyncs), hence the smaller default.
+
+use std::time::{Duration, Instant};
+
+use stead::{Context, Durability, Runtime, durable_object};
+
+/// The smallest useful object: a counter.
+pub struct Small {
+    ctx: Context,
+    hits: u64,
+}
+
+#[durable_object]
+impl Small {
+    /// Constructs the counter.
+    pub async fn new(ctx: Context) -> Self {
+        Small { ctx, hits: 0 }
+    }
+
+    /// Counts a hit in memory.
+    pub fn hit(&mut self) -> u64 {
+        self.hits += 1;
+        self.hits
+    }
+
+    /// Counts a hit and writes it to storage.
+    pub fn hit_and_store(&mut self) -> stead::Result<u64> {
+        self.hits += 1;
+        self.ctx.storage().put("hits", &self.hits)?;
+        Ok(self.hits)
+    }
+}
+
+/// Resident memory of this process, in bytes (Linux).
+fn resident_bytes() -> u64 {
+    let statm = std::fs::read_to_string("/proc/self/statm").unwrap_or_default();
+    let pages: u64 = statm.split_whitespace().nth(1).and_then(|p| p.parse().ok()).unwrap_or(0);
+    pages * 4096
+}
+
+async fn round(count: usize, store: bool) -> stead::Result<()> {
+    let dir = std::env::temp_dir().join(format!("stead-memory-example-{}", std::process::id()));
+    // Objects must stay in memory for the measurement: no eviction meanwhile.
+    let builder = Runtime::builder()
+        .host::<Small>()
+        .max_open_databases(64)
+        .durability(Durability::Normal)
+        .idle_timeout(Duration::from_secs(3600));
+    let rt = if store { builder.data_dir(&dir) } else { builder.in_memory() }.build().await?;
+    let objects = rt.namespace::<Small>();
+    let before = resident_bytes();
+    let started = Instant::now();
+    for i in 0..count {
+        let stub = objects.stub(&objects.id_from_name(&i.to_string()));
+        if store {
+            stub.hit_and_store().await??;
+        } else {
+            stub.hit().await?;
+        }
+    }
+    let elapsed = started.elapsed();
+    let after = resident_bytes();
+    let per_object = after.saturating_sub(before) as f64 / count as f64;
+    println!(
+        "{count} objects {}: {} in memory, {} databases open, {:.0} bytes resident per object \
+         ({:.1} MiB in all), activated in {:.1} s",
+        if store { "with a closed database each" } else { "without storage" },
+        rt.active_objects(),
+        rt.open_databases(),
+        per_object,
+        after.saturating_sub(before) as f64 / (1024.0 * 1024.0),
+        elapsed.as_secs_f64(),
+    );
+    rt.shutdown().await?;
+    std::fs::remove_dir_all(&dir).ok();
+    Ok(())
+}
+
+#[tokio::main]
+async fn main() -> stead::Result<()> {
+    let arg =
+        |n: usize, default: usize| std::env::args().nth(n).and_then(|a| a.parse().ok()).unwrap_or(default);
+    round(arg(1, 100_000), false).await?;
+    round(arg(2, 10_000), true).await
+}
