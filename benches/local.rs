@@ -5,8 +5,12 @@
 
 #![allow(missing_docs)] // benchmark objects are measured, not documented
 
+use std::future::Future;
 use std::time::Duration;
 
+mod common;
+
+use common::in_task;
 use criterion::{Criterion, criterion_group, criterion_main};
 use stead::{Context, Runtime, durable_object};
 use tokio::sync::{mpsc, oneshot};
@@ -40,10 +44,14 @@ fn spawn_counter_task() -> mpsc::Sender<(u64, oneshot::Sender<u64>)> {
     tx
 }
 
-async fn ask(tx: &mpsc::Sender<(u64, oneshot::Sender<u64>)>, by: u64) -> u64 {
+/// Asks the task: sends at once (as a stub does), then awaits the answer.
+fn ask(tx: &mpsc::Sender<(u64, oneshot::Sender<u64>)>, by: u64) -> impl Future<Output = u64> + Send + use<> {
     let (reply, answer) = oneshot::channel();
-    tx.send((by, reply)).await.unwrap();
-    answer.await.unwrap()
+    let sent = tx.try_send((by, reply));
+    async move {
+        sent.unwrap();
+        answer.await.unwrap()
+    }
 }
 
 fn local(c: &mut Criterion) {
@@ -58,31 +66,52 @@ fn local(c: &mut Criterion) {
 
     let mut group = c.benchmark_group("local_call");
     group.measurement_time(Duration::from_secs(3)).warm_up_time(Duration::from_secs(1));
-    group.bench_function("stead", |b| b.to_async(&tokio).iter(|| stub.increment(1)));
-    group.bench_function("tokio_oneshot", |b| b.to_async(&tokio).iter(|| ask(&tx, 1)));
+    group.bench_function("stead", |b| {
+        b.iter_custom(|iters| {
+            let stub = stub.clone();
+            in_task(&tokio, iters, move || stub.increment(1))
+        })
+    });
+    group.bench_function("tokio_oneshot", |b| {
+        b.iter_custom(|iters| {
+            let tx = tx.clone();
+            in_task(&tokio, iters, move || ask(&tx, 1))
+        })
+    });
     group.finish();
 
     let mut group = c.benchmark_group("local_pipelined");
     group.measurement_time(Duration::from_secs(4)).warm_up_time(Duration::from_secs(1)).sample_size(20);
     group.bench_function("stead", |b| {
-        b.to_async(&tokio).iter(|| async {
-            let calls: Vec<_> = (0..1_000).map(|_| stub.increment(1)).collect();
-            for call in calls {
-                call.await.unwrap();
-            }
+        b.iter_custom(|iters| {
+            let stub = stub.clone();
+            in_task(&tokio, iters, move || {
+                let calls: Vec<_> = (0..1_000).map(|_| stub.increment(1)).collect();
+                async move {
+                    for call in calls {
+                        call.await.unwrap();
+                    }
+                }
+            })
         })
     });
     group.bench_function("tokio_oneshot", |b| {
-        b.to_async(&tokio).iter(|| async {
-            let mut answers = Vec::with_capacity(1_000);
-            for _ in 0..1_000 {
-                let (reply, answer) = oneshot::channel();
-                tx.send((1, reply)).await.unwrap();
-                answers.push(answer);
-            }
-            for answer in answers {
-                answer.await.unwrap();
-            }
+        b.iter_custom(|iters| {
+            let tx = tx.clone();
+            in_task(&tokio, iters, move || {
+                let tx = tx.clone();
+                async move {
+                    let mut answers = Vec::with_capacity(1_000);
+                    for _ in 0..1_000 {
+                        let (reply, answer) = oneshot::channel();
+                        tx.send((1, reply)).await.unwrap();
+                        answers.push(answer);
+                    }
+                    for answer in answers {
+                        answer.await.unwrap();
+                    }
+                }
+            })
         })
     });
     group.finish();

@@ -13,6 +13,9 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
+mod common;
+
+use common::in_task;
 use criterion::{Criterion, criterion_group, criterion_main};
 use futures::{StreamExt, future};
 use stead::{Context, Runtime, durable_object};
@@ -148,11 +151,29 @@ fn remote(c: &mut Criterion) {
 
     let mut group = c.benchmark_group("remote_call");
     group.measurement_time(Duration::from_secs(4)).warm_up_time(Duration::from_secs(1));
-    group.bench_function("stead", |b| b.to_async(&tokio).iter(|| async { stub.increment(1).await.unwrap() }));
-    group.bench_function("quinn_raw", |b| b.to_async(&tokio).iter(|| raw_call(&raw.1, &payload)));
+    group.bench_function("stead", |b| {
+        b.iter_custom(|iters| {
+            let stub = stub.clone();
+            in_task(&tokio, iters, move || stub.increment(1))
+        })
+    });
+    group.bench_function("quinn_raw", |b| {
+        b.iter_custom(|iters| {
+            let conn = raw.1.clone();
+            in_task(&tokio, iters, move || {
+                let conn = conn.clone();
+                async move { raw_call(&conn, &payload).await }
+            })
+        })
+    });
     group.bench_function("tarpc", |b| {
-        b.to_async(&tokio)
-            .iter(|| async { tarpc_client.increment(tarpc::context::current(), 1).await.unwrap() })
+        b.iter_custom(|iters| {
+            let client = tarpc_client.clone();
+            in_task(&tokio, iters, move || {
+                let client = client.clone();
+                async move { client.increment(tarpc::context::current(), 1).await.unwrap() }
+            })
+        })
     });
     group.finish();
 

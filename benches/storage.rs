@@ -10,6 +10,9 @@
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
+mod common;
+
+use common::in_task;
 use criterion::{Criterion, criterion_group, criterion_main};
 use stead::rusqlite::{Connection, params};
 use stead::{Context, Durability, ObjectId, Runtime, durable_object};
@@ -71,7 +74,10 @@ fn durable_write(c: &mut Criterion) {
             stub
         });
         group.bench_function(format!("stead_{name}"), |b| {
-            b.to_async(&tokio).iter(|| async { stub.write(value.clone()).await.unwrap().unwrap() })
+            b.iter_custom(|iters| {
+                let (stub, value) = (stub.clone(), value.clone());
+                in_task(&tokio, iters, move || stub.write(value.clone()))
+            })
         });
 
         let raw_dir = tempfile::tempdir().unwrap();

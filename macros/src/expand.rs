@@ -167,7 +167,7 @@ impl<'a> Method<'a> {
             #docs
             pub fn #name(&self, #(#params),*)
                 -> impl ::core::future::Future<Output = ::stead::__private::Result<#output>>
-                       + ::core::marker::Send + 'static
+                       + ::core::marker::Send + 'static + use<>
             {
                 #[allow(unused_mut)]
                 let mut #writer = ::stead::__private::ArgsWriter::new();

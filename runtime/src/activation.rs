@@ -222,21 +222,30 @@ impl Activation {
     /// Runs one turn per queued message until the mailbox is empty.
     async fn drain(self: Arc<Self>) {
         let mut instance = lock(&self.state).instance.take();
+        let mut lingered = false;
         loop {
-            let message = {
+            let next = {
                 let mut state = lock(&self.state);
-                match state.mailbox.pop() {
-                    Some(message) => message,
-                    None => {
-                        state.instance = instance;
-                        state.running = false;
-                        state.last_active = Instant::now();
-                        drop(state);
-                        self.runtime.lifecycle().turns_ended();
-                        return;
-                    }
+                let next = state.mailbox.pop();
+                if next.is_none() && lingered {
+                    state.instance = instance;
+                    state.running = false;
+                    state.last_active = Instant::now();
+                    drop(state);
+                    self.runtime.lifecycle().turns_ended();
+                    return;
                 }
+                next
             };
+            let Some(message) = next else {
+                // Linger for one scheduling round before parking: a caller
+                // that just got its reply often calls again at once, and
+                // finding this task still running saves spawning another.
+                lingered = true;
+                tokio::task::yield_now().await;
+                continue;
+            };
+            lingered = false;
             match message {
                 Message::Call(call) => self.call(&mut instance, call).await,
                 Message::Alarm(due) => self.alarm(&mut instance, due).await,

@@ -23,7 +23,7 @@ const HIGHEST_ADVERTISED: u32 = 64;
 pub const CLOSE_VERSION_MISMATCH: u32 = 2;
 
 /// How long a connection attempt may take.
-const CONNECT_TIMEOUT: Duration = Duration::from_millis(900);
+const CONNECT_TIMEOUT: Duration = Duration::from_millis(500);
 
 fn alpn(version: u32) -> Vec<u8> {
     format!("stead/{version}").into_bytes()
@@ -35,10 +35,10 @@ fn transport_config() -> Arc<TransportConfig> {
     // One stream per stub-object pair, and thousands of stubs per process.
     config.max_concurrent_bidi_streams(VarInt::from_u32(65_536));
     config.max_concurrent_uni_streams(VarInt::from_u32(1_024));
-    // Keep-alives every 150 ms and a 600 ms idle timeout: a peer that died
+    // Keep-alives every 100 ms and a 500 ms idle timeout: a peer that died
     // is noticed in under a second, so callers get `Unavailable` quickly.
-    config.keep_alive_interval(Some(Duration::from_millis(150)));
-    config.max_idle_timeout(Some(VarInt::from_u32(600).into()));
+    config.keep_alive_interval(Some(Duration::from_millis(100)));
+    config.max_idle_timeout(Some(VarInt::from_u32(500).into()));
     Arc::new(config)
 }
 

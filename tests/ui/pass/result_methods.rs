@@ -39,6 +39,12 @@ async fn use_stub(stub: WalletStub) -> stead::Result<Result<u64, WithdrawError>>
     is_static_send(pending).await
 }
 
+// The future borrows nothing: it outlives the stub it came from.
+fn detached(stub: &WalletStub) -> impl std::future::Future<Output = stead::Result<u64>> + Send + 'static {
+    let local = stub.clone();
+    local.deposit(1)
+}
+
 fn main() {
-    let _ = use_stub;
+    let _ = (use_stub, detached);
 }
