@@ -20,9 +20,9 @@
 
 use std::collections::HashMap;
 use std::panic::AssertUnwindSafe;
-use std::sync::{Arc, Mutex, MutexGuard};
-use std::task::Poll;
-use std::time::Instant;
+use std::sync::{Arc, Mutex, MutexGuard, Weak};
+use std::task::{Poll, Waker};
+use std::time::{Duration, Instant};
 
 use crate::alarm::{AlarmDue, MAX_ALARM_RETRIES, backoff, now_millis};
 use crate::context::Context;
@@ -30,7 +30,7 @@ use crate::error::{Error, Result};
 use crate::id::{IdKeys, ObjectId};
 use crate::mailbox::{Call, Full, Mailbox, Message};
 use crate::object::{AlarmInfo, BoxFuture, DurableObject, Instance, MethodInfo, construct_erased};
-use crate::runtime::Runtime;
+use crate::runtime::{Runtime, WeakRuntime};
 use crate::storage::Storage;
 
 /// Number of independently locked parts of each activation table.
@@ -174,6 +174,12 @@ struct State {
     mailbox: Mailbox,
     /// A task is draining the mailbox (and holds the instance).
     running: bool,
+    /// The draining task is parked waiting for the next message.
+    parked: Option<Waker>,
+    /// The parker has been told to let the draining task end.
+    exit: bool,
+    /// The activation is in the parker's list.
+    registered: bool,
     /// Evicted: no longer in the table, takes no messages.
     retired: bool,
     instance: Option<Instance>,
@@ -191,6 +197,9 @@ impl Activation {
             state: Mutex::new(State {
                 mailbox: Mailbox::new(),
                 running: false,
+                parked: None,
+                exit: false,
+                registered: false,
                 retired: false,
                 instance: None,
                 last_active: Instant::now(),
@@ -200,7 +209,7 @@ impl Activation {
 
     /// Queues `message` and starts a drain task if none runs.
     fn push(self: &Arc<Self>, message: Message) -> std::result::Result<(), Refused> {
-        let start = {
+        let (start, wake) = {
             let mut state = lock(&self.state);
             if state.retired {
                 return Err(Refused::Retired(message));
@@ -209,9 +218,11 @@ impl Activation {
             if let Err(Full(message)) = state.mailbox.push(message, capacity) {
                 return Err(Refused::Full(message));
             }
-            !std::mem::replace(&mut state.running, true)
+            (!std::mem::replace(&mut state.running, true), state.parked.take())
         };
-        if start {
+        if let Some(waker) = wake {
+            waker.wake();
+        } else if start {
             self.runtime.lifecycle().turns_started();
             let activation = self.clone();
             self.runtime.spawn(IN_TURN.scope((), activation.drain()));
@@ -219,33 +230,38 @@ impl Activation {
         Ok(())
     }
 
-    /// Runs one turn per queued message until the mailbox is empty.
+    /// Runs one turn per queued message. When the mailbox is empty the task
+    /// parks for a moment (a caller that just got its reply often calls
+    /// again at once, and waking a parked task is cheaper than spawning
+    /// one); the parker ends it soon after, handing the instance back.
     async fn drain(self: Arc<Self>) {
         let mut instance = lock(&self.state).instance.take();
-        let mut lingered = false;
         loop {
-            let next = {
+            let next = std::future::poll_fn(|cx| {
                 let mut state = lock(&self.state);
-                let next = state.mailbox.pop();
-                if next.is_none() && lingered {
-                    state.instance = instance;
+                if let Some(message) = state.mailbox.pop() {
+                    state.parked = None;
+                    return Poll::Ready(Some(message));
+                }
+                if std::mem::take(&mut state.exit) || self.runtime.is_closing() {
+                    state.parked = None;
+                    state.instance = instance.take();
                     state.running = false;
                     state.last_active = Instant::now();
-                    drop(state);
-                    self.runtime.lifecycle().turns_ended();
-                    return;
+                    return Poll::Ready(None);
                 }
-                next
-            };
+                state.parked = Some(cx.waker().clone());
+                if !std::mem::replace(&mut state.registered, true) {
+                    drop(state);
+                    self.runtime.parker().register(Arc::downgrade(&self));
+                }
+                Poll::Pending
+            })
+            .await;
             let Some(message) = next else {
-                // Linger for one scheduling round before parking: a caller
-                // that just got its reply often calls again at once, and
-                // finding this task still running saves spawning another.
-                lingered = true;
-                tokio::task::yield_now().await;
-                continue;
+                self.runtime.lifecycle().turns_ended();
+                return;
             };
-            lingered = false;
             match message {
                 Message::Call(call) => self.call(&mut instance, call).await,
                 Message::Alarm(due) => self.alarm(&mut instance, due).await,
@@ -425,6 +441,83 @@ impl Activation {
         }
         state.retired = true;
         Some(state.instance.take())
+    }
+}
+
+/// Ends draining tasks that stay parked: each parked activation is told to
+/// exit at the second tick after it parked (10 to 20 ms), so idle objects
+/// hold no task, and eviction and shutdown are never kept waiting.
+#[derive(Default)]
+pub(crate) struct Parker {
+    /// Parked before the last tick (released at the next), and since.
+    lists: Mutex<(ParkedList, ParkedList)>,
+    changed: Arc<tokio::sync::Notify>,
+}
+
+/// Activations whose draining task parked.
+type ParkedList = Vec<Weak<Activation>>;
+
+/// How often the parker looks at parked tasks.
+const PARK_TICK: Duration = Duration::from_millis(10);
+
+impl Parker {
+    fn register(&self, activation: Weak<Activation>) {
+        let was_empty = {
+            let mut lists = lock(&self.lists);
+            lists.1.push(activation);
+            lists.0.is_empty() && lists.1.len() == 1
+        };
+        if was_empty {
+            self.changed.notify_one();
+        }
+    }
+
+    /// Tells every activation of `list` to let its draining task end.
+    fn release(list: ParkedList) {
+        for activation in list.iter().filter_map(Weak::upgrade) {
+            let waker = {
+                let mut state = lock(&activation.state);
+                state.registered = false;
+                state.exit = true;
+                state.parked.take()
+            };
+            if let Some(waker) = waker {
+                waker.wake();
+            }
+        }
+    }
+
+    /// Releases every parked task at once (shutdown).
+    pub(crate) fn release_all(&self) {
+        let (old, new) = std::mem::take(&mut *lock(&self.lists));
+        Parker::release(old);
+        Parker::release(new);
+        self.changed.notify_one();
+    }
+
+    /// The parker's task: ticks while anything is parked, sleeps otherwise.
+    pub(crate) async fn run(runtime: WeakRuntime) {
+        loop {
+            let Some(rt) = runtime.upgrade() else { return };
+            if rt.is_closed() {
+                return;
+            }
+            let parker = rt.parker();
+            let (due, idle) = {
+                let lists = &mut *lock(&parker.lists);
+                let newer = std::mem::take(&mut lists.1);
+                (std::mem::replace(&mut lists.0, newer), lists.0.is_empty())
+            };
+            Parker::release(due);
+            if idle {
+                let changed = parker.changed.clone();
+                drop(rt);
+                changed.notified().await;
+            } else {
+                drop(rt);
+                tokio::time::sleep(PARK_TICK).await;
+            }
+        }
     }
 }
 

@@ -9,7 +9,7 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Weak};
 use std::time::{Duration, Instant};
 
-use crate::activation::{HostedType, in_turn};
+use crate::activation::{HostedType, Parker, in_turn};
 use crate::alarm::{self, AlarmIndex};
 use crate::cluster::{Cluster, ClusterConfig};
 use crate::error::{Error, Result};
@@ -289,6 +289,7 @@ impl RuntimeBuilder {
             handle,
             storage,
             cluster,
+            parker: Parker::default(),
             lifecycle: Lifecycle::default(),
         });
         let runtime = Runtime { inner };
@@ -298,6 +299,7 @@ impl RuntimeBuilder {
             runtime.spawn(remote::serve(runtime.downgrade(), cluster.endpoint.clone()));
         }
         runtime.spawn(evict_idle_objects(Arc::downgrade(&runtime.inner)));
+        runtime.spawn(Parker::run(runtime.downgrade()));
         runtime.spawn(alarm::run_scheduler(runtime.downgrade()));
         Ok(runtime)
     }
@@ -333,6 +335,7 @@ struct RuntimeInner {
     handle: tokio::runtime::Handle,
     storage: Arc<StorageRoot>,
     cluster: Option<Arc<Cluster>>,
+    parker: Parker,
     lifecycle: Lifecycle,
 }
 
@@ -384,10 +387,13 @@ impl Runtime {
     pub async fn shutdown(&self) -> Result<()> {
         let lifecycle = &self.inner.lifecycle;
         lifecycle.closing.store(true, Ordering::SeqCst);
+        self.inner.parker.release_all();
         while lifecycle.busy.load(Ordering::SeqCst) > 0 {
             tokio::time::sleep(Duration::from_millis(1)).await;
         }
         lifecycle.closed.store(true, Ordering::SeqCst);
+        // Let the parker's task see that the runtime is closed and end.
+        self.inner.parker.release_all();
         let far_future = Instant::now() + Duration::from_secs(3600);
         for hosted in self.inner.hosted.values() {
             hosted.evict_idle(far_future);
@@ -431,9 +437,18 @@ impl Runtime {
         self.inner.hosted.get(type_name)
     }
 
+    /// Whether shutdown has finished.
+    pub(crate) fn is_closed(&self) -> bool {
+        self.inner.lifecycle.closed.load(Ordering::Acquire)
+    }
+
     /// Whether shutdown has begun.
     pub(crate) fn is_closing(&self) -> bool {
         self.inner.lifecycle.closing.load(Ordering::Acquire)
+    }
+
+    pub(crate) fn parker(&self) -> &Parker {
+        &self.inner.parker
     }
 
     pub(crate) fn config(&self) -> &Config {
