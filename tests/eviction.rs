@@ -45,6 +45,14 @@ impl Cached {
 
 static LATE_RESULT: std::sync::Mutex<Option<stead::Result<Option<u64>>>> = std::sync::Mutex::new(None);
 
+/// An in-memory runtime and a stub of a fresh `Cached` object.
+async fn in_memory_with_idle_timeout(idle: Duration) -> (Runtime, CachedStub) {
+    let rt = Runtime::builder().in_memory().idle_timeout(idle).host::<Cached>().build().await.unwrap();
+    let ns = rt.namespace::<Cached>();
+    let cached = ns.stub(&ns.unique_id());
+    (rt, cached)
+}
+
 async fn wait_until_evicted(rt: &Runtime) {
     let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
     while rt.active_objects() > 0 {
@@ -74,15 +82,7 @@ async fn an_evicted_object_is_constructed_again_with_its_state() {
 
 #[tokio::test]
 async fn an_object_in_use_is_not_evicted() {
-    let rt = Runtime::builder()
-        .in_memory()
-        .idle_timeout(Duration::from_secs(1))
-        .host::<Cached>()
-        .build()
-        .await
-        .unwrap();
-    let ns = rt.namespace::<Cached>();
-    let cached = ns.stub(&ns.unique_id());
+    let (rt, cached) = in_memory_with_idle_timeout(Duration::from_secs(1)).await;
     for _ in 0..20 {
         cached.add(1).await.unwrap().unwrap();
         tokio::time::sleep(Duration::from_millis(20)).await;
@@ -92,15 +92,7 @@ async fn an_object_in_use_is_not_evicted() {
 
 #[tokio::test]
 async fn a_context_kept_after_eviction_gets_a_clear_storage_error() {
-    let rt = Runtime::builder()
-        .in_memory()
-        .idle_timeout(Duration::from_millis(30))
-        .host::<Cached>()
-        .build()
-        .await
-        .unwrap();
-    let ns = rt.namespace::<Cached>();
-    let cached = ns.stub(&ns.unique_id());
+    let (rt, cached) = in_memory_with_idle_timeout(Duration::from_millis(30)).await;
     cached.leak_context().await.unwrap();
     wait_until_evicted(&rt).await;
     tokio::time::sleep(Duration::from_millis(400)).await;

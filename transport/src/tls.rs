@@ -156,16 +156,22 @@ pub(crate) fn provider() -> Arc<rustls::crypto::CryptoProvider> {
     Arc::new(rustls::crypto::ring::default_provider())
 }
 
+/// The trust anchors: the cluster CA only.
+fn roots(identity: &Identity) -> Result<rustls::RootCertStore, TlsError> {
+    let mut roots = rustls::RootCertStore::empty();
+    roots.add(identity.ca.clone()).map_err(|e| TlsError(format!("the CA certificate is unusable: {e}")))?;
+    Ok(roots)
+}
+
 /// Server side: present `identity`, require a client certificate from the CA.
 pub(crate) fn server_crypto(
     identity: &Identity,
     alpn: Vec<Vec<u8>>,
 ) -> Result<rustls::ServerConfig, TlsError> {
-    let mut roots = rustls::RootCertStore::empty();
-    roots.add(identity.ca.clone()).map_err(|e| TlsError(format!("the CA certificate is unusable: {e}")))?;
-    let verifier = rustls::server::WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider())
-        .build()
-        .map_err(|e| TlsError(format!("cannot build the client verifier: {e}")))?;
+    let verifier =
+        rustls::server::WebPkiClientVerifier::builder_with_provider(Arc::new(roots(identity)?), provider())
+            .build()
+            .map_err(|e| TlsError(format!("cannot build the client verifier: {e}")))?;
     let mut config = rustls::ServerConfig::builder_with_provider(provider())
         .with_protocol_versions(&[&rustls::version::TLS13])
         .map_err(|e| TlsError(e.to_string()))?
@@ -181,12 +187,10 @@ pub(crate) fn client_crypto(
     identity: &Identity,
     alpn: Vec<Vec<u8>>,
 ) -> Result<rustls::ClientConfig, TlsError> {
-    let mut roots = rustls::RootCertStore::empty();
-    roots.add(identity.ca.clone()).map_err(|e| TlsError(format!("the CA certificate is unusable: {e}")))?;
     let mut config = rustls::ClientConfig::builder_with_provider(provider())
         .with_protocol_versions(&[&rustls::version::TLS13])
         .map_err(|e| TlsError(e.to_string()))?
-        .with_root_certificates(roots)
+        .with_root_certificates(roots(identity)?)
         .with_client_auth_cert(identity.chain.clone(), identity.key.clone_key())
         .map_err(|e| TlsError(format!("the certificate or key is unusable: {e}")))?;
     config.alpn_protocols = alpn;
