@@ -25,9 +25,25 @@ impl Counter {
         self.value
     }
 
+    /// Changes state, then returns a value that cannot be encoded.
+    pub async fn unencodable(&mut self) -> Unencodable {
+        self.value += 1000;
+        Unencodable
+    }
+
     pub async fn explode(&mut self, message: String) -> u64 {
         self.value += 1000;
         panic!("{message}");
+    }
+}
+
+/// A value whose encoding always fails.
+#[derive(Debug, serde::Deserialize)]
+pub struct Unencodable;
+
+impl serde::Serialize for Unencodable {
+    fn serialize<S: serde::Serializer>(&self, _: S) -> Result<S::Ok, S::Error> {
+        Err(serde::ser::Error::custom("this value refuses to be encoded"))
     }
 }
 
@@ -100,6 +116,19 @@ async fn a_panicking_method_gives_panicked_and_leaves_other_objects_untouched() 
     assert_eq!(victim.increment(1).await.unwrap(), 1);
     // The other object kept its state.
     assert_eq!(bystander.increment(1).await.unwrap(), 8);
+}
+
+#[tokio::test]
+async fn a_result_that_cannot_be_encoded_fails_the_call_and_resets_the_object() {
+    let rt = runtime().await;
+    let ns = rt.namespace::<Counter>();
+    let stub = ns.stub(&ns.unique_id());
+    assert_eq!(stub.increment(1).await.unwrap(), 1);
+    let err = stub.unencodable().await.unwrap_err();
+    let Error::Codec(message) = &err else { panic!("expected Codec, got {err:?}") };
+    assert!(message.contains("refuses to be encoded"), "{message}");
+    // The turn's effects are gone with the instance: a fresh one starts at 0.
+    assert_eq!(stub.increment(1).await.unwrap(), 1);
 }
 
 #[tokio::test]

@@ -90,7 +90,7 @@ pub(crate) fn expand(object: &Object, model: &Model<'_>) -> TokenStream {
                     &'a mut self,
                     #method_var: u32,
                     #args_var: &'a [u8],
-                ) -> ::stead::__private::BoxFuture<'a, ::stead::__private::Result<::std::vec::Vec<u8>>> {
+                ) -> ::stead::__private::BoxFuture<'a, ::stead::__private::Dispatched> {
                     ::std::boxed::Box::pin(async move {
                         match #method_var {
                             #(#dispatch_arms)*

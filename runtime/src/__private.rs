@@ -9,7 +9,7 @@ use stead_transport::codec;
 
 pub use crate::context::Context;
 pub use crate::error::{Error, Result};
-pub use crate::object::{AlarmInfo, BoxFuture, DurableObject, MethodInfo};
+pub use crate::object::{AlarmInfo, BoxFuture, DispatchError, Dispatched, DurableObject, MethodInfo};
 pub use crate::stub::{ArgsWriter, PendingCall, StubCore, call};
 
 /// Reads a method's arguments one by one, as `ArgsWriter` wrote them.
@@ -26,31 +26,33 @@ impl<'a> ArgsReader<'a> {
 
     /// The next argument. (Generated at the span of the argument's type, so
     /// a type without `Deserialize` is reported there.)
-    pub fn read<T: DeserializeOwned>(&mut self) -> Result<T> {
-        let (value, used) = codec::decode_prefix(self.bytes)
-            .map_err(|e| Error::Codec(format!("the arguments of `{}`: {e}", self.method)))?;
+    pub fn read<T: DeserializeOwned>(&mut self) -> Result<T, DispatchError> {
+        let (value, used) = codec::decode_prefix(self.bytes).map_err(|e| {
+            DispatchError::Arguments(Error::Codec(format!("the arguments of `{}`: {e}", self.method)))
+        })?;
         self.bytes = &self.bytes[used..];
         Ok(value)
     }
 
     /// Checks that every byte was an argument.
-    pub fn finish(self) -> Result<()> {
+    pub fn finish(self) -> Result<(), DispatchError> {
         if self.bytes.is_empty() {
             Ok(())
         } else {
-            Err(Error::Codec(format!(
+            Err(DispatchError::Arguments(Error::Codec(format!(
                 "the arguments of `{}` have {} bytes too many; the caller was built from a different \
                  version of the type",
                 self.method,
                 self.bytes.len()
-            )))
+            ))))
         }
     }
 }
 
 /// Encodes a method's return value.
-pub fn encode_result<R: Serialize>(method: &str, value: &R) -> Result<Vec<u8>> {
-    codec::encode(value).map_err(|e| Error::Codec(format!("the result of `{method}`: {e}")))
+pub fn encode_result<R: Serialize>(method: &str, value: &R) -> Dispatched {
+    codec::encode(value)
+        .map_err(|e| DispatchError::Result(Error::Codec(format!("the result of `{method}`: {e}"))))
 }
 
 /// Renders a constructor's or alarm handler's error.
@@ -67,9 +69,9 @@ pub const fn assert_sendable<T: Send + 'static>() {}
 pub use crate::id::ObjectId;
 
 /// The answer to a method id that the type does not have.
-pub fn unknown_method(type_name: &str, method: u32) -> Result<Vec<u8>> {
-    Err(Error::Incompatible(format!(
+pub fn unknown_method(type_name: &str, method: u32) -> Dispatched {
+    Err(DispatchError::Arguments(Error::Incompatible(format!(
         "`{type_name}` has no method with id {method}; the caller was built from a different version \
          of the type, deploy the same build everywhere"
-    )))
+    ))))
 }

@@ -29,7 +29,9 @@ use crate::context::Context;
 use crate::error::{Error, Result};
 use crate::id::{IdKeys, ObjectId};
 use crate::mailbox::{Call, Full, Mailbox, Message};
-use crate::object::{AlarmInfo, BoxFuture, DurableObject, Instance, MethodInfo, construct_erased};
+use crate::object::{
+    AlarmInfo, BoxFuture, DispatchError, DurableObject, Instance, MethodInfo, construct_erased,
+};
 use crate::runtime::{Runtime, WeakRuntime};
 use crate::storage::Storage;
 
@@ -299,7 +301,14 @@ impl Activation {
         let info = self.method_info(method, fingerprint)?;
         let object = self.instance(instance).await?;
         match catch_panic(object.dispatch(method, args)).await {
-            Ok(outcome) => outcome,
+            Ok(Ok(bytes)) => Ok(bytes),
+            Ok(Err(DispatchError::Arguments(err))) => Err(err),
+            Ok(Err(DispatchError::Result(err))) => {
+                // The method ran but its result is lost: its writes are rolled
+                // back, so its in-memory state must go too.
+                *instance = None;
+                Err(err)
+            }
             Err(panic) => {
                 *instance = None;
                 Err(Error::Panicked(format!(

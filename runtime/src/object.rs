@@ -4,7 +4,7 @@ use std::future::Future;
 use std::pin::Pin;
 
 use crate::context::Context;
-use crate::error::Result;
+use crate::error::Error;
 use crate::stub::StubCore;
 
 /// A boxed, sendable future, as stored and run by the runtime.
@@ -29,6 +29,22 @@ pub struct MethodInfo {
     /// whose fingerprint differs was made by a different build of the type.
     pub fingerprint: u64,
 }
+
+/// Why a dispatch failed: before the method ran, or after.
+#[doc(hidden)]
+#[derive(Debug)]
+pub enum DispatchError {
+    /// The arguments could not be decoded (or the method is unknown): the
+    /// method did not run.
+    Arguments(Error),
+    /// The method ran but its result could not be encoded: the instance may
+    /// be ahead of its (rolled back) storage and is dropped.
+    Result(Error),
+}
+
+/// The outcome of a dispatch: the encoded result, or why there is none.
+#[doc(hidden)]
+pub type Dispatched = std::result::Result<Vec<u8>, DispatchError>;
 
 /// A type whose instances are durable objects.
 ///
@@ -60,7 +76,7 @@ pub trait DurableObject: Sized + Send + 'static {
 
     /// Decodes the arguments of method `method`, runs it and encodes its result.
     #[doc(hidden)]
-    fn __dispatch<'a>(&'a mut self, method: u32, args: &'a [u8]) -> BoxFuture<'a, Result<Vec<u8>>>;
+    fn __dispatch<'a>(&'a mut self, method: u32, args: &'a [u8]) -> BoxFuture<'a, Dispatched>;
 
     /// Runs the `#[alarm]` handler (only called when `HAS_ALARM`).
     #[doc(hidden)]
@@ -73,12 +89,12 @@ pub trait DurableObject: Sized + Send + 'static {
 
 /// A live instance of any durable object type.
 pub(crate) trait ErasedObject: Send + 'static {
-    fn dispatch<'a>(&'a mut self, method: u32, args: &'a [u8]) -> BoxFuture<'a, Result<Vec<u8>>>;
+    fn dispatch<'a>(&'a mut self, method: u32, args: &'a [u8]) -> BoxFuture<'a, Dispatched>;
     fn alarm(&mut self, info: AlarmInfo) -> BoxFuture<'_, std::result::Result<(), String>>;
 }
 
 impl<T: DurableObject> ErasedObject for T {
-    fn dispatch<'a>(&'a mut self, method: u32, args: &'a [u8]) -> BoxFuture<'a, Result<Vec<u8>>> {
+    fn dispatch<'a>(&'a mut self, method: u32, args: &'a [u8]) -> BoxFuture<'a, Dispatched> {
         self.__dispatch(method, args)
     }
 
