@@ -94,6 +94,17 @@ impl Store {
         self.ctx.storage().sql(|conn| conn.execute_batch("COMMIT"))
     }
 
+    pub fn pragma(&self, name: String) -> stead::Result<String> {
+        self.ctx
+            .storage()
+            .sql(|conn| {
+                conn.query_row(&format!("PRAGMA {name}"), [], |row| {
+                    row.get::<_, stead::rusqlite::types::Value>(0)
+                })
+            })
+            .map(|value| format!("{value:?}"))
+    }
+
     pub fn put_u64(&mut self, key: String, value: u64) -> stead::Result<()> {
         self.ctx.storage().put(&key, &value)
     }
@@ -128,6 +139,26 @@ async fn put_get_and_delete_round_trip() {
     assert!(!store.delete("k".into()).await.unwrap().unwrap());
     assert_eq!(store.get("k".into()).await.unwrap().unwrap(), None);
     rt.shutdown().await.unwrap();
+}
+
+#[tokio::test]
+async fn object_databases_use_wal_and_the_configured_durability() {
+    for (durability, synchronous) in [(stead::Durability::Full, "2"), (stead::Durability::Normal, "1")] {
+        let dir = tempfile::tempdir().unwrap();
+        let rt = Runtime::builder()
+            .data_dir(dir.path())
+            .durability(durability)
+            .host::<Store>()
+            .build()
+            .await
+            .unwrap();
+        let ns = rt.namespace::<Store>();
+        let store = ns.stub(&ns.unique_id());
+        let mode = store.pragma("journal_mode".into()).await.unwrap().unwrap();
+        assert!(mode.to_lowercase().contains("wal"), "journal_mode is {mode}");
+        let sync = store.pragma("synchronous".into()).await.unwrap().unwrap();
+        assert!(sync.contains(synchronous), "synchronous is {sync} for {durability:?}");
+    }
 }
 
 #[tokio::test]
