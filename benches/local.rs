@@ -10,26 +10,10 @@ use std::time::Duration;
 
 mod common;
 
-use common::in_task;
+use common::{Counter, in_task};
 use criterion::{Criterion, criterion_group, criterion_main};
-use stead::{Context, Runtime, durable_object};
+use stead::Runtime;
 use tokio::sync::{mpsc, oneshot};
-
-pub struct Counter {
-    value: u64,
-}
-
-#[durable_object]
-impl Counter {
-    pub async fn new(_ctx: Context) -> Self {
-        Counter { value: 0 }
-    }
-
-    pub async fn increment(&mut self, by: u64) -> u64 {
-        self.value += by;
-        self.value
-    }
-}
 
 /// The baseline: a task that owns a counter and answers asks.
 fn spawn_counter_task() -> mpsc::Sender<(u64, oneshot::Sender<u64>)> {

@@ -15,30 +15,14 @@ use std::time::Duration;
 
 mod common;
 
-use common::in_task;
+use common::{Counter, in_task};
 use criterion::{Criterion, criterion_group, criterion_main};
 use futures::{StreamExt, future};
-use stead::{Context, Runtime, durable_object};
+use stead::Runtime;
 use stead_transport::Endpoint;
 use stead_transport::frame::{MAX_FRAME_LEN, read_frame, write_frame};
 use tarpc::server::{BaseChannel, Channel};
 use tarpc::tokio_serde::formats::Bincode;
-
-pub struct Counter {
-    value: u64,
-}
-
-#[durable_object]
-impl Counter {
-    pub async fn new(_ctx: Context) -> Self {
-        Counter { value: 0 }
-    }
-
-    pub fn increment(&mut self, by: u64) -> u64 {
-        self.value += by;
-        self.value
-    }
-}
 
 #[tarpc::service]
 trait CounterService {

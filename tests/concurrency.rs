@@ -5,27 +5,10 @@
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
+use common::Counter;
 use stead::{Context, Runtime, durable_object};
 
-pub struct Counter {
-    value: u64,
-}
-
-#[durable_object]
-impl Counter {
-    pub async fn new(_ctx: Context) -> Self {
-        Counter { value: 0 }
-    }
-
-    pub async fn increment(&mut self, by: u64) -> u64 {
-        self.value += by;
-        self.value
-    }
-
-    pub async fn get(&self) -> u64 {
-        self.value
-    }
-}
+mod common;
 
 static IN_TURN: AtomicUsize = AtomicUsize::new(0);
 static MAX_IN_TURN: AtomicUsize = AtomicUsize::new(0);

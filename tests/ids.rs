@@ -4,23 +4,10 @@
 
 use std::collections::HashSet;
 
+use common::Counter;
 use stead::{Context, Error, Runtime, durable_object};
 
-pub struct Counter {
-    value: u64,
-}
-
-#[durable_object]
-impl Counter {
-    pub async fn new(_ctx: Context) -> Self {
-        Counter { value: 0 }
-    }
-
-    pub async fn increment(&mut self) -> u64 {
-        self.value += 1;
-        self.value
-    }
-}
+mod common;
 
 pub struct Room;
 
@@ -116,9 +103,9 @@ async fn a_parsed_id_reaches_the_same_object() {
     let rt = runtime("a cluster secret of some length").await;
     let counters = rt.namespace::<Counter>();
     let id = counters.unique_id();
-    assert_eq!(counters.stub(&id).increment().await.unwrap(), 1);
+    assert_eq!(counters.stub(&id).increment(1).await.unwrap(), 1);
     let parsed = counters.id_from_str(&id.to_string()).unwrap();
-    assert_eq!(counters.stub(&parsed).increment().await.unwrap(), 2);
+    assert_eq!(counters.stub(&parsed).increment(1).await.unwrap(), 2);
 }
 
 #[tokio::test]

@@ -1,9 +1,30 @@
 //! What the benchmark files share.
 
 #![allow(dead_code)] // each benchmark file uses its own part
+// Remote methods are `pub` by definition, even in a private module.
+#![allow(unreachable_pub)]
 
 use std::future::Future;
 use std::time::{Duration, Instant};
+
+use stead::{Context, durable_object};
+
+/// The object the call benchmarks call: a counter in memory.
+pub struct Counter {
+    value: u64,
+}
+
+#[durable_object]
+impl Counter {
+    pub async fn new(_ctx: Context) -> Self {
+        Counter { value: 0 }
+    }
+
+    pub fn increment(&mut self, by: u64) -> u64 {
+        self.value += by;
+        self.value
+    }
+}
 
 /// Measures `iters` runs of `op`, awaited one after another inside one
 /// task of `tokio`: each call is made from a runtime worker, as the callers
