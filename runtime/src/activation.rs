@@ -34,6 +34,7 @@ use crate::object::{
 };
 use crate::runtime::{Runtime, WeakRuntime};
 use crate::storage::Storage;
+use crate::sync::lock;
 
 /// Number of independently locked parts of each activation table.
 const SHARDS: usize = 64;
@@ -122,8 +123,8 @@ impl HostedType {
     }
 
     /// Retires every activation idle since `idle_since` or earlier and drops
-    /// their instances. Returns how many were retired.
-    pub(crate) fn evict_idle(&self, idle_since: Instant) -> usize {
+    /// their instances.
+    pub(crate) fn evict_idle(&self, idle_since: Instant) {
         let mut evicted = Vec::new();
         for shard in self.shards.iter() {
             lock(shard).retain(|_, activation| match activation.retire_if_idle(idle_since) {
@@ -134,25 +135,17 @@ impl HostedType {
                 None => true,
             });
         }
-        let count = evicted.len();
         // Outside the table's locks: an instance's Drop is user code.
         for (instance, storage) in evicted {
             drop(instance);
             storage.close();
         }
-        count
     }
 
     /// Number of activations in memory.
     pub(crate) fn active_count(&self) -> usize {
         self.shards.iter().map(|shard| lock(shard).len()).sum()
     }
-}
-
-/// Locks `mutex`, ignoring poisoning: no code of ours panics while holding
-/// these locks, and user code never runs under them.
-pub(crate) fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
-    mutex.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
 /// Why an activation did not take a message.

@@ -26,12 +26,12 @@ use std::time::{Duration, SystemTime};
 use rusqlite::{Connection, params};
 use tokio::sync::Notify;
 
-use crate::activation::lock;
 use crate::error::{Error, Result};
 use crate::id::ObjectId;
 use crate::mailbox::Message;
 use crate::runtime::WeakRuntime;
 use crate::storage::unix_millis;
+use crate::sync::lock;
 
 /// How many times a failing alarm handler is retried.
 pub const MAX_ALARM_RETRIES: u32 = 6;

@@ -22,11 +22,11 @@ use std::sync::{Arc, Mutex};
 use stead_transport::frame::{read_frame, write_frame};
 use stead_transport::{Connection, Endpoint, Identity, codec};
 
-use crate::activation::lock;
 use crate::directory::{Directory, SqliteDirectory};
 use crate::error::{Error, Result};
 use crate::id::ObjectId;
 use crate::object::BoxFuture;
+use crate::sync::lock;
 use crate::wire::{Hello, MAX_CONTROL_FRAME, Place, Placed};
 
 /// How a runtime takes part in a cluster, as configured.

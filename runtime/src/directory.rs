@@ -17,10 +17,10 @@ use std::sync::Mutex;
 
 use rusqlite::{Connection, OptionalExtension, params};
 
-use crate::activation::lock;
 use crate::error::{Error, Result};
 use crate::id::ObjectId;
 use crate::object::BoxFuture;
+use crate::sync::lock;
 
 /// Where objects live.
 pub trait Directory: Send + Sync + 'static {

@@ -64,6 +64,14 @@ pub enum Error {
 }
 
 impl Error {
+    /// The error for a call to a type that this runtime (or node) does not host.
+    pub(crate) fn not_hosted(type_name: &str) -> Self {
+        Error::NotHosted(format!(
+            "durable object type `{type_name}` is not hosted by this runtime; register it with \
+             `Runtime::builder().host::<{type_name}>()`"
+        ))
+    }
+
     /// Whether the same call may succeed if it is tried again later.
     ///
     /// `Overloaded`, `Disconnected`, `Unavailable` and `Timeout` are

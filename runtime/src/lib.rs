@@ -25,6 +25,7 @@ mod runtime;
 mod secret;
 mod storage;
 mod stub;
+mod sync;
 mod wire;
 
 #[doc(hidden)]

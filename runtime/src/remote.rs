@@ -25,12 +25,13 @@ use stead_transport::frame::{MAX_FRAME_LEN, read_frame, write_frame};
 use stead_transport::{Endpoint, RecvStream, SendStream, codec};
 use tokio::sync::{mpsc, oneshot};
 
-use crate::activation::{HostedType, lock};
+use crate::activation::HostedType;
 use crate::cluster::connection_lost;
 use crate::error::{Error, Result};
 use crate::id::ObjectId;
 use crate::mailbox::{Call, Message, Reply};
 use crate::runtime::{Runtime, WeakRuntime};
+use crate::sync::lock;
 use crate::wire::{Hello, MAX_CONTROL_FRAME, Place, Placed, Request, Response};
 
 /// QUIC error code for a stream closed because of a bad frame.
@@ -150,7 +151,7 @@ impl Pump {
     /// The object turned out to live here: hand the calls to its mailbox.
     async fn deliver_locally(&self, rx: &mut mpsc::Receiver<Call>) -> Result<()> {
         let hosted =
-            self.runtime.hosted(self.type_name).cloned().ok_or_else(|| not_hosted(self.type_name))?;
+            self.runtime.hosted(self.type_name).cloned().ok_or_else(|| Error::not_hosted(self.type_name))?;
         while let Some(call) = rx.recv().await {
             if let Err((err, Message::Call(call))) = hosted.send(&self.runtime, self.id, Message::Call(call))
             {
@@ -159,13 +160,6 @@ impl Pump {
         }
         Ok(())
     }
-}
-
-fn not_hosted(type_name: &str) -> Error {
-    Error::NotHosted(format!(
-        "durable object type `{type_name}` is not hosted by this node; register it with \
-         `Runtime::builder().host::<{type_name}>()`"
-    ))
 }
 
 /// Reads a stream's responses and hands each to its caller.
@@ -245,7 +239,7 @@ fn quinn_code(code: u32) -> stead_transport::VarInt {
 /// Whether this node may run object `id`: it hosts the type, the id is
 /// genuine, and the directory places the object here.
 async fn admit(rt: &Runtime, type_name: &str, id: ObjectId) -> Result<Arc<HostedType>> {
-    let hosted = rt.hosted(type_name).cloned().ok_or_else(|| not_hosted(type_name))?;
+    let hosted = rt.hosted(type_name).cloned().ok_or_else(|| Error::not_hosted(type_name))?;
     hosted.keys.verify(&id)?;
     let cluster =
         rt.cluster().ok_or_else(|| Error::Config("this runtime is not part of a cluster".into()))?;

@@ -90,13 +90,7 @@ impl StubCore {
                 hosted.send(&target.runtime, target.id, Message::Call(call)).map_err(|(err, _)| err)?
             }
             Route::Cluster(route) => route.send(&target.runtime, target.type_name, target.id, call)?,
-            Route::NotHosted => {
-                return Err(Error::NotHosted(format!(
-                    "durable object type `{0}` is not hosted by this runtime; register it with \
-                     `Runtime::builder().host::<{0}>()`",
-                    target.type_name
-                )));
-            }
+            Route::NotHosted => return Err(Error::not_hosted(target.type_name)),
         }
         Ok(receiver)
     }

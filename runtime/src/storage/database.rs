@@ -7,10 +7,10 @@ use std::time::Duration;
 
 use rusqlite::{Connection, OpenFlags};
 
-use crate::activation::lock;
 use crate::error::{Error, Result};
 use crate::id::ObjectId;
 use crate::runtime::Durability;
+use crate::sync::lock;
 
 /// Marks a file as a stead object database (`PRAGMA application_id`): "stDO".
 const APPLICATION_ID: i32 = 0x7374_444f;

@@ -515,7 +515,7 @@ impl Storage {
 
 impl StorageInner {
     fn lock(&self) -> MutexGuard<'_, State> {
-        crate::activation::lock(&self.state)
+        crate::sync::lock(&self.state)
     }
 
     /// Closes the connection unless a turn is using it (called by the pool).

@@ -12,7 +12,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, Weak};
 
 use super::StorageInner;
-use crate::activation::lock;
+use crate::sync::lock;
 
 pub(crate) struct OpenDatabases {
     limit: usize,
