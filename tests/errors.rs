@@ -35,6 +35,18 @@ impl Counter {
         self.value += 1000;
         panic!("{message}");
     }
+
+    /// `unencodable` as a plain `fn` (run without a future).
+    pub fn unencodable_now(&mut self) -> Unencodable {
+        self.value += 1000;
+        Unencodable
+    }
+
+    /// `explode` as a plain `fn` (run without a future).
+    pub fn explode_now(&mut self, message: String) -> u64 {
+        self.value += 1000;
+        panic!("{message}");
+    }
 }
 
 /// A value whose encoding always fails.
@@ -129,6 +141,22 @@ async fn a_result_that_cannot_be_encoded_fails_the_call_and_resets_the_object() 
     assert!(message.contains("refuses to be encoded"), "{message}");
     // The turn's effects are gone with the instance: a fresh one starts at 0.
     assert_eq!(stub.increment(1).await.unwrap(), 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn plain_fn_methods_fail_like_async_ones() {
+    let rt = runtime().await;
+    let ns = rt.namespace::<Counter>();
+    let stub = ns.stub(&ns.unique_id());
+    assert_eq!(stub.increment(1).await.unwrap(), 1);
+    let Err(Error::Panicked(message)) = stub.explode_now("boom now".into()).await else {
+        panic!("expected Panicked")
+    };
+    assert!(message.contains("boom now") && message.contains("Counter::explode_now"), "{message}");
+    assert_eq!(stub.increment(1).await.unwrap(), 1, "a fresh instance after the panic");
+    let err = stub.unencodable_now().await.unwrap_err();
+    assert!(matches!(&err, Error::Codec(m) if m.contains("refuses to be encoded")), "{err:?}");
+    assert_eq!(stub.increment(1).await.unwrap(), 1, "a fresh instance after the lost result");
 }
 
 #[tokio::test]

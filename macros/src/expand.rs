@@ -32,6 +32,7 @@ pub(crate) fn expand(object: &Object, model: &Model<'_>) -> TokenStream {
         model.methods.iter().enumerate().map(|(index, func)| Method::new(index, func)).collect();
     let stub_methods = methods.iter().map(Method::stub_method);
     let dispatch_arms = methods.iter().map(Method::dispatch_arm);
+    let sync_arms = methods.iter().filter(|method| !method.func.is_async()).map(Method::sync_dispatch_arm);
     let method_infos = methods.iter().map(Method::info);
     let assertions = model.methods.iter().flat_map(|func| remote_types(func)).map(|ty| {
         quote_spanned! {ty.span()=>
@@ -99,6 +100,18 @@ pub(crate) fn expand(object: &Object, model: &Model<'_>) -> TokenStream {
                     })
                 }
 
+                #[allow(clippy::redundant_closure_call)]
+                fn __dispatch_sync(
+                    &mut self,
+                    #method_var: u32,
+                    #args_var: &[u8],
+                ) -> ::core::option::Option<::stead::__private::Dispatched> {
+                    match #method_var {
+                        #(#sync_arms)*
+                        _ => ::core::option::Option::None,
+                    }
+                }
+
                 fn __alarm(
                     &mut self,
                     info: ::stead::__private::AlarmInfo,
@@ -139,7 +152,8 @@ impl<'a> Method<'a> {
     fn info(&self) -> TokenStream {
         let name = self.func.sig.ident.to_string();
         let fingerprint = self.fingerprint;
-        quote!(::stead::__private::MethodInfo { name: #name, fingerprint: #fingerprint })
+        let is_async = self.func.is_async();
+        quote!(::stead::__private::MethodInfo { name: #name, fingerprint: #fingerprint, is_async: #is_async })
     }
 
     fn stub_method(&self) -> TokenStream {
@@ -178,8 +192,26 @@ impl<'a> Method<'a> {
     }
 
     fn dispatch_arm(&self) -> TokenStream {
-        let func = self.func;
         let index = self.index;
+        let body = self.dispatch_body();
+        quote!(#index => #body)
+    }
+
+    /// The arm of `__dispatch_sync` (for a plain `fn`): the same body, in a
+    /// closure so that its `?`s stop there.
+    fn sync_dispatch_arm(&self) -> TokenStream {
+        let index = self.index;
+        let body = self.dispatch_body();
+        quote! {
+            #index => ::core::option::Option::Some(
+                (|| -> ::stead::__private::Dispatched #body)()
+            ),
+        }
+    }
+
+    /// Decodes the arguments, calls the method, encodes its result.
+    fn dispatch_body(&self) -> TokenStream {
+        let func = self.func;
         let name = &func.sig.ident;
         let name_text = name.to_string();
         let vars: Vec<Ident> =
@@ -200,7 +232,7 @@ impl<'a> Method<'a> {
         let call = quote!(Self::#name(#this, #(#vars),*));
         let call = if func.is_async() { quote!(#call.await) } else { call };
         quote! {
-            #index => {
+            {
                 #[allow(unused_mut)]
                 let mut #reader = ::stead::__private::ArgsReader::new(#name_text, #args_var);
                 #(#reads)*

@@ -1,12 +1,11 @@
 //! Activations: an object in memory, its mailbox, and the turns it runs.
 //!
 //! An *activation* exists for an object from the first call that reaches it
-//! until it is evicted. It owns the object's mailbox and, once the
-//! constructor has run, the instance. No task is parked per object: when a
-//! message arrives at an idle activation, one task is spawned to drain its
-//! mailbox, running one *turn* per message, and it ends when the mailbox is
-//! empty. Because at most one such task exists per activation, an object runs
-//! one turn at a time, to completion, in mailbox order.
+//! until it is evicted. It owns the object's mailbox and, between turns, the
+//! instance. Whoever runs its turns holds the instance meanwhile: at most one
+//! party at a time (see `drive.rs`: usually the caller's own task, else a
+//! drain task), so an object runs one turn at a time, to completion, in
+//! mailbox order. No task is kept per object.
 //!
 //! A turn is: construct the instance if there is none (the constructor runs
 //! lazily, in the turn of the first call, exactly once per activation), run
@@ -19,20 +18,21 @@
 //! retirement finds the activation retired and simply creates a new one.
 
 use std::collections::HashMap;
+use std::hash::{BuildHasherDefault, Hasher};
 use std::panic::AssertUnwindSafe;
-use std::sync::{Arc, Mutex, MutexGuard, Weak};
-use std::task::{Poll, Waker};
-use std::time::{Duration, Instant};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::task::Poll;
 
 use crate::alarm::{AlarmDue, MAX_ALARM_RETRIES, backoff, now_millis};
 use crate::context::Context;
+use crate::drive::{Drainer, Driver};
 use crate::error::{Error, Result};
 use crate::id::{IdKeys, ObjectId};
-use crate::mailbox::{Call, Full, Mailbox, Message};
+use crate::mailbox::{Call, Full, Mailbox, Message, Reply};
 use crate::object::{
-    AlarmInfo, BoxFuture, DispatchError, DurableObject, Instance, MethodInfo, construct_erased,
+    AlarmInfo, BoxFuture, DispatchError, Dispatched, DurableObject, Instance, MethodInfo, construct_erased,
 };
-use crate::runtime::{Runtime, WeakRuntime};
+use crate::runtime::Runtime;
 use crate::storage::Storage;
 use crate::sync::lock;
 
@@ -62,7 +62,28 @@ pub(crate) struct HostedType {
 }
 
 /// One independently locked part of an activation table.
-type Shard = HashMap<ObjectId, Arc<Activation>>;
+type Shard = HashMap<ObjectId, Arc<Activation>, BuildHasherDefault<IdHasher>>;
+
+/// Hashes an object id by taking 8 bytes of its identity, with no mixing:
+/// identities are uniformly distributed (random, or a keyed hash of the
+/// name), and only ids whose MAC checks out are inserted, so nobody can
+/// choose keys that collide.
+#[derive(Default)]
+pub(crate) struct IdHasher(u64);
+
+impl Hasher for IdHasher {
+    fn write(&mut self, bytes: &[u8]) {
+        match bytes.get(8..16).and_then(|eight| <[u8; 8]>::try_from(eight).ok()) {
+            Some(eight) => self.0 = u64::from_le_bytes(eight),
+            // Not an id's bytes (the array's length prefix): mix it in.
+            None => bytes.iter().for_each(|&b| self.0 = self.0.rotate_left(8) ^ u64::from(b)),
+        }
+    }
+
+    fn finish(&self) -> u64 {
+        self.0
+    }
+}
 
 impl HostedType {
     pub(crate) fn new<T: DurableObject>(secret: &[u8; 32]) -> Self {
@@ -72,7 +93,7 @@ impl HostedType {
             methods: T::METHODS,
             has_alarm: T::HAS_ALARM,
             construct: construct_erased::<T>,
-            shards: (0..SHARDS).map(|_| Mutex::new(HashMap::new())).collect(),
+            shards: (0..SHARDS).map(|_| Mutex::new(HashMap::default())).collect(),
         }
     }
 
@@ -81,15 +102,17 @@ impl HostedType {
         lock(&self.shards[id.as_bytes()[0] as usize % SHARDS])
     }
 
-    /// Delivers `message` to object `id`, activating it if needed.
-    /// On failure the message is handed back with the error, so that the
-    /// caller can answer its reply channel.
+    /// Delivers `message` to object `id`, activating it if needed, and
+    /// returns the activation (to build an [`Outcome`] with, when `driver`
+    /// is [`Driver::Caller`]). On failure the message is handed back with
+    /// the error, so that the caller can answer its reply channel.
     pub(crate) fn send(
         self: &Arc<Self>,
         runtime: &Runtime,
         id: ObjectId,
         message: Message,
-    ) -> std::result::Result<(), (Error, Message)> {
+        driver: Driver,
+    ) -> std::result::Result<Arc<Activation>, (Error, Message)> {
         let mut message = message;
         loop {
             let activation = {
@@ -106,8 +129,8 @@ impl HostedType {
                     }
                 }
             };
-            match activation.push(message) {
-                Ok(()) => return Ok(()),
+            match activation.push(message, driver) {
+                Ok(()) => return Ok(activation),
                 Err(Refused::Retired(returned)) => message = returned,
                 Err(Refused::Full(returned)) => {
                     let err = Error::Overloaded(format!(
@@ -122,12 +145,12 @@ impl HostedType {
         }
     }
 
-    /// Retires every activation idle since `idle_since` or earlier and drops
-    /// their instances.
-    pub(crate) fn evict_idle(&self, idle_since: Instant) {
+    /// Retires every activation last active before sweep `idle_before`
+    /// (see `Runtime::sweep`) and drops their instances.
+    pub(crate) fn evict_idle(&self, idle_before: u64) {
         let mut evicted = Vec::new();
         for shard in self.shards.iter() {
-            lock(shard).retain(|_, activation| match activation.retire_if_idle(idle_since) {
+            lock(shard).retain(|_, activation| match activation.retire_if_idle(idle_before) {
                 Some(instance) => {
                     evicted.push((instance, activation.storage.clone()));
                     false
@@ -158,32 +181,32 @@ enum Refused {
 
 /// One object in memory.
 pub(crate) struct Activation {
-    id: ObjectId,
+    pub(crate) id: ObjectId,
     host: Arc<HostedType>,
-    runtime: Runtime,
+    pub(crate) runtime: Runtime,
     storage: Storage,
-    state: Mutex<State>,
+    pub(crate) state: Mutex<State>,
 }
 
-struct State {
-    mailbox: Mailbox,
-    /// A task is draining the mailbox (and holds the instance).
-    running: bool,
-    /// The draining task is parked waiting for the next message.
-    parked: Option<Waker>,
-    /// The parker has been told to let the draining task end.
-    exit: bool,
-    /// The activation is in the parker's list.
-    registered: bool,
+pub(crate) struct State {
+    pub(crate) mailbox: Mailbox,
+    /// Someone holds the instance and runs the turns: a caller's poll or a
+    /// drain task (see `drive.rs`).
+    pub(crate) draining: bool,
+    /// Messages wait for a caller to poll, and the watchdog knows.
+    pub(crate) watched: bool,
     /// Evicted: no longer in the table, takes no messages.
     retired: bool,
-    instance: Option<Instance>,
-    last_active: Instant,
+    pub(crate) instance: Option<Instance>,
+    /// The eviction sweep during which the last turn ended (a coarse clock
+    /// that costs no system call per turn).
+    pub(crate) last_active: u64,
 }
 
 impl Activation {
     fn new(id: ObjectId, host: Arc<HostedType>, runtime: Runtime) -> Self {
         let storage = Storage::new(runtime.storage_root(), host.name, id, host.has_alarm);
+        let last_active = runtime.sweep();
         Activation {
             id,
             host,
@@ -191,20 +214,19 @@ impl Activation {
             storage,
             state: Mutex::new(State {
                 mailbox: Mailbox::new(),
-                running: false,
-                parked: None,
-                exit: false,
-                registered: false,
+                draining: false,
+                watched: false,
                 retired: false,
                 instance: None,
-                last_active: Instant::now(),
+                last_active,
             }),
         }
     }
 
-    /// Queues `message` and starts a drain task if none runs.
-    fn push(self: &Arc<Self>, message: Message) -> std::result::Result<(), Refused> {
-        let (start, wake) = {
+    /// Queues `message`. If no one runs the object's turns, `driver` says
+    /// who will: the caller, by polling its reply, or a task spawned now.
+    fn push(self: &Arc<Self>, message: Message, driver: Driver) -> std::result::Result<(), Refused> {
+        let (spawn, watch) = {
             let mut state = lock(&self.state);
             if state.retired {
                 return Err(Refused::Retired(message));
@@ -213,55 +235,48 @@ impl Activation {
             if let Err(Full(message)) = state.mailbox.push(message, capacity) {
                 return Err(Refused::Full(message));
             }
-            (!std::mem::replace(&mut state.running, true), state.parked.take())
+            if state.draining {
+                (false, false)
+            } else if driver == Driver::Task || self.runtime.is_closing() {
+                (true, false)
+            } else {
+                (false, !std::mem::replace(&mut state.watched, true))
+            }
         };
-        if let Some(waker) = wake {
-            waker.wake();
-        } else if start {
-            self.runtime.lifecycle().turns_started();
-            let activation = self.clone();
-            self.runtime.spawn(IN_TURN.scope((), activation.drain()));
+        if spawn {
+            self.kick();
+        } else if watch {
+            self.runtime.watchdog().watch(Arc::downgrade(self));
         }
         Ok(())
     }
 
-    /// Runs one turn per queued message. When the mailbox is empty the task
-    /// parks for a moment (a caller that just got its reply often calls
-    /// again at once, and waking a parked task is cheaper than spawning
-    /// one); the parker ends it soon after, handing the instance back.
-    async fn drain(self: Arc<Self>) {
-        let mut instance = lock(&self.state).instance.take();
-        loop {
-            let next = std::future::poll_fn(|cx| {
-                let mut state = lock(&self.state);
-                if let Some(message) = state.mailbox.pop() {
-                    state.parked = None;
-                    return Poll::Ready(Some(message));
-                }
-                if std::mem::take(&mut state.exit) || self.runtime.is_closing() {
-                    state.parked = None;
-                    state.instance = instance.take();
-                    state.running = false;
-                    state.last_active = Instant::now();
-                    return Poll::Ready(None);
-                }
-                state.parked = Some(cx.waker().clone());
-                if !std::mem::replace(&mut state.registered, true) {
-                    drop(state);
-                    self.runtime.parker().register(Arc::downgrade(&self));
-                }
-                Poll::Pending
-            })
-            .await;
-            let Some(message) = next else {
-                self.runtime.lifecycle().turns_ended();
-                return;
-            };
-            match message {
-                Message::Call(call) => self.call(&mut instance, call).await,
-                Message::Alarm(due) => self.alarm(&mut instance, due).await,
-            }
+    /// Makes sure waiting messages get a drain task, unless someone runs
+    /// the turns already.
+    pub(crate) fn kick(self: &Arc<Self>) {
+        if let Some(drainer) = Drainer::claim(self) {
+            drainer.spawn();
         }
+    }
+
+    /// One turn, owning what it needs, so that it can start in a caller's
+    /// poll and end in a task. Returns the instance (or none, if the turn
+    /// dropped it).
+    pub(crate) async fn turn(
+        self: Arc<Self>,
+        instance: Option<Instance>,
+        message: Message,
+    ) -> Option<Instance> {
+        IN_TURN
+            .scope((), async move {
+                let mut instance = instance;
+                match message {
+                    Message::Call(call) => self.call(&mut instance, call).await,
+                    Message::Alarm(due) => self.alarm(&mut instance, due).await,
+                }
+                instance
+            })
+            .await
     }
 
     /// One turn: a call of a remote method, then the output gate: the turn's
@@ -270,7 +285,45 @@ impl Activation {
     async fn call(&self, instance: &mut Option<Instance>, call: Call) {
         let Call { method, fingerprint, args, reply } = call;
         self.storage.begin_turn();
-        let mut outcome = self.run_method(instance, method, fingerprint, &args).await;
+        let outcome = self.run_method(instance, method, fingerprint, &args).await;
+        self.end_turn(instance, outcome, reply);
+    }
+
+    /// The same turn without a future, when it can be had: the instance
+    /// exists and the method is a plain `fn`. Otherwise the call is handed
+    /// back, untouched.
+    pub(crate) fn try_call_sync(
+        &self,
+        instance: &mut Option<Instance>,
+        call: Call,
+    ) -> std::result::Result<(), Call> {
+        let info = self.host.methods.get(call.method as usize);
+        let Some(object) = instance.as_mut() else { return Err(call) };
+        if !info.is_some_and(|info| !info.is_async && info.fingerprint == call.fingerprint) {
+            return Err(call);
+        }
+        let Call { method, args, reply, .. } = call;
+        self.storage.begin_turn();
+        let dispatched = std::panic::catch_unwind(AssertUnwindSafe(|| {
+            IN_TURN.sync_scope((), || object.dispatch_sync(method, &args))
+        }));
+        let outcome = match dispatched {
+            Ok(Some(dispatched)) => self.dispatched(instance, method, Ok(dispatched)),
+            // `is_async` said otherwise: generated code and table disagree.
+            Ok(None) => Err(Error::Incompatible(format!(
+                "`{}` method {method} has no synchronous dispatch although its table entry says it is a \
+                 plain fn; rebuild the crate that defines the type",
+                self.host.name
+            ))),
+            Err(payload) => self.dispatched(instance, method, Err(panic_message(payload.as_ref()))),
+        };
+        self.end_turn(instance, outcome, reply);
+        Ok(())
+    }
+
+    /// The output gate: commits the turn's writes and releases the reply, or
+    /// rolls them back if the turn failed.
+    fn end_turn(&self, instance: &mut Option<Instance>, mut outcome: Result<Vec<u8>>, reply: Reply) {
         if outcome.is_ok() {
             if let Err(err) = self.storage.commit_turn() {
                 // Memory may now be ahead of storage: start again from storage.
@@ -291,9 +344,21 @@ impl Activation {
         fingerprint: u64,
         args: &[u8],
     ) -> Result<Vec<u8>> {
-        let info = self.method_info(method, fingerprint)?;
+        self.method_info(method, fingerprint)?;
         let object = self.instance(instance).await?;
-        match catch_panic(object.dispatch(method, args)).await {
+        let dispatched = catch_panic(object.dispatch(method, args)).await;
+        self.dispatched(instance, method, dispatched)
+    }
+
+    /// What a method's dispatch (or its panic) means for the caller and the
+    /// instance.
+    fn dispatched(
+        &self,
+        instance: &mut Option<Instance>,
+        method: u32,
+        dispatched: std::result::Result<Dispatched, String>,
+    ) -> Result<Vec<u8>> {
+        match dispatched {
             Ok(Ok(bytes)) => Ok(bytes),
             Ok(Err(DispatchError::Arguments(err))) => Err(err),
             Ok(Err(DispatchError::Result(err))) => {
@@ -304,10 +369,11 @@ impl Activation {
             }
             Err(panic) => {
                 *instance = None;
+                let name = self.host.methods.get(method as usize).map_or("?", |info| info.name);
                 Err(Error::Panicked(format!(
-                    "`{}::{}` panicked on object {}: {panic}; the instance was dropped and the \
+                    "`{}::{name}` panicked on object {}: {panic}; the instance was dropped and the \
                      next call constructs a fresh one",
-                    self.host.name, info.name, self.id
+                    self.host.name, self.id
                 )))
             }
         }
@@ -434,92 +500,15 @@ impl Activation {
         }
     }
 
-    /// Retires the activation if it has been idle since `idle_since`,
-    /// returning its instance for the caller to drop.
-    fn retire_if_idle(&self, idle_since: Instant) -> Option<Option<Instance>> {
+    /// Retires the activation if it has been idle since before sweep
+    /// `idle_before`, returning its instance for the caller to drop.
+    fn retire_if_idle(&self, idle_before: u64) -> Option<Option<Instance>> {
         let mut state = lock(&self.state);
-        if state.running || !state.mailbox.is_empty() || state.last_active > idle_since {
+        if state.draining || !state.mailbox.is_empty() || state.last_active >= idle_before {
             return None;
         }
         state.retired = true;
         Some(state.instance.take())
-    }
-}
-
-/// Ends draining tasks that stay parked: each parked activation is told to
-/// exit at the second tick after it parked (10 to 20 ms), so idle objects
-/// hold no task, and eviction and shutdown are never kept waiting.
-#[derive(Default)]
-pub(crate) struct Parker {
-    /// Parked before the last tick (released at the next), and since.
-    lists: Mutex<(ParkedList, ParkedList)>,
-    changed: Arc<tokio::sync::Notify>,
-}
-
-/// Activations whose draining task parked.
-type ParkedList = Vec<Weak<Activation>>;
-
-/// How often the parker looks at parked tasks.
-const PARK_TICK: Duration = Duration::from_millis(10);
-
-impl Parker {
-    fn register(&self, activation: Weak<Activation>) {
-        let was_empty = {
-            let mut lists = lock(&self.lists);
-            lists.1.push(activation);
-            lists.0.is_empty() && lists.1.len() == 1
-        };
-        if was_empty {
-            self.changed.notify_one();
-        }
-    }
-
-    /// Tells every activation of `list` to let its draining task end.
-    fn release(list: ParkedList) {
-        for activation in list.iter().filter_map(Weak::upgrade) {
-            let waker = {
-                let mut state = lock(&activation.state);
-                state.registered = false;
-                state.exit = true;
-                state.parked.take()
-            };
-            if let Some(waker) = waker {
-                waker.wake();
-            }
-        }
-    }
-
-    /// Releases every parked task at once (shutdown).
-    pub(crate) fn release_all(&self) {
-        let (old, new) = std::mem::take(&mut *lock(&self.lists));
-        Parker::release(old);
-        Parker::release(new);
-        self.changed.notify_one();
-    }
-
-    /// The parker's task: ticks while anything is parked, sleeps otherwise.
-    pub(crate) async fn run(runtime: WeakRuntime) {
-        loop {
-            let Some(rt) = runtime.upgrade() else { return };
-            if rt.is_closed() {
-                return;
-            }
-            let parker = rt.parker();
-            let (due, idle) = {
-                let lists = &mut *lock(&parker.lists);
-                let newer = std::mem::take(&mut lists.1);
-                (std::mem::replace(&mut lists.0, newer), lists.0.is_empty())
-            };
-            Parker::release(due);
-            if idle {
-                let changed = parker.changed.clone();
-                drop(rt);
-                changed.notified().await;
-            } else {
-                drop(rt);
-                tokio::time::sleep(PARK_TICK).await;
-            }
-        }
     }
 }
 

@@ -26,6 +26,7 @@ use std::time::{Duration, SystemTime};
 use rusqlite::{Connection, params};
 use tokio::sync::Notify;
 
+use crate::drive::Driver;
 use crate::error::{Error, Result};
 use crate::id::ObjectId;
 use crate::mailbox::Message;
@@ -188,7 +189,7 @@ pub(crate) async fn run_scheduler(runtime: WeakRuntime) {
                 continue;
             };
             let id = due.id;
-            if let Err((err, _)) = hosted.send(&rt, id, Message::Alarm(due.clone())) {
+            if let Err((err, _)) = hosted.send(&rt, id, Message::Alarm(due.clone()), Driver::Task) {
                 tracing::warn!(%err, object = %id, "could not deliver an alarm");
                 index.release(&due);
             }

@@ -15,6 +15,7 @@ mod alarm;
 mod cluster;
 mod context;
 mod directory;
+mod drive;
 mod error;
 mod id;
 mod mailbox;

@@ -28,6 +28,8 @@ pub struct MethodInfo {
     /// A hash of the method's name, argument types and return type: a request
     /// whose fingerprint differs was made by a different build of the type.
     pub fingerprint: u64,
+    /// An `async fn` (else a plain `fn`, which [`DurableObject::__dispatch_sync`] runs).
+    pub is_async: bool,
 }
 
 /// Why a dispatch failed: before the method ran, or after.
@@ -78,6 +80,11 @@ pub trait DurableObject: Sized + Send + 'static {
     #[doc(hidden)]
     fn __dispatch<'a>(&'a mut self, method: u32, args: &'a [u8]) -> BoxFuture<'a, Dispatched>;
 
+    /// Like `__dispatch`, without a future, for the methods that are plain
+    /// `fn`s; `None` for the others.
+    #[doc(hidden)]
+    fn __dispatch_sync(&mut self, method: u32, args: &[u8]) -> Option<Dispatched>;
+
     /// Runs the `#[alarm]` handler (only called when `HAS_ALARM`).
     #[doc(hidden)]
     fn __alarm(&mut self, info: AlarmInfo) -> BoxFuture<'_, std::result::Result<(), String>>;
@@ -90,12 +97,17 @@ pub trait DurableObject: Sized + Send + 'static {
 /// A live instance of any durable object type.
 pub(crate) trait ErasedObject: Send + 'static {
     fn dispatch<'a>(&'a mut self, method: u32, args: &'a [u8]) -> BoxFuture<'a, Dispatched>;
+    fn dispatch_sync(&mut self, method: u32, args: &[u8]) -> Option<Dispatched>;
     fn alarm(&mut self, info: AlarmInfo) -> BoxFuture<'_, std::result::Result<(), String>>;
 }
 
 impl<T: DurableObject> ErasedObject for T {
     fn dispatch<'a>(&'a mut self, method: u32, args: &'a [u8]) -> BoxFuture<'a, Dispatched> {
         self.__dispatch(method, args)
+    }
+
+    fn dispatch_sync(&mut self, method: u32, args: &[u8]) -> Option<Dispatched> {
+        self.__dispatch_sync(method, args)
     }
 
     fn alarm(&mut self, info: AlarmInfo) -> BoxFuture<'_, std::result::Result<(), String>> {

@@ -27,6 +27,7 @@ use tokio::sync::{mpsc, oneshot};
 
 use crate::activation::HostedType;
 use crate::cluster::connection_lost;
+use crate::drive::{Driver, Outcome};
 use crate::error::{Error, Result};
 use crate::id::ObjectId;
 use crate::mailbox::{Call, Message, Reply};
@@ -153,7 +154,8 @@ impl Pump {
         let hosted =
             self.runtime.hosted(self.type_name).cloned().ok_or_else(|| Error::not_hosted(self.type_name))?;
         while let Some(call) = rx.recv().await {
-            if let Err((err, Message::Call(call))) = hosted.send(&self.runtime, self.id, Message::Call(call))
+            if let Err((err, Message::Call(call))) =
+                hosted.send(&self.runtime, self.id, Message::Call(call), Driver::Task)
             {
                 let _ = call.reply.send(Err(err));
             }
@@ -292,13 +294,13 @@ async fn serve_object(
         let (reply, outcome) = oneshot::channel();
         let call =
             Call { method: request.method, fingerprint: request.fingerprint, args: request.args, reply };
-        match hosted.send(&rt, id, Message::Call(call)) {
-            Ok(()) => {
+        match hosted.send(&rt, id, Message::Call(call), Driver::Caller) {
+            Ok(activation) => {
                 let responses = responses.clone();
+                // This task awaits the reply, so it runs the turn if the object is idle.
+                let outcome = Outcome::driven(outcome, activation);
                 rt.spawn(async move {
-                    let result = outcome.await.unwrap_or_else(|_| {
-                        Err(Error::Disconnected("the object was dropped before it replied".into()))
-                    });
+                    let result = outcome.await;
                     let _ = responses.send(Response { seq, result }).await;
                 });
             }

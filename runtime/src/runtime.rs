@@ -5,13 +5,14 @@ use std::fmt;
 use std::future::Future;
 use std::net::SocketAddr;
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Weak};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use crate::activation::{HostedType, Parker, in_turn};
+use crate::activation::{HostedType, in_turn};
 use crate::alarm::{self, AlarmIndex};
 use crate::cluster::{Cluster, ClusterConfig};
+use crate::drive::Watchdog;
 use crate::error::{Error, Result};
 use crate::id::IdKeys;
 use crate::namespace::Namespace;
@@ -289,7 +290,7 @@ impl RuntimeBuilder {
             handle,
             storage,
             cluster,
-            parker: Parker::default(),
+            watchdog: Watchdog::default(),
             lifecycle: Lifecycle::default(),
         });
         let runtime = Runtime { inner };
@@ -299,7 +300,7 @@ impl RuntimeBuilder {
             runtime.spawn(remote::serve(runtime.downgrade(), cluster.endpoint.clone()));
         }
         runtime.spawn(evict_idle_objects(Arc::downgrade(&runtime.inner)));
-        runtime.spawn(Parker::run(runtime.downgrade()));
+        runtime.spawn(Watchdog::run(runtime.downgrade()));
         runtime.spawn(alarm::run_scheduler(runtime.downgrade()));
         Ok(runtime)
     }
@@ -335,7 +336,7 @@ struct RuntimeInner {
     handle: tokio::runtime::Handle,
     storage: Arc<StorageRoot>,
     cluster: Option<Arc<Cluster>>,
-    parker: Parker,
+    watchdog: Watchdog,
     lifecycle: Lifecycle,
 }
 
@@ -387,16 +388,17 @@ impl Runtime {
     pub async fn shutdown(&self) -> Result<()> {
         let lifecycle = &self.inner.lifecycle;
         lifecycle.closing.store(true, Ordering::SeqCst);
-        self.inner.parker.release_all();
-        while lifecycle.busy.load(Ordering::SeqCst) > 0 {
+        // Queued calls whose callers do not poll still run.
+        self.inner.watchdog.kick_all();
+        while lifecycle.busy.load(Ordering::SeqCst) > 0 || self.inner.watchdog.is_watching() {
+            self.inner.watchdog.kick_all();
             tokio::time::sleep(Duration::from_millis(1)).await;
         }
         lifecycle.closed.store(true, Ordering::SeqCst);
-        // Let the parker's task see that the runtime is closed and end.
-        self.inner.parker.release_all();
-        let far_future = Instant::now() + Duration::from_secs(3600);
+        // Let the watchdog's task see that the runtime is closed and end.
+        self.inner.watchdog.kick_all();
         for hosted in self.inner.hosted.values() {
-            hosted.evict_idle(far_future);
+            hosted.evict_idle(u64::MAX);
         }
         if let Some(cluster) = &self.inner.cluster {
             cluster.endpoint.close();
@@ -447,16 +449,28 @@ impl Runtime {
         self.inner.lifecycle.closing.load(Ordering::Acquire)
     }
 
-    pub(crate) fn parker(&self) -> &Parker {
-        &self.inner.parker
+    pub(crate) fn watchdog(&self) -> &Watchdog {
+        &self.inner.watchdog
     }
 
     pub(crate) fn config(&self) -> &Config {
         &self.inner.config
     }
 
+    /// How many eviction sweeps have run: the coarse clock by which
+    /// activations record when they were last active.
+    pub(crate) fn sweep(&self) -> u64 {
+        self.inner.lifecycle.sweeps.load(Ordering::Relaxed)
+    }
+
     pub(crate) fn lifecycle(&self) -> &Lifecycle {
         &self.inner.lifecycle
+    }
+
+    /// Makes this runtime's tokio runtime the current one until the guard
+    /// is dropped (for turns run in a caller's task).
+    pub(crate) fn enter(&self) -> tokio::runtime::EnterGuard<'_> {
+        self.inner.handle.enter()
     }
 
     pub(crate) fn spawn<F>(&self, future: F)
@@ -494,6 +508,8 @@ pub(crate) struct Lifecycle {
     closing: AtomicBool,
     closed: AtomicBool,
     busy: AtomicUsize,
+    /// Eviction sweeps so far.
+    sweeps: AtomicU64,
 }
 
 impl Lifecycle {
@@ -508,12 +524,17 @@ impl Lifecycle {
 
 /// Evicts objects idle for longer than the idle timeout, until the runtime
 /// is gone or shut down. An object leaves memory between `idle_timeout` and
-/// `idle_timeout` plus a quarter of it (at most 15 s more) after its last turn.
+/// `idle_timeout` plus one sweep period after its last turn (a quarter of the
+/// timeout, at least 5 ms, at most 15 s).
 async fn evict_idle_objects(runtime: Weak<RuntimeInner>) {
     let Some(idle_timeout) = runtime.upgrade().map(|rt| rt.config.idle_timeout) else {
         return;
     };
     let tick = (idle_timeout / 4).clamp(Duration::from_millis(5), Duration::from_secs(15));
+    // Activations record the sweep count when they go idle: one idle since
+    // before sweep `now - ticks` has been idle for at least `ticks` periods.
+    let ticks = idle_timeout.as_nanos().div_ceil(tick.as_nanos());
+    let ticks = u64::try_from(ticks).unwrap_or(u64::MAX);
     loop {
         tokio::time::sleep(tick).await;
         let Some(inner) = runtime.upgrade() else {
@@ -522,11 +543,10 @@ async fn evict_idle_objects(runtime: Weak<RuntimeInner>) {
         if inner.lifecycle.closed.load(Ordering::Acquire) {
             return;
         }
-        let Some(idle_since) = Instant::now().checked_sub(idle_timeout) else {
-            continue;
-        };
+        let now = inner.lifecycle.sweeps.fetch_add(1, Ordering::Relaxed) + 1;
+        let idle_before = now.saturating_sub(ticks);
         for hosted in inner.hosted.values() {
-            hosted.evict_idle(idle_since);
+            hosted.evict_idle(idle_before);
         }
     }
 }

@@ -19,6 +19,7 @@ use stead_transport::codec;
 use tokio::sync::oneshot;
 
 use crate::activation::HostedType;
+use crate::drive::{Driver, Outcome};
 use crate::error::{Error, Result};
 use crate::id::ObjectId;
 use crate::mailbox::{Call, Message};
@@ -75,24 +76,24 @@ impl StubCore {
     }
 
     /// Queues a call of method `method` with already encoded arguments.
-    fn send(
-        &self,
-        method: u32,
-        fingerprint: u64,
-        args: Vec<u8>,
-    ) -> Result<oneshot::Receiver<Result<Vec<u8>>>> {
+    fn send(&self, method: u32, fingerprint: u64, args: Vec<u8>) -> Result<Outcome> {
         let target = &*self.target;
         target.runtime.check_accepting()?;
         let (reply, receiver) = oneshot::channel();
         let call = Call { method, fingerprint, args, reply };
         match &target.route {
             Route::Local(hosted) => {
-                hosted.send(&target.runtime, target.id, Message::Call(call)).map_err(|(err, _)| err)?
+                let activation = hosted
+                    .send(&target.runtime, target.id, Message::Call(call), Driver::Caller)
+                    .map_err(|(err, _)| err)?;
+                Ok(Outcome::driven(receiver, activation))
             }
-            Route::Cluster(route) => route.send(&target.runtime, target.type_name, target.id, call)?,
-            Route::NotHosted => return Err(Error::not_hosted(target.type_name)),
+            Route::Cluster(route) => {
+                route.send(&target.runtime, target.type_name, target.id, call)?;
+                Ok(Outcome::detached(receiver))
+            }
+            Route::NotHosted => Err(Error::not_hosted(target.type_name)),
         }
-        Ok(receiver)
     }
 }
 
@@ -143,7 +144,7 @@ pub fn call<R: DeserializeOwned>(
     };
     PendingCall {
         state: match sent {
-            Ok(receiver) => Pending::Waiting(receiver),
+            Ok(outcome) => Pending::Waiting(outcome),
             Err(err) => Pending::Failed(Some(err)),
         },
         decode: decode_reply::<R>,
@@ -156,8 +157,9 @@ fn decode_reply<R: DeserializeOwned>(bytes: &[u8]) -> Result<R> {
 
 /// The reply to a call that has already been queued.
 ///
-/// Dropping it does not cancel the call: the object still runs it, the reply
-/// is discarded.
+/// Awaiting it may run the object's turn right in the awaiting task, when
+/// the object is idle (nothing is spawned then). Dropping it does not cancel
+/// the call: the object still runs it, the reply is discarded.
 #[must_use = "the call is already queued; await this future to learn its outcome"]
 pub struct PendingCall<R> {
     state: Pending,
@@ -165,7 +167,7 @@ pub struct PendingCall<R> {
 }
 
 enum Pending {
-    Waiting(oneshot::Receiver<Result<Vec<u8>>>),
+    Waiting(Outcome),
     Failed(Option<Error>),
 }
 
@@ -178,13 +180,10 @@ impl<R> Future for PendingCall<R> {
             Pending::Failed(err) => Poll::Ready(Err(err.take().unwrap_or_else(|| {
                 Error::Disconnected("this call's future was polled after it completed".into())
             }))),
-            Pending::Waiting(receiver) => match Pin::new(receiver).poll(cx) {
+            Pending::Waiting(outcome) => match Pin::new(outcome).poll(cx) {
                 Poll::Pending => Poll::Pending,
-                Poll::Ready(Ok(Ok(bytes))) => Poll::Ready((this.decode)(&bytes)),
-                Poll::Ready(Ok(Err(err))) => Poll::Ready(Err(err)),
-                Poll::Ready(Err(_)) => Poll::Ready(Err(Error::Disconnected(
-                    "the object was dropped before it replied (the runtime was shut down)".into(),
-                ))),
+                Poll::Ready(Ok(bytes)) => Poll::Ready((this.decode)(&bytes)),
+                Poll::Ready(Err(err)) => Poll::Ready(Err(err)),
             },
         }
     }
