@@ -18,8 +18,11 @@
 //! stub starts a new order.
 
 use std::collections::HashMap;
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
+use std::task::{Context as TaskContext, Poll, Waker};
 
 use stead_transport::frame::{MAX_FRAME_LEN, read_frame, write_frame};
 use stead_transport::{Endpoint, RecvStream, SendStream, codec};
@@ -296,13 +299,22 @@ async fn serve_object(
             Call { method: request.method, fingerprint: request.fingerprint, args: request.args, reply };
         match hosted.send(&rt, id, Message::Call(call), Driver::Caller) {
             Ok(activation) => {
-                let responses = responses.clone();
-                // This task awaits the reply, so it runs the turn if the object is idle.
-                let outcome = Outcome::driven(outcome, activation);
-                rt.spawn(async move {
-                    let result = outcome.await;
-                    let _ = responses.send(Response { seq, result }).await;
-                });
+                // An idle object runs the turn right here, in this poll; a
+                // busy one answers later, to a task that waits for it.
+                let mut outcome = Outcome::driven(outcome, activation);
+                let polled = Pin::new(&mut outcome).poll(&mut TaskContext::from_waker(Waker::noop()));
+                match polled {
+                    Poll::Ready(result) => {
+                        let _ = responses.send(Response { seq, result }).await;
+                    }
+                    Poll::Pending => {
+                        let responses = responses.clone();
+                        rt.spawn(async move {
+                            let result = outcome.await;
+                            let _ = responses.send(Response { seq, result }).await;
+                        });
+                    }
+                }
             }
             Err((err, _)) => {
                 let _ = responses.send(Response { seq, result: Err(err) }).await;
