@@ -2,8 +2,9 @@
 //!
 //! A stub is an address plus a route: building one does no I/O and never
 //! creates the object. Each stub method encodes its arguments and *queues the
-//! request when it is called*, then returns a [`PendingCall`] future that only
-//! waits for the reply. That is what gives E-order: calls issued through one
+//! request when it is called*, then returns a [`PendingCall`] future that
+//! waits for the reply (running the turn itself if the object is idle, see
+//! `drive.rs`). Queueing at call time is what gives E-order: calls issued through one
 //! stub (or its clones) are delivered in the order they were issued, even if
 //! their futures are awaited in another order or not at all.
 
@@ -105,7 +106,6 @@ impl fmt::Debug for StubCore {
 
 /// The arguments of a call, encoded one by one as the stub receives them.
 #[doc(hidden)]
-#[derive(Default)]
 pub struct ArgsWriter {
     buf: Vec<u8>,
     error: Option<Error>,
@@ -114,7 +114,7 @@ pub struct ArgsWriter {
 impl ArgsWriter {
     /// An empty argument list.
     pub fn new() -> Self {
-        ArgsWriter::default()
+        ArgsWriter { buf: codec::new_buffer(), error: None }
     }
 
     /// Appends one argument. (The generated code calls this at the span of
@@ -125,6 +125,12 @@ impl ArgsWriter {
         {
             self.error = Some(err.into());
         }
+    }
+}
+
+impl Default for ArgsWriter {
+    fn default() -> Self {
+        ArgsWriter::new()
     }
 }
 

@@ -46,9 +46,15 @@ impl CodecError {
 
 /// Encodes `value` into a new buffer.
 pub fn encode<T: Serialize + ?Sized>(value: &T) -> Result<Vec<u8>, CodecError> {
-    bincode::serde::encode_to_vec(value, config()).map_err(|e| CodecError {
-        message: format!("could not encode a value of type `{}`: {e}", std::any::type_name::<T>()),
-    })
+    let mut buf = new_buffer();
+    encode_into(value, &mut buf)?;
+    Ok(buf)
+}
+
+/// An empty buffer for encoding into, sized so that typical values (up to
+/// a few hundred bytes) are written without growing it step by step.
+pub fn new_buffer() -> Vec<u8> {
+    Vec::with_capacity(128)
 }
 
 /// Appends the encoding of `value` to `buf`.
@@ -56,9 +62,22 @@ pub fn encode<T: Serialize + ?Sized>(value: &T) -> Result<Vec<u8>, CodecError> {
 /// Values encoded one after another decode as the tuple of those values:
 /// that is how the arguments of a method are encoded one by one.
 pub fn encode_into<T: Serialize + ?Sized>(value: &T, buf: &mut Vec<u8>) -> Result<(), CodecError> {
-    bincode::serde::encode_into_std_write(value, buf, config()).map(drop).map_err(|e| CodecError {
+    bincode::serde::encode_into_writer(value, Append(buf), config()).map_err(|e| CodecError {
         message: format!("could not encode a value of type `{}`: {e}", std::any::type_name::<T>()),
     })
+}
+
+/// A bincode writer that appends to a vector (cheaper per write than going
+/// through `std::io::Write`, which matters for the byte-at-a-time writes of
+/// serde sequences).
+struct Append<'a>(&'a mut Vec<u8>);
+
+impl bincode::enc::write::Writer for Append<'_> {
+    #[inline(always)]
+    fn write(&mut self, bytes: &[u8]) -> Result<(), bincode::error::EncodeError> {
+        self.0.extend_from_slice(bytes);
+        Ok(())
+    }
 }
 
 /// Decodes a value of type `T` from the start of `bytes`, returning it and
