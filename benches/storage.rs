@@ -38,7 +38,10 @@ impl Writer {
 
 fn open_raw(path: &Path, synchronous: &str) -> Connection {
     let conn = Connection::open(path).unwrap();
-    conn.execute_batch(&format!("PRAGMA journal_mode = WAL; PRAGMA synchronous = {synchronous};")).unwrap();
+    conn.execute_batch(&format!(
+        "PRAGMA locking_mode = EXCLUSIVE; PRAGMA journal_mode = WAL; PRAGMA synchronous = {synchronous};"
+    ))
+    .unwrap();
     conn.execute_batch(
         "CREATE TABLE IF NOT EXISTS _stead_kv (key TEXT PRIMARY KEY NOT NULL, value BLOB NOT NULL) WITHOUT ROWID",
     )

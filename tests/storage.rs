@@ -312,6 +312,38 @@ async fn delete_all_empties_the_storage_which_stays_usable() {
 }
 
 #[tokio::test]
+async fn an_active_objects_database_is_its_runtimes_alone_and_is_left_tidy_on_eviction() {
+    let dir = tempfile::tempdir().unwrap();
+    let rt = on_disk(dir.path()).await;
+    let ns = rt.namespace::<Store>();
+    let id = ns.unique_id();
+    ns.stub(&id).put("k".into(), "v".into()).await.unwrap().unwrap();
+    let hex = id.to_string();
+    let file = dir.path().join("objects").join("Store").join(&hex[..2]).join(format!("{hex}.sqlite"));
+    let with_suffix = |suffix: &str| {
+        let mut name = file.clone().into_os_string();
+        name.push(suffix);
+        std::path::PathBuf::from(name)
+    };
+
+    // While the object is active, no other connection may read or write.
+    let foreign = stead::rusqlite::Connection::open(&file).unwrap();
+    foreign.busy_timeout(std::time::Duration::ZERO).unwrap();
+    let count = |conn: &stead::rusqlite::Connection| {
+        conn.query_row("SELECT count(*) FROM _stead_kv", [], |row| row.get::<_, i64>(0))
+    };
+    let locked = count(&foreign).unwrap_err();
+    assert!(locked.to_string().contains("locked"), "{locked}");
+    assert!(!with_suffix("-shm").exists(), "exclusive locking needs no shared-memory file");
+
+    // Evicted, the database is checkpointed, its emptied WAL file kept for
+    // the next activation, and it is anyone's to read.
+    rt.shutdown().await.unwrap();
+    assert_eq!(std::fs::metadata(with_suffix("-wal")).unwrap().len(), 0);
+    assert_eq!(count(&foreign).unwrap(), 1);
+}
+
+#[tokio::test]
 async fn an_overlong_key_is_a_clear_error() {
     let rt = Runtime::builder().in_memory().host::<Store>().build().await.unwrap();
     let ns = rt.namespace::<Store>();

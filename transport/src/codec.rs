@@ -75,7 +75,11 @@ struct Append<'a>(&'a mut Vec<u8>);
 impl bincode::enc::write::Writer for Append<'_> {
     #[inline(always)]
     fn write(&mut self, bytes: &[u8]) -> Result<(), bincode::error::EncodeError> {
-        self.0.extend_from_slice(bytes);
+        // Serde writes a `Vec<u8>` one element at a time: make that a push.
+        match bytes {
+            [byte] => self.0.push(*byte),
+            _ => self.0.extend_from_slice(bytes),
+        }
         Ok(())
     }
 }

@@ -5,6 +5,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 use std::time::Duration;
 
+use rusqlite::config::DbConfig;
 use rusqlite::{Connection, OpenFlags};
 
 use crate::error::{Error, Result};
@@ -66,7 +67,14 @@ impl Location {
     /// Closes the database of an object (parks it, in memory).
     pub(crate) fn close(&self, type_name: &'static str, id: &ObjectId, conn: Connection) {
         match self {
-            Location::Files(_) => drop(conn),
+            Location::Files(_) => {
+                // Move the WAL's pages into the database and empty the WAL
+                // file, but keep it: the next open then creates no file. (A
+                // failed checkpoint loses nothing: the WAL is read back on
+                // the next open.)
+                let _ = conn.query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |_| Ok(()));
+                drop(conn);
+            }
             Location::Memory(parked) => {
                 lock(parked).insert((type_name, *id), conn);
             }
@@ -107,10 +115,18 @@ fn open_file(path: &Path, durability: Durability) -> Result<Connection> {
         Durability::Full => "FULL",
         Durability::Normal => "NORMAL",
     };
-    // `synchronous` first, so that switching a new file to WAL is not
-    // itself a fully synced transaction.
-    conn.execute_batch(&format!("PRAGMA synchronous = {synchronous}; PRAGMA journal_mode = WAL;"))
-        .map_err(|e| storage_error(&format!("open {what} (is it an SQLite database?)"), e))?;
+    // Exclusive locking before the first access, so that WAL mode keeps its
+    // index in memory (no `-shm` file) and transactions take no file locks
+    // (see the module docs of `storage`); `synchronous` before WAL, so that
+    // switching a new file to WAL is not itself a fully synced transaction.
+    conn.execute_batch(&format!(
+        "PRAGMA locking_mode = EXCLUSIVE; PRAGMA synchronous = {synchronous}; PRAGMA journal_mode = WAL;"
+    ))
+    .map_err(|e| storage_error(&format!("open {what} (is it an SQLite database?)"), e))?;
+    // Closing does its own checkpoint (see `Location::close`) and keeps the
+    // emptied WAL file instead of deleting it.
+    conn.set_db_config(DbConfig::SQLITE_DBCONFIG_NO_CKPT_ON_CLOSE, true)
+        .map_err(|e| storage_error(&format!("configure {what}"), e))?;
     init(&conn, &what)?;
     Ok(conn)
 }
@@ -135,6 +151,18 @@ fn init(conn: &Connection, what: &str) -> Result<()> {
             .map_err(|e| storage_error(&format!("initialise {what}"), e))?;
     }
     Ok(())
+}
+
+/// Begins a transaction. The statement is prepared once per connection (a
+/// turn's storage costs one `BEGIN` and one `COMMIT`: parsing them every
+/// time would be a good part of a small turn's cost).
+pub(crate) fn begin(conn: &Connection) -> rusqlite::Result<()> {
+    conn.prepare_cached("BEGIN")?.execute([]).map(drop)
+}
+
+/// Commits the open transaction (prepared once per connection, like `begin`).
+pub(crate) fn commit(conn: &Connection) -> rusqlite::Result<()> {
+    conn.prepare_cached("COMMIT")?.execute([]).map(drop)
 }
 
 /// A storage error with what was being done.

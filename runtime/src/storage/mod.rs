@@ -19,6 +19,14 @@
 //! `_stead_meta`; the user's own tables sit beside them (names starting with
 //! `_stead_` are reserved). The database is opened on the first access and
 //! closed when the object is evicted, or earlier when too many are open.
+//!
+//! An open database is locked exclusively (`locking_mode = EXCLUSIVE`): only
+//! one process may have an object active, so no other process needs to see
+//! its writes while it is, and the lock refuses a second one that tries (two
+//! nodes sharing a data directory by mistake). It also spares every
+//! transaction its file-lock system calls and the shared-memory file. On
+//! close the WAL is checkpointed and emptied but kept, so that activating the
+//! object again creates no file.
 
 mod database;
 mod pool;
@@ -427,7 +435,7 @@ impl Storage {
             return Ok(());
         }
         let Some(conn) = state.conn.as_ref() else { return Ok(()) };
-        if let Err(err) = conn.execute_batch("COMMIT") {
+        if let Err(err) = database::commit(conn) {
             let _ = conn.execute_batch("ROLLBACK");
             return Err(storage_error("commit the turn", err));
         }
@@ -485,7 +493,7 @@ impl Storage {
         }
         let conn = state.conn.as_ref().ok_or_else(|| Error::Storage("the database was not open".into()))?;
         if state.turn && !state.txn {
-            conn.execute_batch("BEGIN").map_err(|e| storage_error("begin the turn's transaction", e))?;
+            database::begin(conn).map_err(|e| storage_error("begin the turn's transaction", e))?;
             state.txn = true;
         }
         Ok(conn)
@@ -499,10 +507,10 @@ impl Storage {
         if !conn.is_autocommit() {
             return f(conn).map_err(|e| storage_error(doing, e));
         }
-        conn.execute_batch("BEGIN").map_err(|e| storage_error(doing, e))?;
+        database::begin(conn).map_err(|e| storage_error(doing, e))?;
         match f(conn) {
             Ok(value) => {
-                conn.execute_batch("COMMIT").map_err(|e| storage_error(doing, e))?;
+                database::commit(conn).map_err(|e| storage_error(doing, e))?;
                 Ok(value)
             }
             Err(err) => {

@@ -1,7 +1,7 @@
 //! A cap on the number of open databases.
 //!
-//! Every open object database holds three file descriptors (the database,
-//! its WAL and its shared-memory index) and some cache. A node that touches a
+//! Every open object database holds two file descriptors (the database and
+//! its WAL) and some cache. A node that touches a
 //! million objects must not hold a million open files, so the runtime keeps
 //! at most `max_open_databases` open and closes the one opened longest ago
 //! (that is not in the middle of a turn) to make room. A closed database is
