@@ -12,13 +12,19 @@ use crate::TransportError;
 pub const MAX_FRAME_LEN: usize = 16 * 1024 * 1024;
 
 /// Writes one frame.
+///
+/// Header and payload go to the stream in one write: written separately,
+/// the header could leave in a packet of its own, and the peer would wake
+/// up twice for one frame.
 pub async fn write_frame(send: &mut SendStream, payload: &[u8]) -> Result<(), TransportError> {
     let len = u32::try_from(payload.len())
         .ok()
         .filter(|len| *len as usize <= MAX_FRAME_LEN)
         .ok_or(TransportError::FrameTooLarge { len: payload.len(), max: MAX_FRAME_LEN })?;
-    send.write_all(&len.to_le_bytes()).await.map_err(|e| TransportError::Stream(e.to_string()))?;
-    send.write_all(payload).await.map_err(|e| TransportError::Stream(e.to_string()))
+    let mut frame = Vec::with_capacity(4 + payload.len());
+    frame.extend_from_slice(&len.to_le_bytes());
+    frame.extend_from_slice(payload);
+    send.write_all(&frame).await.map_err(|e| TransportError::Stream(e.to_string()))
 }
 
 /// Reads one frame of at most `max` bytes; `None` when the stream ended
