@@ -26,8 +26,8 @@ impl<'a> ArgsReader<'a> {
 
     /// The next argument. (Generated at the span of the argument's type, so
     /// a type without `Deserialize` is reported there.)
-    pub fn read<T: DeserializeOwned>(&mut self) -> Result<T, DispatchError> {
-        let (value, used) = codec::decode_prefix(self.bytes).map_err(|e| {
+    pub fn read<T: DeserializeOwned + 'static>(&mut self) -> Result<T, DispatchError> {
+        let (value, used) = codec::decode_owned_prefix(self.bytes).map_err(|e| {
             DispatchError::Arguments(Error::Codec(format!("the arguments of `{}`: {e}", self.method)))
         })?;
         self.bytes = &self.bytes[used..];

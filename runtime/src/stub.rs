@@ -119,9 +119,9 @@ impl ArgsWriter {
 
     /// Appends one argument. (The generated code calls this at the span of
     /// the argument's type, so a type without `Serialize` is reported there.)
-    pub fn push<T: Serialize>(&mut self, value: &T) {
+    pub fn push<T: Serialize + 'static>(&mut self, value: &T) {
         if self.error.is_none()
-            && let Err(err) = codec::encode_into(value, &mut self.buf)
+            && let Err(err) = codec::encode_owned_into(value, &mut self.buf)
         {
             self.error = Some(err.into());
         }
