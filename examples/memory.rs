@@ -3,10 +3,12 @@
 //!
 //! `cargo run --release --example memory [COUNT] [STORED]`. Two rounds:
 //! COUNT objects (default 100,000) that never touch storage, and STORED
-//! objects (default 10,000) that each wrote one key to their own SQLite
+//! objects (default 2,000) that each wrote one key to their own SQLite
 //! database, which is then closed (at most 64 stay open), as happens to
 //! idle objects on a busy node. Creating a database costs a few
 //! milliseconds (file creation and fsyncs), hence the smaller default.
+//! Each round runs in a process of its own, so that neither measures memory
+//! the other freed.
 
 use std::time::{Duration, Instant};
 
@@ -86,8 +88,23 @@ async fn round(count: usize, store: bool) -> stead::Result<()> {
 
 #[tokio::main]
 async fn main() -> stead::Result<()> {
-    let arg =
-        |n: usize, default: usize| std::env::args().nth(n).and_then(|a| a.parse().ok()).unwrap_or(default);
-    round(arg(1, 100_000), false).await?;
-    round(arg(2, 10_000), true).await
+    let args: Vec<String> = std::env::args().collect();
+    if let [_, flag, kind, count] = args.as_slice()
+        && flag == "--round"
+    {
+        let count = count.parse().unwrap_or(1);
+        return round(count, kind == "stored").await;
+    }
+    let arg = |n: usize, default: usize| args.get(n).and_then(|a| a.parse().ok()).unwrap_or(default);
+    let exe = std::env::current_exe().map_err(|e| stead::Error::Config(e.to_string()))?;
+    for (kind, count) in [("in-memory", arg(1, 100_000)), ("stored", arg(2, 2_000))] {
+        let status = std::process::Command::new(&exe)
+            .args(["--round", kind, &count.to_string()])
+            .status()
+            .map_err(|e| stead::Error::Config(format!("could not run the {kind} round: {e}")))?;
+        if !status.success() {
+            return Err(stead::Error::Config(format!("the {kind} round failed: {status}")));
+        }
+    }
+    Ok(())
 }
