@@ -31,6 +31,47 @@ impl Exclusive {
     }
 }
 
+static MIXED_IN_TURN: AtomicUsize = AtomicUsize::new(0);
+static MIXED_MAX_IN_TURN: AtomicUsize = AtomicUsize::new(0);
+
+/// Plain and `async` methods on one object: plain ones run in their
+/// callers' tasks, waiting ones move to drain tasks; turns must never overlap.
+pub struct Mixed {
+    calls: u64,
+}
+
+fn enter_mixed() {
+    let now = MIXED_IN_TURN.fetch_add(1, Ordering::SeqCst) + 1;
+    MIXED_MAX_IN_TURN.fetch_max(now, Ordering::SeqCst);
+}
+
+#[durable_object]
+impl Mixed {
+    pub async fn new(_ctx: Context) -> Self {
+        Mixed { calls: 0 }
+    }
+
+    pub fn quick(&mut self) -> u64 {
+        enter_mixed();
+        self.calls += 1;
+        MIXED_IN_TURN.fetch_sub(1, Ordering::SeqCst);
+        self.calls
+    }
+
+    pub async fn waiting(&mut self) -> u64 {
+        enter_mixed();
+        tokio::task::yield_now().await;
+        tokio::time::sleep(Duration::from_micros(200)).await;
+        self.calls += 1;
+        MIXED_IN_TURN.fetch_sub(1, Ordering::SeqCst);
+        self.calls
+    }
+
+    pub fn calls(&self) -> u64 {
+        self.calls
+    }
+}
+
 /// Sums what it is told through a counter it calls.
 pub struct Forwarder {
     ctx: Context,
@@ -55,6 +96,7 @@ async fn runtime() -> Runtime {
         .host::<Counter>()
         .host::<Exclusive>()
         .host::<Forwarder>()
+        .host::<Mixed>()
         .build()
         .await
         .unwrap()
@@ -134,4 +176,34 @@ async fn objects_call_other_objects_through_their_context() {
     assert_eq!(forwarder.forward("target".into(), 2).await.unwrap().unwrap(), 7);
     let counters = rt.namespace::<Counter>();
     assert_eq!(counters.stub(&counters.id_from_name("target")).get().await.unwrap(), 7);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn plain_and_waiting_methods_from_many_tasks_never_overlap_and_all_run() {
+    let rt = runtime().await;
+    let ns = rt.namespace::<Mixed>();
+    let id = ns.unique_id();
+    let tasks: Vec<_> = (0..8)
+        .map(|task| {
+            let stub = ns.stub(&id);
+            tokio::spawn(async move {
+                for call in 0..200 {
+                    if (task + call) % 5 == 0 {
+                        stub.waiting().await.unwrap();
+                    } else {
+                        // Some futures are dropped unawaited: their calls still run.
+                        let quick = stub.quick();
+                        if call % 7 != 0 {
+                            quick.await.unwrap();
+                        }
+                    }
+                }
+            })
+        })
+        .collect();
+    for task in tasks {
+        task.await.unwrap();
+    }
+    assert_eq!(ns.stub(&id).calls().await.unwrap(), 8 * 200);
+    assert_eq!(MIXED_MAX_IN_TURN.load(Ordering::SeqCst), 1);
 }
