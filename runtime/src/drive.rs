@@ -200,11 +200,6 @@ impl Outcome {
     pub(crate) fn driven(receiver: oneshot::Receiver<Result<Vec<u8>>>, activation: Arc<Activation>) -> Self {
         Outcome { receiver, activation: Some(activation) }
     }
-
-    /// The reply of a call that someone else delivers and runs.
-    pub(crate) fn detached(receiver: oneshot::Receiver<Result<Vec<u8>>>) -> Self {
-        Outcome { receiver, activation: None }
-    }
 }
 
 impl Future for Outcome {

@@ -18,6 +18,7 @@ mod directory;
 mod drive;
 mod error;
 mod id;
+mod inbound;
 mod mailbox;
 mod namespace;
 mod object;

@@ -17,14 +17,13 @@
 //! call, so that no call is silently skipped while later ones run. A new
 //! stub starts a new order.
 
-use std::collections::HashMap;
 use std::future::Future;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
 use std::task::{Context as TaskContext, Poll, Waker};
 
-use stead_transport::frame::{MAX_FRAME_LEN, read_frame, write_frame};
+use stead_transport::frame::{FrameReader, MAX_FRAME_LEN, read_frame, write_frame};
 use stead_transport::{Endpoint, RecvStream, SendStream, codec};
 use tokio::sync::{mpsc, oneshot};
 
@@ -33,7 +32,8 @@ use crate::cluster::connection_lost;
 use crate::drive::{Driver, Outcome};
 use crate::error::{Error, Result};
 use crate::id::ObjectId;
-use crate::mailbox::{Call, Message, Reply};
+use crate::inbound::Inbound;
+use crate::mailbox::{Call, Message};
 use crate::runtime::{Runtime, WeakRuntime};
 use crate::sync::lock;
 use crate::wire::{Hello, MAX_CONTROL_FRAME, Place, Placed, Request, Response};
@@ -41,73 +41,62 @@ use crate::wire::{Hello, MAX_CONTROL_FRAME, Place, Placed, Request, Response};
 /// QUIC error code for a stream closed because of a bad frame.
 const BAD_FRAME: u32 = 1;
 
-/// The cluster route of a stub: its queue of calls and whether it broke.
+/// The cluster route of a stub: its queue of calls, and the responses
+/// coming back.
 pub(crate) struct ClusterRoute {
     tx: mpsc::Sender<Call>,
     /// The pump's end of the queue, until the first call starts the pump.
     rx: Mutex<Option<mpsc::Receiver<Call>>>,
-    broken: Arc<AtomicBool>,
+    /// The stream's receiving side, read by the callers (see `inbound.rs`).
+    pub(crate) inbound: Arc<Inbound>,
     hint: Option<String>,
 }
 
 impl ClusterRoute {
     /// A route that places the object on `hint`, if it is not placed yet.
     /// Does no I/O: the pump starts with the first call.
-    pub(crate) fn new(hint: Option<String>, capacity: usize) -> Self {
+    pub(crate) fn new(type_name: &'static str, id: ObjectId, hint: Option<String>, capacity: usize) -> Self {
         let (tx, rx) = mpsc::channel(capacity);
-        ClusterRoute { tx, rx: Mutex::new(Some(rx)), broken: Arc::new(AtomicBool::new(false)), hint }
+        ClusterRoute { tx, rx: Mutex::new(Some(rx)), inbound: Arc::new(Inbound::new(type_name, id)), hint }
     }
 
     /// Queues `call` (synchronously, which fixes its place in the order).
-    pub(crate) fn send(
-        &self,
-        runtime: &Runtime,
-        type_name: &'static str,
-        id: ObjectId,
-        call: Call,
-    ) -> Result<()> {
-        if self.broken.load(Ordering::Acquire) {
-            return Err(broken(type_name, id));
+    pub(crate) fn send(&self, runtime: &Runtime, call: Call) -> Result<()> {
+        let inbound = &self.inbound;
+        if inbound.broken.load(Ordering::Acquire) {
+            return Err(inbound.broken_error());
         }
         if let Some(rx) = lock(&self.rx).take() {
-            let pump = Pump { runtime: runtime.clone(), type_name, id, broken: self.broken.clone() };
+            let pump = Pump { runtime: runtime.clone(), inbound: inbound.clone() };
             runtime.spawn(pump.run(rx, self.hint.clone()));
         }
         self.tx.try_send(call).map_err(|err| match err {
             mpsc::error::TrySendError::Full(_) => Error::Overloaded(format!(
-                "{} calls to `{type_name}` object {id} are waiting to be sent; retry later",
-                self.tx.max_capacity()
+                "{} calls to `{}` object {} are waiting to be sent; retry later",
+                self.tx.max_capacity(),
+                inbound.type_name(),
+                inbound.id()
             )),
-            mpsc::error::TrySendError::Closed(_) => broken(type_name, id),
+            mpsc::error::TrySendError::Closed(_) => inbound.broken_error(),
         })
     }
-}
-
-fn broken(type_name: &str, id: ObjectId) -> Error {
-    Error::Disconnected(format!(
-        "this stub of `{type_name}` object {id} lost its connection; calls sent before may or may not \
-         have run, so it sends no more: make a new stub (which starts a new order)"
-    ))
 }
 
 /// The task that delivers one stub's calls, in order.
 struct Pump {
     runtime: Runtime,
-    type_name: &'static str,
-    id: ObjectId,
-    broken: Arc<AtomicBool>,
+    inbound: Arc<Inbound>,
 }
 
 impl Pump {
     async fn run(self, mut rx: mpsc::Receiver<Call>, hint: Option<String>) {
-        match self.deliver(&mut rx, hint).await {
-            Ok(()) => {}
-            Err(err) => {
-                self.broken.store(true, Ordering::Release);
-                rx.close();
-                while let Some(call) = rx.recv().await {
-                    let _ = call.reply.send(Err(err.clone()));
-                }
+        let delivered = self.deliver(&mut rx, hint).await;
+        self.inbound.close();
+        if let Err(err) = delivered {
+            self.inbound.broken.store(true, Ordering::Release);
+            rx.close();
+            while let Some(call) = rx.recv().await {
+                let _ = call.reply.send(Err(err.clone()));
             }
         }
     }
@@ -116,36 +105,34 @@ impl Pump {
         let Some(cluster) = self.runtime.cluster() else {
             return Err(Error::Config("this runtime is not part of a cluster".into()));
         };
-        let hosts_type = self.runtime.hosted(self.type_name).is_some();
+        let (type_name, id) = (self.inbound.type_name(), self.inbound.id());
+        let hosts_type = self.runtime.hosted(type_name).is_some();
         let candidate = hint
             .or_else(|| cluster.me.clone().filter(|_| hosts_type))
             .unwrap_or_else(|| cluster.coordinator().to_string());
-        let owner = cluster.locate(self.type_name, &self.id, &candidate).await?;
+        let owner = cluster.locate(type_name, &id, &candidate).await?;
         if cluster.me.as_deref() == Some(owner.as_str()) {
             return self.deliver_locally(rx).await;
         }
         let conn = cluster.connection(&owner).await?;
         let lost = |what: String| connection_lost(&conn, &owner, what);
         let (mut send, recv) = conn.open_bi().await.map_err(|e| lost(e.to_string()))?;
-        let hello = codec::encode(&Hello::Object { type_name: self.type_name.to_string(), id: self.id })?;
+        let hello = codec::encode(&Hello::Object { type_name: type_name.to_string(), id })?;
         write_frame(&mut send, &hello).await.map_err(|e| lost(e.to_string()))?;
 
-        let pending: Arc<Mutex<HashMap<u64, Reply>>> = Arc::default();
-        let reader = read_responses(recv, pending.clone(), self.broken.clone(), self.type_name, self.id);
-        self.runtime.spawn(reader);
+        self.inbound.open(FrameReader::new(recv, MAX_FRAME_LEN), |reader| self.runtime.spawn(reader));
         let mut seq = 0u64;
         while let Some(call) = rx.recv().await {
-            if self.broken.load(Ordering::Acquire) {
-                let _ = call.reply.send(Err(broken(self.type_name, self.id)));
+            if self.inbound.broken.load(Ordering::Acquire) {
+                let _ = call.reply.send(Err(self.inbound.broken_error()));
                 continue;
             }
             seq += 1;
             let Call { method, fingerprint, args, reply } = call;
             let frame = codec::encode(&Request { seq, method, fingerprint, args })?;
-            lock(&pending).insert(seq, reply);
+            self.inbound.expect(seq, reply);
             if write_frame(&mut send, &frame).await.is_err() {
-                self.broken.store(true, Ordering::Release);
-                fail_pending(&pending, self.type_name, self.id);
+                self.inbound.fail_all();
             }
         }
         let _ = send.finish();
@@ -154,42 +141,16 @@ impl Pump {
 
     /// The object turned out to live here: hand the calls to its mailbox.
     async fn deliver_locally(&self, rx: &mut mpsc::Receiver<Call>) -> Result<()> {
-        let hosted =
-            self.runtime.hosted(self.type_name).cloned().ok_or_else(|| Error::not_hosted(self.type_name))?;
+        let type_name = self.inbound.type_name();
+        let hosted = self.runtime.hosted(type_name).cloned().ok_or_else(|| Error::not_hosted(type_name))?;
         while let Some(call) = rx.recv().await {
             if let Err((err, Message::Call(call))) =
-                hosted.send(&self.runtime, self.id, Message::Call(call), Driver::Task)
+                hosted.send(&self.runtime, self.inbound.id(), Message::Call(call), Driver::Task)
             {
                 let _ = call.reply.send(Err(err));
             }
         }
         Ok(())
-    }
-}
-
-/// Reads a stream's responses and hands each to its caller.
-async fn read_responses(
-    mut recv: RecvStream,
-    pending: Arc<Mutex<HashMap<u64, Reply>>>,
-    broken: Arc<AtomicBool>,
-    type_name: &'static str,
-    id: ObjectId,
-) {
-    while let Ok(Some(bytes)) = read_frame(&mut recv, MAX_FRAME_LEN).await {
-        let Ok(response) = codec::decode::<Response>(&bytes) else { break };
-        if let Some(reply) = lock(&pending).remove(&response.seq) {
-            let _ = reply.send(response.result);
-        }
-    }
-    if !lock(&pending).is_empty() {
-        broken.store(true, Ordering::Release);
-        fail_pending(&pending, type_name, id);
-    }
-}
-
-fn fail_pending(pending: &Mutex<HashMap<u64, Reply>>, type_name: &str, id: ObjectId) {
-    for (_, reply) in lock(pending).drain() {
-        let _ = reply.send(Err(broken(type_name, id)));
     }
 }
 
@@ -258,25 +219,31 @@ async fn admit(rt: &Runtime, type_name: &str, id: ObjectId) -> Result<Arc<Hosted
     Ok(hosted)
 }
 
-async fn serve_object(
-    rt: Runtime,
-    type_name: &str,
-    id: ObjectId,
-    mut send: SendStream,
-    mut recv: RecvStream,
-) {
+/// The sending half of a served stream, shared by whoever has a response
+/// to write: the stream's reader (a turn that ran inline) or a task waiting
+/// for a busy object. Responses carry their sequence number, so their order
+/// does not matter. The stream is finished when the last user is done.
+struct Responder {
+    send: tokio::sync::Mutex<SendStream>,
+}
+
+impl Responder {
+    async fn respond(&self, response: Response) {
+        let Ok(frame) = codec::encode(&response) else { return };
+        // A failed write means the caller is gone: nobody is left to tell.
+        let _ = write_frame(&mut *self.send.lock().await, &frame).await;
+    }
+}
+
+impl Drop for Responder {
+    fn drop(&mut self) {
+        let _ = self.send.get_mut().finish();
+    }
+}
+
+async fn serve_object(rt: Runtime, type_name: &str, id: ObjectId, send: SendStream, mut recv: RecvStream) {
     let admitted = admit(&rt, type_name, id).await;
-    let (responses, mut queued) = mpsc::channel::<Response>(rt.config().mailbox_capacity);
-    let writer = async move {
-        while let Some(response) = queued.recv().await {
-            let Ok(frame) = codec::encode(&response) else { continue };
-            if write_frame(&mut send, &frame).await.is_err() {
-                return;
-            }
-        }
-        let _ = send.finish();
-    };
-    rt.spawn(writer);
+    let responder = Arc::new(Responder { send: tokio::sync::Mutex::new(send) });
     loop {
         let request = match read_frame(&mut recv, MAX_FRAME_LEN).await {
             Ok(Some(bytes)) => match codec::decode::<Request>(&bytes) {
@@ -290,7 +257,7 @@ async fn serve_object(
         let hosted = match &admitted {
             Ok(hosted) => hosted,
             Err(err) => {
-                let _ = responses.send(Response { seq, result: Err(err.clone()) }).await;
+                responder.respond(Response { seq, result: Err(err.clone()) }).await;
                 continue;
             }
         };
@@ -299,26 +266,23 @@ async fn serve_object(
             Call { method: request.method, fingerprint: request.fingerprint, args: request.args, reply };
         match hosted.send(&rt, id, Message::Call(call), Driver::Caller) {
             Ok(activation) => {
-                // An idle object runs the turn right here, in this poll; a
-                // busy one answers later, to a task that waits for it.
+                // An idle object runs the turn right here, in this poll, and
+                // the response is written from here too; a busy one answers
+                // later, to a task that waits for it.
                 let mut outcome = Outcome::driven(outcome, activation);
                 let polled = Pin::new(&mut outcome).poll(&mut TaskContext::from_waker(Waker::noop()));
                 match polled {
-                    Poll::Ready(result) => {
-                        let _ = responses.send(Response { seq, result }).await;
-                    }
+                    Poll::Ready(result) => responder.respond(Response { seq, result }).await,
                     Poll::Pending => {
-                        let responses = responses.clone();
+                        let responder = responder.clone();
                         rt.spawn(async move {
                             let result = outcome.await;
-                            let _ = responses.send(Response { seq, result }).await;
+                            responder.respond(Response { seq, result }).await;
                         });
                     }
                 }
             }
-            Err((err, _)) => {
-                let _ = responses.send(Response { seq, result: Err(err) }).await;
-            }
+            Err((err, _)) => responder.respond(Response { seq, result: Err(err) }).await,
         }
     }
     // A frame that was too long, cut short or not a request: stop the stream.

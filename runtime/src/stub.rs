@@ -23,6 +23,7 @@ use crate::activation::HostedType;
 use crate::drive::{Driver, Outcome};
 use crate::error::{Error, Result};
 use crate::id::ObjectId;
+use crate::inbound::RemoteReply;
 use crate::mailbox::{Call, Message};
 use crate::remote::ClusterRoute;
 use crate::runtime::Runtime;
@@ -61,7 +62,7 @@ impl StubCore {
         hint: Option<String>,
     ) -> Self {
         let route = if runtime.cluster().is_some() {
-            Route::Cluster(ClusterRoute::new(hint, runtime.config().mailbox_capacity))
+            Route::Cluster(ClusterRoute::new(type_name, id, hint, runtime.config().mailbox_capacity))
         } else {
             match hosted {
                 Some(hosted) => Route::Local(hosted),
@@ -77,7 +78,7 @@ impl StubCore {
     }
 
     /// Queues a call of method `method` with already encoded arguments.
-    fn send(&self, method: u32, fingerprint: u64, args: Vec<u8>) -> Result<Outcome> {
+    fn send(&self, method: u32, fingerprint: u64, args: Vec<u8>) -> Result<Answer> {
         let target = &*self.target;
         target.runtime.check_accepting()?;
         let (reply, receiver) = oneshot::channel();
@@ -87,11 +88,11 @@ impl StubCore {
                 let activation = hosted
                     .send(&target.runtime, target.id, Message::Call(call), Driver::Caller)
                     .map_err(|(err, _)| err)?;
-                Ok(Outcome::driven(receiver, activation))
+                Ok(Answer::Local(Outcome::driven(receiver, activation)))
             }
             Route::Cluster(route) => {
-                route.send(&target.runtime, target.type_name, target.id, call)?;
-                Ok(Outcome::detached(receiver))
+                route.send(&target.runtime, call)?;
+                Ok(Answer::Remote(RemoteReply::new(receiver, route.inbound.clone())))
             }
             Route::NotHosted => Err(Error::not_hosted(target.type_name)),
         }
@@ -101,6 +102,24 @@ impl StubCore {
 impl fmt::Debug for StubCore {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "{}({})", self.target.type_name, self.target.id)
+    }
+}
+
+/// The reply of a queued call: from an object of this runtime, or through
+/// the cluster.
+enum Answer {
+    Local(Outcome),
+    Remote(RemoteReply),
+}
+
+impl Future for Answer {
+    type Output = Result<Vec<u8>>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut TaskContext<'_>) -> Poll<Self::Output> {
+        match self.get_mut() {
+            Answer::Local(outcome) => Pin::new(outcome).poll(cx),
+            Answer::Remote(reply) => Pin::new(reply).poll(cx),
+        }
     }
 }
 
@@ -173,7 +192,7 @@ pub struct PendingCall<R> {
 }
 
 enum Pending {
-    Waiting(Outcome),
+    Waiting(Answer),
     Failed(Option<Error>),
 }
 

@@ -4,6 +4,8 @@
 //! length above the reader's limit is refused before anything is allocated,
 //! so a hostile or broken peer cannot make a node allocate gigabytes.
 
+use std::task::{Context, Poll};
+
 use quinn::{RecvStream, SendStream};
 
 use crate::TransportError;
@@ -51,4 +53,68 @@ pub async fn read_frame(recv: &mut RecvStream, max: usize) -> Result<Option<Vec<
         quinn::ReadExactError::ReadError(e) => TransportError::Stream(e.to_string()),
     })?;
     Ok(Some(payload))
+}
+
+/// Reads frames from a stream by polling, keeping what it has read between
+/// polls: unlike [`read_frame`], it loses nothing if the task polling it
+/// stops, so several tasks may take turns at reading one stream.
+#[derive(Debug)]
+pub struct FrameReader {
+    recv: RecvStream,
+    buf: Vec<u8>,
+    max: usize,
+}
+
+impl FrameReader {
+    /// Reads frames of at most `max` bytes from `recv`.
+    pub fn new(recv: RecvStream, max: usize) -> Self {
+        FrameReader { recv, buf: Vec::new(), max }
+    }
+
+    /// The next frame; `None` when the stream ended cleanly between frames.
+    /// When nothing is there yet, the task of `cx` is woken when more arrives.
+    pub fn poll_frame(&mut self, cx: &mut Context<'_>) -> Poll<Result<Option<Vec<u8>>, TransportError>> {
+        loop {
+            if let Some(frame) = self.take_frame()? {
+                return Poll::Ready(Ok(Some(frame)));
+            }
+            let start = self.buf.len();
+            self.buf.resize(start + 4096, 0);
+            let read = self.recv.poll_read(cx, &mut self.buf[start..]);
+            let read = match read {
+                Poll::Ready(Ok(read)) => read,
+                Poll::Ready(Err(err)) => {
+                    self.buf.truncate(start);
+                    return Poll::Ready(Err(TransportError::Stream(err.to_string())));
+                }
+                Poll::Pending => {
+                    self.buf.truncate(start);
+                    return Poll::Pending;
+                }
+            };
+            self.buf.truncate(start + read);
+            if read == 0 {
+                return Poll::Ready(if self.buf.is_empty() {
+                    Ok(None)
+                } else {
+                    Err(TransportError::Malformed("the stream ended inside a frame".into()))
+                });
+            }
+        }
+    }
+
+    /// A whole frame from the buffer, if one is there.
+    fn take_frame(&mut self) -> Result<Option<Vec<u8>>, TransportError> {
+        let Some(header) = self.buf.first_chunk::<4>() else { return Ok(None) };
+        let len = u32::from_le_bytes(*header) as usize;
+        if len > self.max {
+            return Err(TransportError::FrameTooLarge { len, max: self.max });
+        }
+        if self.buf.len() < 4 + len {
+            return Ok(None);
+        }
+        let frame = self.buf[4..4 + len].to_vec();
+        self.buf.drain(..4 + len);
+        Ok(Some(frame))
+    }
 }
