@@ -363,6 +363,39 @@ async fn a_thousand_pipelined_calls_through_one_remote_stub_arrive_in_issue_orde
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tasks_sharing_a_remote_stub_all_get_their_replies_even_when_some_give_up() {
+    let cluster = TestCluster::start();
+    let rt = cluster.client("client").await;
+    let counters = rt.namespace::<Counter>();
+    let counter = counters.stub_at(&counters.unique_id(), "seoul");
+    counter.increment(0).await.unwrap().unwrap();
+    // Callers read the stream themselves; one that gives up while reading
+    // must leave the reading to someone, or the others would wait forever.
+    let tasks: Vec<_> = (0..8)
+        .map(|task| {
+            let counter = counter.clone();
+            tokio::spawn(async move {
+                for call in 0..100 {
+                    let increment = counter.increment(1);
+                    if (task + call) % 10 == 0 {
+                        let _ = tokio::time::timeout(Duration::from_micros(50), increment).await;
+                    } else {
+                        increment.await.unwrap().unwrap();
+                    }
+                }
+            })
+        })
+        .collect();
+    let all = async {
+        for task in tasks {
+            task.await.unwrap();
+        }
+    };
+    tokio::time::timeout(Duration::from_secs(30), all).await.expect("a caller waited forever");
+    assert_eq!(counter.get().await.unwrap(), 800, "calls whose callers gave up ran too");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn worker_b_reads_what_worker_a_wrote_through_an_id_string() {
     let cluster = TestCluster::start();
     let env = |role: &str| {

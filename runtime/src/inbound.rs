@@ -102,10 +102,14 @@ impl Inbound {
     }
 
     /// Reads every response that has arrived and hands it to its caller;
-    /// the task of `cx` is woken when more arrives. Returns whether no call
-    /// waits any more (or nothing is left to read).
-    fn poll_responses(&self, cx: &mut TaskContext<'_>) -> bool {
+    /// the task of `cx` is woken when more arrives. The response to call
+    /// `mine` is returned instead, with its reply channel: the caller reading
+    /// is the one waiting for it, and waking it through the channel would
+    /// only make the scheduler run it again. Also says whether no call waits
+    /// any more (or nothing is left to read).
+    fn poll_responses(&self, cx: &mut TaskContext<'_>, mine: Option<u64>) -> Polled {
         let mut answered = Vec::new();
+        let mut own = None;
         let ended = {
             let mut state = lock(&self.state);
             let ended = loop {
@@ -115,7 +119,11 @@ impl Inbound {
                     Poll::Ready(Ok(Some(bytes))) => match codec::decode::<Response>(&bytes) {
                         Ok(response) => {
                             if let Some(reply) = state.pending.remove(&response.seq) {
-                                answered.push((reply, response.result));
+                                if Some(response.seq) == mine {
+                                    own = Some((reply, response.result));
+                                } else {
+                                    answered.push((reply, response.result));
+                                }
                             }
                         }
                         Err(_) => break true,
@@ -134,12 +142,14 @@ impl Inbound {
             let _ = reply.send(result);
         }
         let state = lock(&self.state);
-        if ended && !state.pending.is_empty() {
+        let idle = if ended && !state.pending.is_empty() {
             drop(state);
             self.fail_all();
-            return true;
-        }
-        state.frames.is_none() || state.pending.is_empty()
+            true
+        } else {
+            state.frames.is_none() || state.pending.is_empty()
+        };
+        Polled { idle, own }
     }
 
     /// A caller stopped reading: if calls still wait, the reader task takes
@@ -154,14 +164,39 @@ impl Inbound {
     async fn read_when_needed(self: Arc<Self>) {
         loop {
             self.reader.notified().await;
-            std::future::poll_fn(|cx| if self.poll_responses(cx) { Poll::Ready(()) } else { Poll::Pending })
+            // Read until no call waits. A caller may poll the stream
+            // meanwhile (the network then wakes it instead) and leave again,
+            // telling this task: read again then, to be the one woken.
+            loop {
+                let mut told = std::pin::pin!(self.reader.notified());
+                let idle = std::future::poll_fn(|cx| {
+                    if self.poll_responses(cx, None).idle {
+                        Poll::Ready(true)
+                    } else if told.as_mut().poll(cx).is_ready() {
+                        Poll::Ready(false)
+                    } else {
+                        Poll::Pending
+                    }
+                })
                 .await;
+                if idle {
+                    break;
+                }
+            }
             let state = lock(&self.state);
             if state.frames.is_none() || (state.closed && state.pending.is_empty()) {
                 return;
             }
         }
     }
+}
+
+/// What reading the stream came to.
+struct Polled {
+    /// No call waits any more, or nothing is left to read.
+    idle: bool,
+    /// The reader's own response, with its unused reply channel.
+    own: Option<(Reply, Result<Vec<u8>>)>,
 }
 
 /// The reader task of a stream, boxed to be spawned.
@@ -180,11 +215,23 @@ pub(crate) struct RemoteReply {
     receiver: oneshot::Receiver<Result<Vec<u8>>>,
     /// The stream's receiving side, while the reply has not come.
     inbound: Option<Arc<Inbound>>,
+    /// The call's sequence number on the stream, when it was sent at once.
+    seq: Option<u64>,
 }
 
 impl RemoteReply {
-    pub(crate) fn new(receiver: oneshot::Receiver<Result<Vec<u8>>>, inbound: Arc<Inbound>) -> Self {
-        RemoteReply { receiver, inbound: Some(inbound) }
+    pub(crate) fn new(
+        receiver: oneshot::Receiver<Result<Vec<u8>>>,
+        inbound: Arc<Inbound>,
+        seq: Option<u64>,
+    ) -> Self {
+        RemoteReply { receiver, inbound: Some(inbound), seq }
+    }
+
+    fn done(&mut self) {
+        if let Some(inbound) = self.inbound.take() {
+            inbound.left();
+        }
     }
 }
 
@@ -195,15 +242,18 @@ impl Future for RemoteReply {
         let this = self.get_mut();
         if this.receiver.is_empty()
             && let Some(inbound) = &this.inbound
+            && let Some((reply, result)) = inbound.poll_responses(cx, this.seq).own
         {
-            inbound.poll_responses(cx);
+            // Close our end first, so that dropping the sender wakes nobody.
+            this.receiver.close();
+            drop(reply);
+            this.done();
+            return Poll::Ready(result);
         }
         match Pin::new(&mut this.receiver).poll(cx) {
             Poll::Pending => Poll::Pending,
             Poll::Ready(reply) => {
-                if let Some(inbound) = this.inbound.take() {
-                    inbound.left();
-                }
+                this.done();
                 Poll::Ready(reply.unwrap_or_else(|_| {
                     Err(Error::Disconnected("the call was dropped before it was answered".into()))
                 }))
@@ -214,8 +264,6 @@ impl Future for RemoteReply {
 
 impl Drop for RemoteReply {
     fn drop(&mut self) {
-        if let Some(inbound) = self.inbound.take() {
-            inbound.left();
-        }
+        self.done();
     }
 }

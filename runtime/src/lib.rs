@@ -22,6 +22,7 @@ mod inbound;
 mod mailbox;
 mod namespace;
 mod object;
+mod outbound;
 mod remote;
 mod runtime;
 mod secret;

@@ -34,6 +34,7 @@ use crate::error::{Error, Result};
 use crate::id::ObjectId;
 use crate::inbound::Inbound;
 use crate::mailbox::{Call, Message};
+use crate::outbound::{Flushed, Outbound};
 use crate::runtime::{Runtime, WeakRuntime};
 use crate::sync::lock;
 use crate::wire::{Hello, MAX_CONTROL_FRAME, Place, Placed, Request, Response};
@@ -41,12 +42,14 @@ use crate::wire::{Hello, MAX_CONTROL_FRAME, Place, Placed, Request, Response};
 /// QUIC error code for a stream closed because of a bad frame.
 const BAD_FRAME: u32 = 1;
 
-/// The cluster route of a stub: its queue of calls, and the responses
-/// coming back.
+/// The cluster route of a stub: its stream's two sides, and the queue of
+/// calls made before the stream is open.
 pub(crate) struct ClusterRoute {
     tx: mpsc::Sender<Call>,
     /// The pump's end of the queue, until the first call starts the pump.
     rx: Mutex<Option<mpsc::Receiver<Call>>>,
+    /// The stream's sending side, written by the callers (see `outbound.rs`).
+    outbound: Arc<Outbound>,
     /// The stream's receiving side, read by the callers (see `inbound.rs`).
     pub(crate) inbound: Arc<Inbound>,
     hint: Option<String>,
@@ -57,35 +60,55 @@ impl ClusterRoute {
     /// Does no I/O: the pump starts with the first call.
     pub(crate) fn new(type_name: &'static str, id: ObjectId, hint: Option<String>, capacity: usize) -> Self {
         let (tx, rx) = mpsc::channel(capacity);
-        ClusterRoute { tx, rx: Mutex::new(Some(rx)), inbound: Arc::new(Inbound::new(type_name, id)), hint }
+        ClusterRoute {
+            tx,
+            rx: Mutex::new(Some(rx)),
+            outbound: Arc::default(),
+            inbound: Arc::new(Inbound::new(type_name, id)),
+            hint,
+        }
     }
 
-    /// Queues `call` (synchronously, which fixes its place in the order).
-    pub(crate) fn send(&self, runtime: &Runtime, call: Call) -> Result<()> {
+    /// Sends `call`, or queues it until the stream is open (synchronously
+    /// either way, which fixes its place in the order). Returns the call's
+    /// sequence number on the stream when it was sent at once.
+    pub(crate) fn send(&self, runtime: &Runtime, call: Call) -> Result<Option<u64>> {
         let inbound = &self.inbound;
         if inbound.broken.load(Ordering::Acquire) {
             return Err(inbound.broken_error());
         }
         if let Some(rx) = lock(&self.rx).take() {
-            let pump = Pump { runtime: runtime.clone(), inbound: inbound.clone() };
+            let pump =
+                Pump { runtime: runtime.clone(), inbound: inbound.clone(), outbound: self.outbound.clone() };
             runtime.spawn(pump.run(rx, self.hint.clone()));
         }
-        self.tx.try_send(call).map_err(|err| match err {
-            mpsc::error::TrySendError::Full(_) => Error::Overloaded(format!(
-                "{} calls to `{}` object {} are waiting to be sent; retry later",
-                self.tx.max_capacity(),
-                inbound.type_name(),
-                inbound.id()
-            )),
-            mpsc::error::TrySendError::Closed(_) => inbound.broken_error(),
+        self.outbound.send(call, inbound, |call| {
+            self.tx.try_send(call).map_err(|err| match err {
+                mpsc::error::TrySendError::Full(_) => Error::Overloaded(format!(
+                    "{} calls to `{}` object {} are waiting to be sent; retry later",
+                    self.tx.max_capacity(),
+                    inbound.type_name(),
+                    inbound.id()
+                )),
+                mpsc::error::TrySendError::Closed(_) => inbound.broken_error(),
+            })
         })
     }
 }
 
-/// The task that delivers one stub's calls, in order.
+impl Drop for ClusterRoute {
+    fn drop(&mut self) {
+        // The pump finishes the stream once what was sent is written.
+        self.outbound.close();
+    }
+}
+
+/// The task that sets up one stub's stream, delivers the calls made before
+/// it was open, and writes what callers could not.
 struct Pump {
     runtime: Runtime,
     inbound: Arc<Inbound>,
+    outbound: Arc<Outbound>,
 }
 
 impl Pump {
@@ -121,22 +144,24 @@ impl Pump {
         write_frame(&mut send, &hello).await.map_err(|e| lost(e.to_string()))?;
 
         self.inbound.open(FrameReader::new(recv, MAX_FRAME_LEN), |reader| self.runtime.spawn(reader));
-        let mut seq = 0u64;
-        while let Some(call) = rx.recv().await {
-            if self.inbound.broken.load(Ordering::Acquire) {
-                let _ = call.reply.send(Err(self.inbound.broken_error()));
-                continue;
-            }
-            seq += 1;
-            let Call { method, fingerprint, args, reply } = call;
-            let frame = codec::encode(&Request { seq, method, fingerprint, args })?;
-            self.inbound.expect(seq, reply);
-            if write_frame(&mut send, &frame).await.is_err() {
+        let queued = std::iter::from_fn(|| rx.try_recv().ok());
+        self.outbound.open(send, &self.inbound, queued);
+        // From now on callers write; the pump writes what they could not.
+        loop {
+            self.outbound.pump.notified().await;
+            let flushed = std::future::poll_fn(|cx| match self.outbound.poll_flush(cx) {
+                Flushed::Blocked => Poll::Pending,
+                done => Poll::Ready(done),
+            })
+            .await;
+            if matches!(flushed, Flushed::Failed) {
                 self.inbound.fail_all();
             }
+            if self.outbound.is_finished() || matches!(flushed, Flushed::Failed) {
+                self.outbound.finish();
+                return Ok(());
+            }
         }
-        let _ = send.finish();
-        Ok(())
     }
 
     /// The object turned out to live here: hand the calls to its mailbox.

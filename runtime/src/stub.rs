@@ -91,8 +91,8 @@ impl StubCore {
                 Ok(Answer::Local(Outcome::driven(receiver, activation)))
             }
             Route::Cluster(route) => {
-                route.send(&target.runtime, call)?;
-                Ok(Answer::Remote(RemoteReply::new(receiver, route.inbound.clone())))
+                let seq = route.send(&target.runtime, call)?;
+                Ok(Answer::Remote(RemoteReply::new(receiver, route.inbound.clone(), seq)))
             }
             Route::NotHosted => Err(Error::not_hosted(target.type_name)),
         }

@@ -1,0 +1,167 @@
+//! The requests going out on a stub's stream, written by those who make them.
+//!
+//! Once the stub's pump has opened the stream (see `remote.rs`), a call is
+//! encoded and written to the stream by the caller itself, at the moment it
+//! is made: its sequence number and its place on the stream are fixed there,
+//! which keeps E-order, and no task is woken to carry it. What the stream
+//! cannot take at once (flow control) stays in a buffer that the pump
+//! writes out when the stream is ready again. Calls made before the stream
+//! is open wait in the pump's queue; the pump moves them to the stream, in
+//! order, in the same critical section in which it opens it to callers.
+
+use std::pin::Pin;
+use std::sync::Mutex;
+use std::task::{Context as TaskContext, Poll, Waker};
+
+use stead_transport::SendStream;
+use stead_transport::codec;
+use stead_transport::frame::MAX_FRAME_LEN;
+use tokio::sync::Notify;
+
+use crate::error::{Error, Result};
+use crate::inbound::Inbound;
+use crate::mailbox::Call;
+use crate::sync::lock;
+use crate::wire::Request;
+
+/// The sending side of one stub's stream.
+#[derive(Default)]
+pub(crate) struct Outbound {
+    state: Mutex<State>,
+    /// Wakes the pump: bytes are left to write, or the stub is gone.
+    pub(crate) pump: Notify,
+}
+
+#[derive(Default)]
+struct State {
+    /// The stream, once open to callers.
+    send: Option<SendStream>,
+    /// Frames the stream has not taken yet.
+    buf: Vec<u8>,
+    /// The last sequence number given to a request.
+    seq: u64,
+    /// The stub is gone: the pump finishes the stream once `buf` is written.
+    closing: bool,
+}
+
+/// What a write to the stream came to.
+pub(crate) enum Flushed {
+    /// Everything was written.
+    Done,
+    /// The stream takes no more for now; the pump must finish the job.
+    Blocked,
+    /// The stream is broken.
+    Failed,
+}
+
+impl Outbound {
+    /// Sends `call` on the stream if it is open, returning its sequence
+    /// number; otherwise hands it to `queue` (the pump's queue), under the
+    /// same lock as the opening, so that no call can slip between the two.
+    pub(crate) fn send(
+        &self,
+        call: Call,
+        inbound: &Inbound,
+        queue: impl FnOnce(Call) -> Result<()>,
+    ) -> Result<Option<u64>> {
+        let mut state = lock(&self.state);
+        if state.send.is_none() {
+            return queue(call).map(|()| None);
+        }
+        let seq = state.push(call, inbound);
+        match state.flush(&mut TaskContext::from_waker(Waker::noop())) {
+            Flushed::Done => {}
+            Flushed::Blocked => self.pump.notify_one(),
+            Flushed::Failed => {
+                drop(state);
+                inbound.fail_all();
+            }
+        }
+        Ok(seq)
+    }
+
+    /// Opens the stream to callers, after moving the calls queued so far
+    /// (`queued` yields them in order) onto it.
+    pub(crate) fn open(&self, send: SendStream, inbound: &Inbound, queued: impl Iterator<Item = Call>) {
+        let mut state = lock(&self.state);
+        for call in queued {
+            state.push(call, inbound);
+        }
+        state.send = Some(send);
+        drop(state);
+        self.pump.notify_one();
+    }
+
+    /// Writes what is left (the pump's part): `Done` once the buffer is
+    /// empty, `Blocked` while the stream takes no more (the task of `cx` is
+    /// woken when it does).
+    pub(crate) fn poll_flush(&self, cx: &mut TaskContext<'_>) -> Flushed {
+        lock(&self.state).flush(cx)
+    }
+
+    /// The stub is gone.
+    pub(crate) fn close(&self) {
+        lock(&self.state).closing = true;
+        self.pump.notify_one();
+    }
+
+    /// Whether the stub is gone and everything it sent is written.
+    pub(crate) fn is_finished(&self) -> bool {
+        let state = lock(&self.state);
+        state.closing && state.buf.is_empty()
+    }
+
+    /// Finishes the stream (no more requests).
+    pub(crate) fn finish(&self) {
+        if let Some(send) = lock(&self.state).send.as_mut() {
+            let _ = send.finish();
+        }
+    }
+}
+
+impl State {
+    /// Encodes `call` into the buffer and records that it waits for its
+    /// response, returning its sequence number; a call that cannot be sent
+    /// is answered with the error.
+    fn push(&mut self, call: Call, inbound: &Inbound) -> Option<u64> {
+        let Call { method, fingerprint, args, reply } = call;
+        let seq = self.seq + 1;
+        let request = codec::encode(&Request { seq, method, fingerprint, args });
+        let frame = match request {
+            Ok(frame) if frame.len() <= MAX_FRAME_LEN => frame,
+            Ok(frame) => {
+                let err = Error::Codec(format!(
+                    "the call's arguments take {} bytes encoded, more than the {MAX_FRAME_LEN} a \
+                     request may; pass large data in several calls",
+                    frame.len()
+                ));
+                let _ = reply.send(Err(err));
+                return None;
+            }
+            Err(err) => {
+                let _ = reply.send(Err(Error::from(err)));
+                return None;
+            }
+        };
+        self.seq = seq;
+        let len = u32::try_from(frame.len()).unwrap_or(u32::MAX);
+        self.buf.extend_from_slice(&len.to_le_bytes());
+        self.buf.extend_from_slice(&frame);
+        inbound.expect(seq, reply);
+        Some(seq)
+    }
+
+    fn flush(&mut self, cx: &mut TaskContext<'_>) -> Flushed {
+        let Some(send) = self.send.as_mut() else { return Flushed::Blocked };
+        while !self.buf.is_empty() {
+            match Pin::new(&mut *send).poll_write(cx, &self.buf) {
+                Poll::Ready(Ok(written)) => {
+                    self.buf.drain(..written);
+                }
+                Poll::Ready(Err(_)) => return Flushed::Failed,
+                Poll::Pending => return Flushed::Blocked,
+            }
+        }
+        Flushed::Done
+    }
+}
