@@ -2,10 +2,13 @@
 //! the serving side of a node.
 //!
 //! E-order over QUIC: each stub (with its clones) gets one bidirectional
-//! stream to the object's node, opened on its first call. The stub method
-//! puts the call into the stub's bounded queue synchronously, a pump task
-//! writes the queued calls to the stream in that order without waiting for
-//! replies (pipelining), and the node pushes each request into the object's
+//! stream to the object's node, opened on its first call by the stub's pump
+//! task. Until the stream is open, calls wait in the stub's bounded queue,
+//! which the pump then moves onto the stream in order; from then on the stub
+//! method writes its request to the stream itself, synchronously, when it is
+//! called (`outbound.rs`), without waiting for replies (pipelining), and the
+//! caller reads its own response (`inbound.rs`): no task stands between a
+//! caller and the network. The node pushes each request into the object's
 //! mailbox in the order it reads them. QUIC delivers a stream's bytes in
 //! order, so calls run in issue order. One stream per stub-object pair was
 //! chosen over sequence numbers with a reorder buffer because QUIC already
