@@ -396,6 +396,21 @@ async fn tasks_sharing_a_remote_stub_all_get_their_replies_even_when_some_give_u
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_call_too_large_to_send_fails_alone_and_the_stub_keeps_working() {
+    let cluster = TestCluster::start();
+    let rt = cluster.client("client").await;
+    let registers = rt.namespace::<Register>();
+    let register = registers.stub_at(&registers.unique_id(), "seoul");
+    // Before the stream is open (queued), and after (written by the caller).
+    for _ in 0..2 {
+        let err = register.set("x".repeat(17 << 20)).await.unwrap_err();
+        assert!(matches!(&err, Error::Codec(m) if m.contains("more than")), "{err:?}");
+        register.set("small".into()).await.unwrap().unwrap();
+        assert_eq!(register.get().await.unwrap().unwrap(), Some("small".into()));
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn worker_b_reads_what_worker_a_wrote_through_an_id_string() {
     let cluster = TestCluster::start();
     let env = |role: &str| {
