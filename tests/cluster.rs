@@ -535,9 +535,10 @@ async fn a_dead_node_makes_its_objects_unavailable_fast_and_a_restarted_node_ser
     assert!(err.is_retryable(), "{err}");
     assert!(matches!(err, Error::Unavailable(_) | Error::Disconnected(_)), "{err}");
     // Typically about 0.6 s (the 500 ms idle timeout after the last keep-alive);
-    // QUIC never declares a peer dead before three probe timeouts, which a
-    // loaded machine's round-trip estimates can stretch to about a second.
-    assert!(elapsed < Duration::from_millis(1500), "callers learnt it only after {elapsed:?}: {err}");
+    // QUIC never declares a peer dead before three probe timeouts, which an
+    // overloaded machine's round-trip estimates stretch (1.6 s measured with
+    // two CPU hogs on two cores). The bound is far below QUIC's default 30 s.
+    assert!(elapsed < Duration::from_millis(2500), "callers learnt it only after {elapsed:?}: {err}");
 
     // Never re-created elsewhere with empty storage: still unavailable.
     let err = counters.stub(&id).get().await.unwrap_err();
