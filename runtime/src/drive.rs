@@ -23,13 +23,13 @@
 
 use std::future::Future;
 use std::pin::Pin;
-use std::sync::{Arc, Mutex, Weak};
+use std::sync::{Arc, Mutex, MutexGuard, Weak};
 use std::task::{Context as TaskContext, Poll};
 use std::time::Duration;
 
 use tokio::sync::oneshot;
 
-use crate::activation::Activation;
+use crate::activation::{Activation, State};
 use crate::error::{Error, Result};
 use crate::mailbox::Message;
 use crate::object::Instance;
@@ -87,12 +87,8 @@ impl Drainer {
         if let Some(message) = state.mailbox.pop() {
             return Some(message);
         }
-        state.draining = false;
-        state.instance = self.instance.take();
-        state.last_active = self.activation.runtime.sweep();
-        drop(state);
+        give_back(&self.activation, self.instance.take(), state);
         self.holding = false;
-        self.activation.runtime.lifecycle().turns_ended();
         None
     }
 
@@ -163,7 +159,11 @@ impl Drop for Drainer {
         if !self.holding {
             return;
         }
-        if self.inline && !lock(&self.activation.state).mailbox.is_empty() {
+        // Checked and given back under one lock: a message pushed in between
+        // would see the right still held and count on its holder.
+        let state = lock(&self.activation.state);
+        if self.inline && !state.mailbox.is_empty() {
+            drop(state);
             let drainer = Drainer {
                 activation: self.activation.clone(),
                 instance: self.instance.take(),
@@ -174,16 +174,21 @@ impl Drop for Drainer {
             drainer.spawn();
             return;
         }
-        // Give the right back; a drain task dropped mid-turn (the tokio
-        // runtime is going away) has no instance left to give.
-        {
-            let mut state = lock(&self.activation.state);
-            state.draining = false;
-            state.instance = self.instance.take();
-            state.last_active = self.activation.runtime.sweep();
-        }
-        self.activation.runtime.lifecycle().turns_ended();
+        // A drain task dropped mid-turn (the tokio runtime is going away)
+        // has no instance left to give.
+        give_back(&self.activation, self.instance.take(), state);
+        self.holding = false;
     }
+}
+
+/// Gives the right to run turns and the instance back to `activation`, in
+/// the critical section (`state`) in which its holder found nothing to run.
+fn give_back(activation: &Activation, instance: Option<Instance>, mut state: MutexGuard<'_, State>) {
+    state.draining = false;
+    state.instance = instance;
+    state.last_active = activation.runtime.sweep();
+    drop(state);
+    activation.runtime.lifecycle().turns_ended();
 }
 
 /// The reply to a call queued for an object of this runtime. Polling it
