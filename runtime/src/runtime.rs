@@ -388,9 +388,8 @@ impl Runtime {
     pub async fn shutdown(&self) -> Result<()> {
         let lifecycle = &self.inner.lifecycle;
         lifecycle.closing.store(true, Ordering::SeqCst);
-        // Queued calls whose callers do not poll still run.
-        self.inner.watchdog.kick_all();
         while lifecycle.busy.load(Ordering::SeqCst) > 0 || self.inner.watchdog.is_watching() {
+            // Queued calls whose callers do not poll still run.
             self.inner.watchdog.kick_all();
             tokio::time::sleep(Duration::from_millis(1)).await;
         }
