@@ -41,10 +41,7 @@ pub async fn read_frame(recv: &mut RecvStream, max: usize) -> Result<Option<Vec<
         }
         Err(quinn::ReadExactError::ReadError(e)) => return Err(TransportError::Stream(e.to_string())),
     }
-    let len = u32::from_le_bytes(len) as usize;
-    if len > max {
-        return Err(TransportError::FrameTooLarge { len, max });
-    }
+    let len = announced_len(len, max)?;
     let mut payload = vec![0u8; len];
     recv.read_exact(&mut payload).await.map_err(|e| match e {
         quinn::ReadExactError::FinishedEarly(_) => {
@@ -53,6 +50,16 @@ pub async fn read_frame(recv: &mut RecvStream, max: usize) -> Result<Option<Vec<
         quinn::ReadExactError::ReadError(e) => TransportError::Stream(e.to_string()),
     })?;
     Ok(Some(payload))
+}
+
+/// The payload length a frame header announces, refused above `max`
+/// before anything is allocated for it.
+fn announced_len(header: [u8; 4], max: usize) -> Result<usize, TransportError> {
+    let len = u32::from_le_bytes(header) as usize;
+    if len > max {
+        return Err(TransportError::FrameTooLarge { len, max });
+    }
+    Ok(len)
 }
 
 /// Reads frames from a stream by polling, keeping what it has read between
@@ -106,10 +113,7 @@ impl FrameReader {
     /// A whole frame from the buffer, if one is there.
     fn take_frame(&mut self) -> Result<Option<Vec<u8>>, TransportError> {
         let Some(header) = self.buf.first_chunk::<4>() else { return Ok(None) };
-        let len = u32::from_le_bytes(*header) as usize;
-        if len > self.max {
-            return Err(TransportError::FrameTooLarge { len, max: self.max });
-        }
+        let len = announced_len(*header, self.max)?;
         if self.buf.len() < 4 + len {
             return Ok(None);
         }
