@@ -9,7 +9,8 @@ use stead_transport::codec;
 
 pub use crate::context::Context;
 pub use crate::error::{Error, Result};
-pub use crate::object::{AlarmInfo, BoxFuture, DispatchError, Dispatched, DurableObject, MethodInfo};
+pub use crate::local::{AlarmInfo, BoxFuture, DispatchError, Dispatched, MethodInfo};
+pub use crate::object::DurableObject;
 pub use crate::stub::{ArgsWriter, PendingCall, StubCore, call};
 
 /// Reads a method's arguments one by one, as `ArgsWriter` wrote them.

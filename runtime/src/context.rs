@@ -1,11 +1,12 @@
 //! What an object knows about itself and its surroundings.
+//!
+//! A user-facing type, like `Namespace`: it holds the `Runtime` that hosts
+//! the object (see `object.rs` for the small import loop this makes).
 
 use std::fmt;
 use std::sync::Arc;
 
 use crate::id::ObjectId;
-use crate::namespace::Namespace;
-use crate::object::DurableObject;
 use crate::runtime::Runtime;
 use crate::storage::Storage;
 
@@ -13,7 +14,7 @@ use crate::storage::Storage;
 ///
 /// Keep it in the object's struct: it names the object ([`id`](Self::id)),
 /// reaches its storage, and lets it call other objects
-/// ([`namespace`](Self::namespace)). Cloning is cheap and clones may be moved
+/// ([`namespace`](Self::namespace), defined in `namespace.rs`). Cloning is cheap and clones may be moved
 /// into spawned tasks.
 #[derive(Clone)]
 pub struct Context {
@@ -48,17 +49,6 @@ impl Context {
     /// The name of this object's type, as used in ids and storage paths.
     pub fn type_name(&self) -> &'static str {
         self.inner.type_name
-    }
-
-    /// The namespace of another object type, to call its objects.
-    ///
-    /// Calls from one object to another are allowed while a turn runs; the
-    /// caller's turn waits for the reply, other calls to the caller wait in
-    /// its mailbox meanwhile. (Two objects that call each other in a cycle
-    /// therefore wait for each other forever: break cycles with a spawned
-    /// task or a message without a reply.)
-    pub fn namespace<U: DurableObject>(&self) -> Namespace<U> {
-        self.inner.runtime.namespace::<U>()
     }
 
     /// The runtime that hosts this object.

@@ -2,28 +2,51 @@
 //!
 //! Users depend on the `stead` facade crate, which re-exports everything here
 //! together with the `#[durable_object]` attribute; see its documentation for
-//! the guide. This crate is organised after the design's concepts:
+//! the guide.
 //!
-//! - [`id`](ObjectId): ids and their MACs;
-//! - [`Namespace`]: minting ids and making stubs;
-//! - activations and mailboxes: one turn at a time per object, bounded queues;
-//! - [`Context`]: what an object knows of itself;
-//! - [`Runtime`]: configuration, hosting, eviction and shutdown.
+//! # Concept map
+//!
+//! The crate is layered; each layer imports only the ones below it.
+//!
+//! | concept | where |
+//! | --- | --- |
+//! | the user's entry points: builder, [`Runtime`], shutdown | `runtime.rs` |
+//! | [`Namespace`]: minting ids, making stubs | `namespace.rs` |
+//! | stubs: queueing a call when it is made (E-order), the reply future | `stub.rs` |
+//! | [`Context`]: what an object knows of itself | `context.rs` |
+//! | [`DurableObject`]: what `#[durable_object]` implements | `object.rs` |
+//! | **cluster**: nodes, clients, placement | `cluster/` |
+//! | the directory: where objects live ([`Directory`]) | `cluster/directory.rs` |
+//! | a remote stub's stream: requests out, responses in | `cluster/route.rs`, `outbound.rs`, `inbound.rs` |
+//! | serving other processes' calls | `cluster/serve.rs` |
+//! | **one process's objects**: hosted types and their activations | `local/`, `local/hosted.rs` |
+//! | an activation: one turn at a time, the output gate | `local/activation.rs` |
+//! | who runs turns: the scheduling state machine and its model test | `local/schedule.rs`, `local/drive.rs` |
+//! | the mailbox: bounded, in order, `Overloaded` when full | `local/mailbox.rs` |
+//! | calls whose callers never poll | `local/watchdog.rs` |
+//! | eviction of idle objects | `local/eviction.rs` |
+//! | alarms: the alarm turn, retries, the scheduler ([`AlarmInfo`]) | `local/alarms.rs` |
+//! | **storage**: per-object SQLite, KV and SQL ([`Storage`]) | `storage/` |
+//! | the turn's transaction, [`Durability`] | `storage/mod.rs`, `storage/durability.rs` |
+//! | the node's alarm index (alarms found after a restart) | `storage/alarm_index.rs` |
+//! | where databases live, the cap on open ones | `storage/database.rs`, `storage/pool.rs` |
+//! | what the lower layers get instead of `Runtime`: settings, lifecycle, storage root | `host.rs` |
+//! | ids and their MACs ([`ObjectId`]), the cluster secret | `id.rs`, `secret.rs` |
+//! | messages between nodes | `wire.rs` |
+//! | the one [`Error`] type | `error.rs` |
+//!
+//! Imports run downward: `storage/` imports none of `local/`, `cluster/`
+//! or the top; `local/` imports no `cluster/`; only the top files import
+//! `runtime.rs`.
 
-mod activation;
-mod alarm;
 mod cluster;
 mod context;
-mod directory;
-mod drive;
 mod error;
+mod host;
 mod id;
-mod inbound;
-mod mailbox;
+mod local;
 mod namespace;
 mod object;
-mod outbound;
-mod remote;
 mod runtime;
 mod secret;
 mod storage;
@@ -34,18 +57,18 @@ mod wire;
 #[doc(hidden)]
 pub mod __private;
 
-pub use alarm::MAX_ALARM_RETRIES;
+pub use cluster::Directory;
 pub use context::Context;
-pub use directory::Directory;
 pub use error::{Error, Result};
 pub use id::ObjectId;
+pub use local::{AlarmInfo, MAX_ALARM_RETRIES};
 pub use namespace::Namespace;
-pub use object::{AlarmInfo, DurableObject};
+pub use object::DurableObject;
 pub use runtime::{
     DEFAULT_ALARM_RETRY_DELAY, DEFAULT_IDLE_TIMEOUT, DEFAULT_MAILBOX_CAPACITY, DEFAULT_MAX_OPEN_DATABASES,
-    Durability, Runtime, RuntimeBuilder,
+    Runtime, RuntimeBuilder,
 };
-pub use storage::{ListOptions, MAX_KEY_LEN, Storage};
+pub use storage::{Durability, ListOptions, MAX_KEY_LEN, Storage};
 
 /// TLS identities for cluster nodes and clients.
 pub mod tls {

@@ -1,15 +1,44 @@
 //! Namespaces: one per object type, where ids are minted and stubs are made.
+//!
+//! Both ways to get one live here, beside the type: [`Runtime::namespace`]
+//! and [`Context::namespace`] (so that neither `runtime.rs` nor `context.rs`
+//! needs to import this file).
 
 use std::fmt;
 use std::marker::PhantomData;
 use std::sync::Arc;
 
-use crate::activation::HostedType;
+use crate::context::Context;
 use crate::error::Result;
 use crate::id::{IdKeys, ObjectId};
+use crate::local::HostedType;
 use crate::object::DurableObject;
 use crate::runtime::Runtime;
 use crate::stub::StubCore;
+
+impl Runtime {
+    /// The namespace of object type `T`.
+    ///
+    /// Works for any type with `#[durable_object]`; calls to a type that this
+    /// runtime does not host fail with [`Error::NotHosted`](crate::Error::NotHosted).
+    pub fn namespace<T: DurableObject>(&self) -> Namespace<T> {
+        let hosted = self.objects().hosted(T::NAME).cloned();
+        Namespace { runtime: self.clone(), keys: self.id_keys(T::NAME), hosted, _type: PhantomData }
+    }
+}
+
+impl Context {
+    /// The namespace of another object type, to call its objects.
+    ///
+    /// Calls from one object to another are allowed while a turn runs; the
+    /// caller's turn waits for the reply, other calls to the caller wait in
+    /// its mailbox meanwhile. (Two objects that call each other in a cycle
+    /// therefore wait for each other forever: break cycles with a spawned
+    /// task or a message without a reply.)
+    pub fn namespace<U: DurableObject>(&self) -> Namespace<U> {
+        self.runtime().namespace::<U>()
+    }
+}
 
 /// All objects of type `T`, as seen from one runtime.
 ///
@@ -31,10 +60,6 @@ pub struct Namespace<T> {
 }
 
 impl<T: DurableObject> Namespace<T> {
-    pub(crate) fn new(runtime: Runtime, keys: IdKeys, hosted: Option<Arc<HostedType>>) -> Self {
-        Namespace { runtime, keys, hosted, _type: PhantomData }
-    }
-
     /// A new id, different from every other id ever minted.
     pub fn unique_id(&self) -> ObjectId {
         self.keys.unique_id()
@@ -62,7 +87,7 @@ impl<T: DurableObject> Namespace<T> {
     /// This does no I/O and never creates the object: the object is
     /// constructed by the first call that reaches it.
     pub fn stub(&self, id: &ObjectId) -> T::Stub {
-        T::__stub(StubCore::new(self.runtime.clone(), T::NAME, *id, self.hosted.clone(), None))
+        T::__stub(self.stub_core(id, None))
     }
 
     /// A stub for object `id` that places the object on node `node` if this
@@ -72,13 +97,14 @@ impl<T: DurableObject> Namespace<T> {
     /// node it stays there: the hint of a later stub is ignored. Outside a
     /// cluster the hint means nothing.
     pub fn stub_at(&self, id: &ObjectId, node: &str) -> T::Stub {
-        T::__stub(StubCore::new(
-            self.runtime.clone(),
-            T::NAME,
-            *id,
-            self.hosted.clone(),
-            Some(node.to_string()),
-        ))
+        T::__stub(self.stub_core(id, Some(node.to_string())))
+    }
+
+    /// A stub's core; `target` is the node to place the object on if its
+    /// first call comes through this stub (cluster only).
+    fn stub_core(&self, id: &ObjectId, target: Option<String>) -> StubCore {
+        let host = self.runtime.host().clone();
+        StubCore::new(host, self.runtime.cluster().cloned(), self.hosted.clone(), T::NAME, *id, target)
     }
 
     /// The name of the object type, as used in ids and storage paths.

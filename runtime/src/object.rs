@@ -1,52 +1,14 @@
-//! The trait that `#[durable_object]` implements, and its type-erased form.
-
-use std::future::Future;
-use std::pin::Pin;
+//! The trait that `#[durable_object]` implements, and how an implementation
+//! becomes the type-erased instance the runtime holds (`local/instance.rs`).
+//!
+//! This file, `context.rs` and `runtime.rs` import each other: the trait's
+//! constructor receives a `Context`, a `Context` hands out its `Runtime`, and
+//! the `Runtime` hosts types by this trait. The loop stays among these three
+//! user-facing files; nothing below them imports any of them.
 
 use crate::context::Context;
-use crate::error::Error;
+use crate::local::{AlarmInfo, BoxFuture, Dispatched, ErasedObject, Instance, MethodInfo};
 use crate::stub::StubCore;
-
-/// A boxed, sendable future, as stored and run by the runtime.
-pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
-
-/// What the runtime receives when an alarm fires; see the `#[alarm]` handler.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct AlarmInfo {
-    /// How many times this alarm has been retried before this run (0 the first time).
-    pub retry_count: u32,
-    /// Whether this run is a retry after the handler panicked or returned an error.
-    pub is_retry: bool,
-}
-
-/// A method of a durable object that can be called through its stub.
-#[doc(hidden)]
-#[derive(Debug, Clone, Copy)]
-pub struct MethodInfo {
-    /// The method's name, for error messages.
-    pub name: &'static str,
-    /// A hash of the method's name, argument types and return type: a request
-    /// whose fingerprint differs was made by a different build of the type.
-    pub fingerprint: u64,
-    /// An `async fn` (else a plain `fn`, which [`DurableObject::__dispatch_sync`] runs).
-    pub is_async: bool,
-}
-
-/// Why a dispatch failed: before the method ran, or after.
-#[doc(hidden)]
-#[derive(Debug)]
-pub enum DispatchError {
-    /// The arguments could not be decoded (or the method is unknown): the
-    /// method did not run.
-    Arguments(Error),
-    /// The method ran but its result could not be encoded: the instance may
-    /// be ahead of its (rolled back) storage and is dropped.
-    Result(Error),
-}
-
-/// The outcome of a dispatch: the encoded result, or why there is none.
-#[doc(hidden)]
-pub type Dispatched = std::result::Result<Vec<u8>, DispatchError>;
 
 /// A type whose instances are durable objects.
 ///
@@ -94,13 +56,6 @@ pub trait DurableObject: Sized + Send + 'static {
     fn __stub(core: StubCore) -> Self::Stub;
 }
 
-/// A live instance of any durable object type.
-pub(crate) trait ErasedObject: Send + 'static {
-    fn dispatch<'a>(&'a mut self, method: u32, args: &'a [u8]) -> BoxFuture<'a, Dispatched>;
-    fn dispatch_sync(&mut self, method: u32, args: &[u8]) -> Option<Dispatched>;
-    fn alarm(&mut self, info: AlarmInfo) -> BoxFuture<'_, std::result::Result<(), String>>;
-}
-
 impl<T: DurableObject> ErasedObject for T {
     fn dispatch<'a>(&'a mut self, method: u32, args: &'a [u8]) -> BoxFuture<'a, Dispatched> {
         self.__dispatch(method, args)
@@ -114,9 +69,6 @@ impl<T: DurableObject> ErasedObject for T {
         self.__alarm(info)
     }
 }
-
-/// A boxed instance, as kept by an activation.
-pub(crate) type Instance = Box<dyn ErasedObject>;
 
 /// Runs `T`'s constructor and erases the instance's type.
 pub(crate) fn construct_erased<T: DurableObject>(

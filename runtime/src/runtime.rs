@@ -1,25 +1,26 @@
-//! The runtime: configuration, the registry of hosted types, and shutdown.
+//! The runtime: the builder, the user's handle, and shutdown.
+//!
+//! `Runtime` is the top of the crate: it builds a [`Host`] (settings,
+//! lifecycle, tokio handle, storage), this process's objects (`local/`) and,
+//! in a cluster, the cluster (`cluster/`), starts their background tasks,
+//! and hands out namespaces (`namespace.rs`).
 
-use std::collections::HashMap;
 use std::fmt;
-use std::future::Future;
 use std::net::SocketAddr;
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Weak};
 use std::time::Duration;
 
-use crate::activation::{HostedType, in_turn};
-use crate::alarm::{self, AlarmIndex};
-use crate::cluster::{Cluster, ClusterConfig};
-use crate::drive::Watchdog;
+use crate::cluster::{self, Cluster, ClusterConfig};
+use crate::context::Context;
 use crate::error::{Error, Result};
+use crate::host::{Config, Host};
 use crate::id::IdKeys;
-use crate::namespace::Namespace;
-use crate::object::DurableObject;
-use crate::remote;
+use crate::local::watchdog::Watchdog;
+use crate::local::{self, Constructor, HostedType, Objects};
+use crate::object::{DurableObject, construct_erased};
 use crate::secret;
-use crate::storage::{Location, OpenDatabases, StorageRoot};
+use crate::storage::{AlarmIndex, Durability, Location, OpenDatabases, StorageRoot};
 
 /// How long an idle object stays in memory unless configured otherwise.
 pub const DEFAULT_IDLE_TIMEOUT: Duration = Duration::from_secs(60);
@@ -33,32 +34,9 @@ pub const DEFAULT_MAX_OPEN_DATABASES: usize = 1024;
 /// The delay before the first retry of a failed alarm unless configured otherwise.
 pub const DEFAULT_ALARM_RETRY_DELAY: Duration = Duration::from_secs(2);
 
-/// How far a reply is allowed to run ahead of the disk.
-///
-/// Every turn's writes are committed before its reply is released (the
-/// *output gate*); durability says what "committed" means.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-pub enum Durability {
-    /// A reply means the turn's writes are on disk: the commit is fsynced
-    /// first. Survives a process crash and a power loss. The default.
-    #[default]
-    Full,
-    /// A reply means the turn's writes are in the operating system's hands:
-    /// they survive a crash of the process, but a power loss or kernel crash
-    /// may lose the last turns. Commits are much cheaper (no fsync per turn).
-    Normal,
-}
-
-/// The settings a runtime was built with.
-#[derive(Debug, Clone)]
-pub(crate) struct Config {
-    pub(crate) idle_timeout: Duration,
-    pub(crate) mailbox_capacity: usize,
-    pub(crate) alarm_retry_delay: Duration,
-}
-
-/// Registers one hosted type once the secret is known.
-type MakeHostedType = fn(&[u8; 32]) -> HostedType;
+/// Registers one hosted type, once the secret, the host and the runtime
+/// (for the objects' contexts) exist.
+type MakeHostedType = fn(&[u8; 32], &Host, WeakRuntime) -> HostedType;
 
 /// Builds a [`Runtime`]; start with [`Runtime::builder`].
 ///
@@ -208,7 +186,7 @@ impl RuntimeBuilder {
 
     /// Hosts objects of type `T` in this runtime.
     pub fn host<T: DurableObject>(mut self) -> Self {
-        self.hosts.push((T::NAME, HostedType::new::<T>));
+        self.hosts.push((T::NAME, hosted_type::<T>));
         self
     }
 
@@ -260,16 +238,15 @@ impl RuntimeBuilder {
         } else {
             None
         };
-        let mut hosted = HashMap::new();
-        for (name, make) in self.hosts {
-            if hosted.insert(name, Arc::new(make(&secret))).is_some() {
+        for (i, (name, _)) in self.hosts.iter().enumerate() {
+            if self.hosts[..i].iter().any(|(other, _)| other == name) {
                 return Err(Error::Config(format!(
                     "two hosted types are named `{name}`; give one another name with \
                      `#[durable_object(name = \"...\")]`"
                 )));
             }
         }
-        let storage = Arc::new(StorageRoot {
+        let storage = StorageRoot {
             location: match &data_dir {
                 Some(dir) => Location::Files(dir.clone()),
                 None => Location::Memory(Default::default()),
@@ -277,33 +254,48 @@ impl RuntimeBuilder {
             durability: self.durability,
             open: OpenDatabases::new(if data_dir.is_some() { self.max_open_databases } else { usize::MAX }),
             alarms: AlarmIndex::open(data_dir.as_deref())?,
-        });
+        };
         let config = Config {
             idle_timeout: self.idle_timeout,
             mailbox_capacity: self.mailbox_capacity,
             alarm_retry_delay: self.alarm_retry_delay,
         };
-        let inner = Arc::new(RuntimeInner {
-            config,
-            secret,
-            hosted,
-            handle,
-            storage,
-            cluster,
-            watchdog: Watchdog::default(),
-            lifecycle: Lifecycle::default(),
+        let host = Host::new(config, handle, storage);
+        let inner = Arc::new_cyclic(|runtime: &Weak<RuntimeInner>| {
+            let types = self
+                .hosts
+                .iter()
+                .map(|(name, make)| (*name, Arc::new(make(&secret, &host, WeakRuntime(runtime.clone())))))
+                .collect();
+            RuntimeInner { secret, objects: Arc::new(Objects::new(host.clone(), types)), cluster }
         });
-        let runtime = Runtime { inner };
-        if let Some(cluster) = &runtime.inner.cluster
+        let objects = Arc::downgrade(&inner.objects);
+        if let Some(cluster) = &inner.cluster
             && cluster.me.is_some()
         {
-            runtime.spawn(remote::serve(runtime.downgrade(), cluster.endpoint.clone()));
+            host.spawn(cluster::serve(objects.clone(), Arc::downgrade(cluster), cluster.endpoint.clone()));
         }
-        runtime.spawn(evict_idle_objects(Arc::downgrade(&runtime.inner)));
-        runtime.spawn(Watchdog::run(runtime.downgrade()));
-        runtime.spawn(alarm::run_scheduler(runtime.downgrade()));
-        Ok(runtime)
+        host.spawn(local::evict_idle_objects(objects.clone()));
+        host.spawn(Watchdog::run(Arc::downgrade(host.watchdog())));
+        host.spawn(local::run_scheduler(objects));
+        Ok(Runtime { inner })
     }
+}
+
+/// A hosted type `T`, whose constructor gets a `Context` of `runtime`.
+fn hosted_type<T: DurableObject>(secret: &[u8; 32], host: &Host, runtime: WeakRuntime) -> HostedType {
+    let construct: Constructor = Box::new(move |id, storage| match runtime.upgrade() {
+        Some(runtime) => construct_erased::<T>(Context::new(id, T::NAME, runtime, storage)),
+        None => Box::pin(async { Err("the runtime was dropped".to_string()) }),
+    });
+    HostedType::new(
+        host.clone(),
+        T::NAME,
+        IdKeys::derive(secret, T::NAME),
+        T::METHODS,
+        T::HAS_ALARM,
+        construct,
+    )
 }
 
 impl fmt::Debug for RuntimeBuilder {
@@ -330,14 +322,9 @@ pub struct Runtime {
 }
 
 struct RuntimeInner {
-    config: Config,
     secret: [u8; 32],
-    hosted: HashMap<&'static str, Arc<HostedType>>,
-    handle: tokio::runtime::Handle,
-    storage: Arc<StorageRoot>,
+    objects: Arc<Objects>,
     cluster: Option<Arc<Cluster>>,
-    watchdog: Watchdog,
-    lifecycle: Lifecycle,
 }
 
 /// A reference to a runtime that does not keep it alive (for its own tasks).
@@ -367,38 +354,23 @@ impl Runtime {
         }
     }
 
-    /// The namespace of object type `T`.
-    ///
-    /// Works for any type with `#[durable_object]`; calls to a type that this
-    /// runtime does not host fail with [`Error::NotHosted`].
-    pub fn namespace<T: DurableObject>(&self) -> Namespace<T> {
-        let hosted = self.inner.hosted.get(T::NAME).cloned();
-        let keys = match &hosted {
-            Some(hosted) => hosted.keys.clone(),
-            None => IdKeys::derive(&self.inner.secret, T::NAME),
-        };
-        Namespace::new(self.clone(), keys, hosted)
-    }
-
     /// Stops the runtime gracefully.
     ///
     /// New calls from outside are refused with [`Error::Unavailable`]; calls
     /// already queued, and calls that running turns make, still run. Once no
     /// turn is left, every object is dropped and its storage closed.
     pub async fn shutdown(&self) -> Result<()> {
-        let lifecycle = &self.inner.lifecycle;
-        lifecycle.closing.store(true, Ordering::SeqCst);
-        while lifecycle.busy.load(Ordering::SeqCst) > 0 || self.inner.watchdog.is_watching() {
+        let host = self.inner.objects.host();
+        let lifecycle = host.lifecycle();
+        lifecycle.begin_closing();
+        while lifecycle.is_busy() || host.watchdog().is_watching() {
             // Queued calls whose callers do not poll still run.
-            self.inner.watchdog.kick_all();
+            host.watchdog().rescue_all();
             tokio::time::sleep(Duration::from_millis(1)).await;
         }
-        lifecycle.closed.store(true, Ordering::SeqCst);
-        // Let the watchdog's task see that the runtime is closed and end.
-        self.inner.watchdog.kick_all();
-        for hosted in self.inner.hosted.values() {
-            hosted.evict_idle(u64::MAX);
-        }
+        lifecycle.close();
+        host.watchdog().close();
+        self.inner.objects.evict_idle(u64::MAX);
         if let Some(cluster) = &self.inner.cluster {
             cluster.endpoint.close();
         }
@@ -407,12 +379,12 @@ impl Runtime {
 
     /// Number of objects currently in memory, over all hosted types.
     pub fn active_objects(&self) -> usize {
-        self.inner.hosted.values().map(|hosted| hosted.active_count()).sum()
+        self.inner.objects.active_count()
     }
 
     /// Number of object databases currently open.
     pub fn open_databases(&self) -> usize {
-        self.inner.storage.open.count()
+        self.inner.objects.host().storage().open.count()
     }
 
     /// The address this node listens on, in a cluster.
@@ -422,130 +394,33 @@ impl Runtime {
         cluster.endpoint.local_addr().ok()
     }
 
+    pub(crate) fn host(&self) -> &Host {
+        self.inner.objects.host()
+    }
+
+    pub(crate) fn objects(&self) -> &Objects {
+        &self.inner.objects
+    }
+
     pub(crate) fn cluster(&self) -> Option<&Arc<Cluster>> {
         self.inner.cluster.as_ref()
     }
 
-    pub(crate) fn downgrade(&self) -> WeakRuntime {
-        WeakRuntime(Arc::downgrade(&self.inner))
-    }
-
-    pub(crate) fn storage_root(&self) -> Arc<StorageRoot> {
-        self.inner.storage.clone()
-    }
-
-    pub(crate) fn hosted(&self, type_name: &str) -> Option<&Arc<HostedType>> {
-        self.inner.hosted.get(type_name)
-    }
-
-    /// Whether shutdown has finished.
-    pub(crate) fn is_closed(&self) -> bool {
-        self.inner.lifecycle.closed.load(Ordering::Acquire)
-    }
-
-    /// Whether shutdown has begun.
-    pub(crate) fn is_closing(&self) -> bool {
-        self.inner.lifecycle.closing.load(Ordering::Acquire)
-    }
-
-    pub(crate) fn watchdog(&self) -> &Watchdog {
-        &self.inner.watchdog
-    }
-
-    pub(crate) fn config(&self) -> &Config {
-        &self.inner.config
-    }
-
-    /// How many eviction sweeps have run: the coarse clock by which
-    /// activations record when they were last active.
-    pub(crate) fn sweep(&self) -> u64 {
-        self.inner.lifecycle.sweeps.load(Ordering::Relaxed)
-    }
-
-    pub(crate) fn lifecycle(&self) -> &Lifecycle {
-        &self.inner.lifecycle
-    }
-
-    /// Makes this runtime's tokio runtime the current one until the guard
-    /// is dropped (for turns run in a caller's task).
-    pub(crate) fn enter(&self) -> tokio::runtime::EnterGuard<'_> {
-        self.inner.handle.enter()
-    }
-
-    pub(crate) fn spawn<F>(&self, future: F)
-    where
-        F: Future<Output = ()> + Send + 'static,
-    {
-        self.inner.handle.spawn(future);
-    }
-
-    /// Fails when the runtime no longer takes this call.
-    pub(crate) fn check_accepting(&self) -> Result<()> {
-        let lifecycle = &self.inner.lifecycle;
-        if lifecycle.closed.load(Ordering::Acquire) {
-            return Err(Error::Unavailable("the runtime has been shut down".into()));
+    /// The id keys of type `type_name`: its hosted type's, or derived from
+    /// the secret for a type hosted elsewhere.
+    pub(crate) fn id_keys(&self, type_name: &'static str) -> IdKeys {
+        match self.inner.objects.hosted(type_name) {
+            Some(hosted) => hosted.keys.clone(),
+            None => IdKeys::derive(&self.inner.secret, type_name),
         }
-        if lifecycle.closing.load(Ordering::Acquire) && !in_turn() {
-            return Err(Error::Unavailable("the runtime is shutting down and takes no new calls".into()));
-        }
-        Ok(())
     }
 }
 
 impl fmt::Debug for Runtime {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Runtime")
-            .field("config", &self.inner.config)
-            .field("hosted", &self.inner.hosted.keys().collect::<Vec<_>>())
+            .field("config", self.host().config())
+            .field("hosted", &self.inner.objects.type_names().collect::<Vec<_>>())
             .finish_non_exhaustive()
-    }
-}
-
-/// Whether the runtime takes calls, and how many activations are running turns.
-#[derive(Default)]
-pub(crate) struct Lifecycle {
-    closing: AtomicBool,
-    closed: AtomicBool,
-    busy: AtomicUsize,
-    /// Eviction sweeps so far.
-    sweeps: AtomicU64,
-}
-
-impl Lifecycle {
-    pub(crate) fn turns_started(&self) {
-        self.busy.fetch_add(1, Ordering::SeqCst);
-    }
-
-    pub(crate) fn turns_ended(&self) {
-        self.busy.fetch_sub(1, Ordering::SeqCst);
-    }
-}
-
-/// Evicts objects idle for longer than the idle timeout, until the runtime
-/// is gone or shut down. An object leaves memory between `idle_timeout` and
-/// `idle_timeout` plus one sweep period after its last turn (a quarter of the
-/// timeout, at least 5 ms, at most 15 s).
-async fn evict_idle_objects(runtime: Weak<RuntimeInner>) {
-    let Some(idle_timeout) = runtime.upgrade().map(|rt| rt.config.idle_timeout) else {
-        return;
-    };
-    let tick = (idle_timeout / 4).clamp(Duration::from_millis(5), Duration::from_secs(15));
-    // Activations record the sweep count when they go idle: one idle since
-    // before sweep `now - ticks` has been idle for at least `ticks` periods.
-    let ticks = idle_timeout.as_nanos().div_ceil(tick.as_nanos());
-    let ticks = u64::try_from(ticks).unwrap_or(u64::MAX);
-    loop {
-        tokio::time::sleep(tick).await;
-        let Some(inner) = runtime.upgrade() else {
-            return;
-        };
-        if inner.lifecycle.closed.load(Ordering::Acquire) {
-            return;
-        }
-        let now = inner.lifecycle.sweeps.fetch_add(1, Ordering::Relaxed) + 1;
-        let idle_before = now.saturating_sub(ticks);
-        for hosted in inner.hosted.values() {
-            hosted.evict_idle(idle_before);
-        }
     }
 }

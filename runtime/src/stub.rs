@@ -4,7 +4,7 @@
 //! creates the object. Each stub method encodes its arguments and *queues the
 //! request when it is called*, then returns a [`PendingCall`] future that
 //! waits for the reply (running the turn itself if the object is idle, see
-//! `drive.rs`). Queueing at call time is what gives E-order: calls issued through one
+//! `local/drive.rs`). Queueing at call time is what gives E-order: calls issued through one
 //! stub (or its clones) are delivered in the order they were issued, even if
 //! their futures are awaited in another order or not at all.
 
@@ -19,26 +19,24 @@ use serde::de::DeserializeOwned;
 use stead_transport::codec;
 use tokio::sync::oneshot;
 
-use crate::activation::HostedType;
-use crate::drive::{Driver, Outcome};
+use crate::cluster::{Cluster, ClusterRoute, RemoteReply};
 use crate::error::{Error, Result};
+use crate::host::Host;
 use crate::id::ObjectId;
-use crate::inbound::RemoteReply;
-use crate::mailbox::{Call, Message};
-use crate::remote::ClusterRoute;
-use crate::runtime::Runtime;
+use crate::local::{Call, Driver, HostedType, LocalReply, Message};
 
 /// The address and route shared by a stub and its clones.
 #[doc(hidden)]
 #[derive(Clone)]
 pub struct StubCore {
-    target: Arc<Target>,
+    address: Arc<Address>,
 }
 
-struct Target {
+/// Which object a stub addresses, and how its calls get there.
+struct Address {
     id: ObjectId,
     type_name: &'static str,
-    runtime: Runtime,
+    host: Host,
     route: Route,
 }
 
@@ -52,73 +50,74 @@ enum Route {
 }
 
 impl StubCore {
-    /// A stub core; `hint` names the node to place the object on if its
-    /// first call comes through this stub (cluster only).
+    /// A stub core for object `id` of type `type_name`: routed through
+    /// `cluster` if there is one, else to this process's `hosted` type.
+    /// `target` names the node to place the object on if its first call
+    /// comes through this stub (cluster only).
     pub(crate) fn new(
-        runtime: Runtime,
+        host: Host,
+        cluster: Option<Arc<Cluster>>,
+        hosted: Option<Arc<HostedType>>,
         type_name: &'static str,
         id: ObjectId,
-        hosted: Option<Arc<HostedType>>,
-        hint: Option<String>,
+        target: Option<String>,
     ) -> Self {
-        let route = if runtime.cluster().is_some() {
-            Route::Cluster(ClusterRoute::new(type_name, id, hint, runtime.config().mailbox_capacity))
-        } else {
-            match hosted {
-                Some(hosted) => Route::Local(hosted),
-                None => Route::NotHosted,
+        let route = match (cluster, hosted) {
+            (Some(cluster), hosted) => {
+                Route::Cluster(ClusterRoute::new(host.clone(), cluster, hosted, type_name, id, target))
             }
+            (None, Some(hosted)) => Route::Local(hosted),
+            (None, None) => Route::NotHosted,
         };
-        StubCore { target: Arc::new(Target { id, type_name, runtime, route }) }
+        StubCore { address: Arc::new(Address { id, type_name, host, route }) }
     }
 
     /// The id of the object this stub addresses.
     pub fn id(&self) -> ObjectId {
-        self.target.id
+        self.address.id
     }
 
     /// Queues a call of method `method` with already encoded arguments.
-    fn send(&self, method: u32, fingerprint: u64, args: Vec<u8>) -> Result<Answer> {
-        let target = &*self.target;
-        target.runtime.check_accepting()?;
+    fn send(&self, method: u32, fingerprint: u64, args: Vec<u8>) -> Result<Reply> {
+        let address = &*self.address;
+        address.host.check_accepting()?;
         let (reply, receiver) = oneshot::channel();
         let call = Call { method, fingerprint, args, reply };
-        match &target.route {
+        match &address.route {
             Route::Local(hosted) => {
-                let activation = hosted
-                    .send(&target.runtime, target.id, Message::Call(call), Driver::Caller)
-                    .map_err(|(err, _)| err)?;
-                Ok(Answer::Local(Outcome::driven(receiver, activation)))
+                let activation =
+                    hosted.send(address.id, Message::Call(call), Driver::Caller).map_err(|(err, _)| err)?;
+                Ok(Reply::Local(LocalReply::new(receiver, activation)))
             }
             Route::Cluster(route) => {
-                let seq = route.send(&target.runtime, call)?;
-                Ok(Answer::Remote(RemoteReply::new(receiver, route.inbound.clone(), seq)))
+                let seq = route.send(call)?;
+                Ok(Reply::Remote(RemoteReply::new(receiver, route.inbound.clone(), seq)))
             }
-            Route::NotHosted => Err(Error::not_hosted(target.type_name)),
+            Route::NotHosted => Err(Error::not_hosted(address.type_name)),
         }
     }
 }
 
 impl fmt::Debug for StubCore {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}({})", self.target.type_name, self.target.id)
+        write!(f, "{}({})", self.address.type_name, self.address.id)
     }
 }
 
-/// The reply of a queued call: from an object of this runtime, or through
+/// The reply to a queued call: from an object of this runtime, or through
 /// the cluster.
-enum Answer {
-    Local(Outcome),
+enum Reply {
+    Local(LocalReply),
     Remote(RemoteReply),
 }
 
-impl Future for Answer {
+impl Future for Reply {
     type Output = Result<Vec<u8>>;
 
     fn poll(self: Pin<&mut Self>, cx: &mut TaskContext<'_>) -> Poll<Self::Output> {
         match self.get_mut() {
-            Answer::Local(outcome) => Pin::new(outcome).poll(cx),
-            Answer::Remote(reply) => Pin::new(reply).poll(cx),
+            Reply::Local(reply) => Pin::new(reply).poll(cx),
+            Reply::Remote(reply) => Pin::new(reply).poll(cx),
         }
     }
 }
@@ -169,7 +168,7 @@ pub fn call<R: DeserializeOwned>(
     };
     PendingCall {
         state: match sent {
-            Ok(outcome) => Pending::Waiting(outcome),
+            Ok(reply) => Pending::Waiting(reply),
             Err(err) => Pending::Failed(Some(err)),
         },
         decode: decode_reply::<R>,
@@ -192,7 +191,7 @@ pub struct PendingCall<R> {
 }
 
 enum Pending {
-    Waiting(Answer),
+    Waiting(Reply),
     Failed(Option<Error>),
 }
 
@@ -205,7 +204,7 @@ impl<R> Future for PendingCall<R> {
             Pending::Failed(err) => Poll::Ready(Err(err.take().unwrap_or_else(|| {
                 Error::Disconnected("this call's future was polled after it completed".into())
             }))),
-            Pending::Waiting(outcome) => match Pin::new(outcome).poll(cx) {
+            Pending::Waiting(reply) => match Pin::new(reply).poll(cx) {
                 Poll::Pending => Poll::Pending,
                 Poll::Ready(Ok(bytes)) => Poll::Ready((this.decode)(&bytes)),
                 Poll::Ready(Err(err)) => Poll::Ready(Err(err)),

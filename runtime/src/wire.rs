@@ -38,15 +38,16 @@ pub(crate) struct Response {
     pub(crate) result: Result<Vec<u8>, Error>,
 }
 
-/// Asks the coordinator to place an object unless it is placed already.
+/// Asks the coordinator to place an object on node `target` unless it is
+/// placed already.
 #[derive(Debug, Serialize, Deserialize)]
 pub(crate) struct Place {
     pub(crate) type_name: String,
     pub(crate) id: ObjectId,
-    pub(crate) node: String,
+    pub(crate) target: String,
 }
 
-/// The node the object lives on.
+/// The object's owner: the node it lives on.
 pub(crate) type Placed = Result<String, Error>;
 
 /// The longest `Hello` or directory frame a node reads.

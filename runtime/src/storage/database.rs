@@ -8,9 +8,9 @@ use std::time::Duration;
 use rusqlite::config::DbConfig;
 use rusqlite::{Connection, OpenFlags};
 
+use super::Durability;
 use crate::error::{Error, Result};
 use crate::id::ObjectId;
-use crate::runtime::Durability;
 use crate::sync::lock;
 
 /// Marks a file as a stead object database (`PRAGMA application_id`): "stDO".

@@ -6,7 +6,7 @@
 //! storage access and committed *before* the turn's reply is released. So a
 //! caller that has a reply knows the writes of that turn are committed, and a
 //! turn that panics leaves no writes behind: its transaction is rolled back.
-//! With [`Durability::Full`](crate::Durability::Full) "committed" means
+//! With [`Durability::Full`] "committed" means
 //! fsynced; with `Normal`, written to the OS (survives a process crash, not a
 //! power loss).
 //!
@@ -28,7 +28,9 @@
 //! close the WAL is checkpointed and emptied but kept, so that activating the
 //! object again creates no file.
 
+mod alarm_index;
 mod database;
+mod durability;
 mod pool;
 
 use std::collections::BTreeMap;
@@ -42,12 +44,12 @@ use serde::Serialize;
 use serde::de::DeserializeOwned;
 use stead_transport::codec;
 
-use crate::alarm::AlarmIndex;
 use crate::error::{Error, Result};
 use crate::id::ObjectId;
-use crate::runtime::Durability;
+pub(crate) use alarm_index::{AlarmDue, AlarmIndex};
 pub(crate) use database::Location;
 use database::storage_error;
+pub use durability::Durability;
 pub(crate) use pool::{CloseAttempt, OpenDatabases};
 
 /// The longest key, in bytes.
@@ -597,6 +599,11 @@ fn decode_value<V: DeserializeOwned>(key: &str, bytes: &[u8]) -> Result<V> {
 
 pub(crate) fn unix_millis(at: SystemTime) -> i64 {
     at.duration_since(UNIX_EPOCH).map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
+}
+
+/// Milliseconds since the epoch, now.
+pub(crate) fn now_millis() -> i64 {
+    unix_millis(SystemTime::now())
 }
 
 pub(crate) fn from_unix_millis(millis: i64) -> SystemTime {

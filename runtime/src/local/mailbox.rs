@@ -1,4 +1,4 @@
-//! The bounded queue of messages in front of each object.
+//! The bounded queue of messages in front of each object, and the messages.
 //!
 //! A mailbox holds the calls that reached an object while it was busy with
 //! another turn. It is bounded: when it holds `capacity` calls, the next call
@@ -15,11 +15,11 @@ use std::collections::VecDeque;
 
 use tokio::sync::oneshot;
 
-use crate::alarm::AlarmDue;
 use crate::error::Result;
+use crate::storage::AlarmDue;
 
-/// Where the outcome of a call is sent: the encoded result, or the error.
-pub(crate) type Reply = oneshot::Sender<Result<Vec<u8>>>;
+/// Where the outcome of a call goes: the encoded result, or the error.
+pub(crate) type ReplySender = oneshot::Sender<Result<Vec<u8>>>;
 
 /// One message for an object.
 pub(crate) enum Message {
@@ -27,6 +27,17 @@ pub(crate) enum Message {
     Call(Call),
     /// An entry of the node's alarm index is due.
     Alarm(AlarmDue),
+}
+
+impl Message {
+    /// The most messages that may wait before this one is refused: calls
+    /// are bounded by `capacity`, the runtime's own messages are not.
+    pub(crate) fn limit(&self, capacity: usize) -> Option<usize> {
+        match self {
+            Message::Call(_) => Some(capacity),
+            Message::Alarm(_) => None,
+        }
+    }
 }
 
 /// A call of a remote method, with its arguments already encoded.
@@ -38,34 +49,31 @@ pub(crate) struct Call {
     /// The encoded tuple of arguments.
     pub(crate) args: Vec<u8>,
     /// Where the outcome goes.
-    pub(crate) reply: Reply,
+    pub(crate) reply: ReplySender,
 }
 
 /// A bounded FIFO of messages. Not synchronised: its owner locks it.
-pub(crate) struct Mailbox {
-    queue: VecDeque<Message>,
+pub(crate) struct Mailbox<M> {
+    queue: VecDeque<M>,
 }
 
-/// The mailbox is full: the call was not queued and is handed back.
-pub(crate) struct Full(pub(crate) Message);
-
-impl Mailbox {
+impl<M> Mailbox<M> {
     pub(crate) fn new() -> Self {
         // An empty VecDeque does not allocate: idle objects cost no queue memory.
         Mailbox { queue: VecDeque::new() }
     }
 
-    /// Queues a call, or hands it back when `capacity` calls already wait.
-    pub(crate) fn push(&mut self, message: Message, capacity: usize) -> Result<(), Full> {
-        if matches!(message, Message::Call(_)) && self.queue.len() >= capacity {
-            return Err(Full(message));
+    /// Queues `message`, or hands it back when `limit` messages already wait.
+    pub(crate) fn push(&mut self, message: M, limit: Option<usize>) -> std::result::Result<(), M> {
+        if limit.is_some_and(|limit| self.queue.len() >= limit) {
+            return Err(message);
         }
         self.queue.push_back(message);
         Ok(())
     }
 
     /// The oldest message, if any.
-    pub(crate) fn pop(&mut self) -> Option<Message> {
+    pub(crate) fn pop(&mut self) -> Option<M> {
         let message = self.queue.pop_front();
         if self.queue.is_empty() && self.queue.capacity() > 64 {
             // A burst is over: give its memory back.

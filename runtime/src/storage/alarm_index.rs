@@ -1,41 +1,27 @@
-//! Alarms: one per object, at-least-once, found after a restart without
-//! loading every object.
+//! The node's index of alarms: finds every object's alarm after a restart
+//! without loading every object.
 //!
 //! The object's own storage holds the truth (`Storage::set_alarm` writes it
-//! in the turn's transaction). Beside it, the node keeps an *index* of
+//! in the turn's transaction). Beside it, the node keeps this index of
 //! `(type, id, time, retries)` entries in its own database
-//! (`data_dir/alarms.sqlite`), written *before* the object's turn commits. A
-//! scheduler task sleeps until the earliest entry, then delivers an alarm
-//! message to the object; the alarm turn checks the object's storage: if no
-//! alarm is due there (the turn that set it rolled back, or the alarm was
-//! moved or deleted), the entry is simply dropped. Otherwise the alarm is
-//! cleared and the `#[alarm]` handler runs, in one turn. If the handler
-//! panics or returns an error the turn is rolled back (so the alarm is still
-//! set) and a retry is indexed with exponential backoff: 2 s, 4 s, 8 s, ...
-//! up to 6 retries, after which the alarm is dropped and a warning logged.
-//!
-//! An index entry is deleted only after its alarm turn has finished, so a
-//! crash at any point leads to the alarm being delivered again: at least
-//! once.
+//! (`data_dir/alarms.sqlite`), written *before* the object's turn commits, so
+//! that a committed alarm always has an entry. An entry whose alarm is not
+//! set in the object's storage when it comes due is simply dropped (the turn
+//! that set it rolled back, or the alarm was moved); an entry is deleted only
+//! after its alarm turn has finished, so a crash at any point leads to the
+//! alarm being delivered again: at least once. The scheduler that delivers
+//! due entries lives with the objects (`local/alarms.rs`).
 
 use std::collections::HashSet;
 use std::path::Path;
 use std::sync::{Mutex, MutexGuard};
-use std::time::{Duration, SystemTime};
 
 use rusqlite::{Connection, params};
 use tokio::sync::Notify;
 
-use crate::drive::Driver;
 use crate::error::{Error, Result};
 use crate::id::ObjectId;
-use crate::mailbox::Message;
-use crate::runtime::WeakRuntime;
-use crate::storage::unix_millis;
 use crate::sync::lock;
-
-/// How many times a failing alarm handler is retried.
-pub const MAX_ALARM_RETRIES: u32 = 6;
 
 /// One entry of the index: an alarm to deliver.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
@@ -162,49 +148,3 @@ impl AlarmIndex {
 fn index_error(what: &str, err: rusqlite::Error) -> Error {
     Error::Storage(format!("the node's alarm index ({what}) failed: {err}"))
 }
-
-/// The delay before retry number `retry` (1-based): `base`, `2 base`, `4 base`, ...
-pub(crate) fn backoff(base: Duration, retry: u32) -> Duration {
-    base.saturating_mul(1 << retry.saturating_sub(1).min(20))
-}
-
-/// Milliseconds since the epoch, now.
-pub(crate) fn now_millis() -> i64 {
-    unix_millis(SystemTime::now())
-}
-
-/// Delivers due alarms until the runtime is gone or shutting down.
-pub(crate) async fn run_scheduler(runtime: WeakRuntime) {
-    loop {
-        let Some(rt) = runtime.upgrade() else { return };
-        if rt.is_closing() {
-            return;
-        }
-        let root = rt.storage_root();
-        let index = &root.alarms;
-        for due in index.take_due(now_millis()) {
-            let Some(hosted) = rt.hosted(&due.type_name) else {
-                // Another node's type (or one no longer hosted): left in the
-                // index, and in flight so it is not looked at again.
-                continue;
-            };
-            let id = due.id;
-            if let Err((err, _)) = hosted.send(&rt, id, Message::Alarm(due.clone()), Driver::Task) {
-                tracing::warn!(%err, object = %id, "could not deliver an alarm");
-                index.release(&due);
-            }
-        }
-        let wait = index.next_due().map_or(IDLE_POLL, |at| {
-            Duration::from_millis(u64::try_from(at.saturating_sub(now_millis())).unwrap_or(0)).min(IDLE_POLL)
-        });
-        drop(rt);
-        // Wake early when an alarm is set; poll now and then to notice shutdown.
-        tokio::select! {
-            _ = root.alarms.changed.notified() => {}
-            _ = tokio::time::sleep(wait) => {}
-        }
-    }
-}
-
-/// The longest the scheduler sleeps without looking.
-const IDLE_POLL: Duration = Duration::from_millis(250);

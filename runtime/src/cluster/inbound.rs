@@ -26,7 +26,7 @@ use tokio::sync::{Notify, oneshot};
 
 use crate::error::{Error, Result};
 use crate::id::ObjectId;
-use crate::mailbox::Reply;
+use crate::local::ReplySender;
 use crate::sync::lock;
 use crate::wire::Response;
 
@@ -35,7 +35,7 @@ pub(crate) struct Inbound {
     state: Mutex<State>,
     /// Wakes the reader task: a caller stopped reading while calls wait.
     reader: Notify,
-    /// The stub sends no more calls (set on a failure: see `remote.rs`).
+    /// The stub sends no more calls (set on a failure: see `route.rs`).
     pub(crate) broken: Arc<AtomicBool>,
     type_name: &'static str,
     id: ObjectId,
@@ -46,7 +46,7 @@ struct State {
     /// The stream, once the stub's pump has opened it, until it ends.
     frames: Option<FrameReader>,
     /// The calls sent and not answered yet, by sequence number.
-    pending: HashMap<u64, Reply>,
+    pending: HashMap<u64, ReplySender>,
     /// The pump is done: the reader task ends once no call waits.
     closed: bool,
 }
@@ -70,14 +70,14 @@ impl Inbound {
     }
 
     /// Records that the call `seq` waits for its response.
-    pub(crate) fn expect(&self, seq: u64, reply: Reply) {
+    pub(crate) fn expect(&self, seq: u64, reply: ReplySender) {
         lock(&self.state).pending.insert(seq, reply);
     }
 
     /// Fails every waiting call: the stream broke.
     pub(crate) fn fail_all(&self) {
         self.broken.store(true, Ordering::Release);
-        let pending: Vec<Reply> = lock(&self.state).pending.drain().map(|(_, reply)| reply).collect();
+        let pending: Vec<ReplySender> = lock(&self.state).pending.drain().map(|(_, reply)| reply).collect();
         for reply in pending {
             let _ = reply.send(Err(self.broken_error()));
         }
@@ -196,7 +196,7 @@ struct Polled {
     /// No call waits any more, or nothing is left to read.
     idle: bool,
     /// The reader's own response, with its unused reply channel.
-    own: Option<(Reply, Result<Vec<u8>>)>,
+    own: Option<(ReplySender, Result<Vec<u8>>)>,
 }
 
 /// The reader task of a stream, boxed to be spawned.

@@ -13,24 +13,29 @@
 //! a replicated store (a PostgreSQL backend is planned).
 
 use std::path::Path;
-use std::sync::Mutex;
+use std::sync::{Mutex, Weak};
 
 use rusqlite::{Connection, OptionalExtension, params};
+use stead_transport::codec;
+use stead_transport::frame::{read_frame, write_frame};
 
+use super::{Cluster, connection_lost};
 use crate::error::{Error, Result};
 use crate::id::ObjectId;
-use crate::object::BoxFuture;
+use crate::local::BoxFuture;
 use crate::sync::lock;
+use crate::wire::{Hello, MAX_CONTROL_FRAME, Place, Placed};
 
 /// Where objects live.
 pub trait Directory: Send + Sync + 'static {
-    /// Places object `id` of type `type_name` on `node`, unless it has been
-    /// placed already; returns the node it lives on (the first writer's).
+    /// Places object `id` of type `type_name` on node `target`, unless it
+    /// has been placed already; returns its owner, the node it lives on (the
+    /// first writer's target).
     fn place<'a>(
         &'a self,
         type_name: &'a str,
         id: &'a ObjectId,
-        node: &'a str,
+        target: &'a str,
     ) -> BoxFuture<'a, Result<String>>;
 }
 
@@ -56,14 +61,14 @@ impl SqliteDirectory {
         Ok(SqliteDirectory { conn: Mutex::new(conn) })
     }
 
-    pub(crate) fn place_now(&self, type_name: &str, id: &ObjectId, node: &str) -> Result<String> {
+    pub(crate) fn place_now(&self, type_name: &str, id: &ObjectId, target: &str) -> Result<String> {
         let conn = lock(&self.conn);
         let id = id.as_bytes().as_slice();
         let placed = conn
             .prepare_cached(
                 "INSERT INTO placements (type, id, node) VALUES (?1, ?2, ?3) ON CONFLICT DO NOTHING",
             )
-            .and_then(|mut stmt| stmt.execute(params![type_name, id, node]))
+            .and_then(|mut stmt| stmt.execute(params![type_name, id, target]))
             .and_then(|_| {
                 conn.prepare_cached("SELECT node FROM placements WHERE type = ?1 AND id = ?2")?
                     .query_row(params![type_name, id], |row| row.get::<_, String>(0))
@@ -79,8 +84,59 @@ impl Directory for SqliteDirectory {
         &'a self,
         type_name: &'a str,
         id: &'a ObjectId,
-        node: &'a str,
+        target: &'a str,
     ) -> BoxFuture<'a, Result<String>> {
-        Box::pin(async move { self.place_now(type_name, id, node) })
+        Box::pin(async move { self.place_now(type_name, id, target) })
+    }
+}
+
+/// The directory of a non-coordinator node: asks the coordinator.
+pub(super) struct CoordinatorClient {
+    cluster: Weak<Cluster>,
+    coordinator: String,
+}
+
+impl CoordinatorClient {
+    pub(super) fn new(cluster: Weak<Cluster>, coordinator: String) -> Self {
+        CoordinatorClient { cluster, coordinator }
+    }
+}
+
+impl Directory for CoordinatorClient {
+    fn place<'a>(
+        &'a self,
+        type_name: &'a str,
+        id: &'a ObjectId,
+        target: &'a str,
+    ) -> BoxFuture<'a, Result<String>> {
+        Box::pin(async move {
+            let cluster = self
+                .cluster
+                .upgrade()
+                .ok_or_else(|| Error::Unavailable("the runtime is shutting down".into()))?;
+            let conn = cluster.connection(&self.coordinator).await?;
+            let unavailable = |what: &str| {
+                connection_lost(
+                    &conn,
+                    &self.coordinator,
+                    format_args!("it did not answer a placement: {what}"),
+                )
+            };
+            let (mut send, mut recv) = conn.open_bi().await.map_err(|e| unavailable(&e.to_string()))?;
+            let hello = codec::encode(&Hello::Directory)?;
+            let place = codec::encode(&Place {
+                type_name: type_name.to_string(),
+                id: *id,
+                target: target.to_string(),
+            })?;
+            write_frame(&mut send, &hello).await.map_err(|e| unavailable(&e.to_string()))?;
+            write_frame(&mut send, &place).await.map_err(|e| unavailable(&e.to_string()))?;
+            let _ = send.finish();
+            let answer = read_frame(&mut recv, MAX_CONTROL_FRAME)
+                .await
+                .map_err(|e| unavailable(&e.to_string()))?
+                .ok_or_else(|| unavailable("the stream ended"))?;
+            codec::decode::<Placed>(&answer)?
+        })
     }
 }

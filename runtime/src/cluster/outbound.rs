@@ -1,6 +1,6 @@
 //! The requests going out on a stub's stream, written by those who make them.
 //!
-//! Once the stub's pump has opened the stream (see `remote.rs`), a call is
+//! Once the stub's pump has opened the stream (see `route.rs`), a call is
 //! encoded and written to the stream by the caller itself, at the moment it
 //! is made: its sequence number and its place on the stream are fixed there,
 //! which keeps E-order, and no task is woken to carry it. What the stream
@@ -18,9 +18,9 @@ use stead_transport::codec;
 use stead_transport::frame::MAX_FRAME_LEN;
 use tokio::sync::Notify;
 
+use super::inbound::Inbound;
 use crate::error::{Error, Result};
-use crate::inbound::Inbound;
-use crate::mailbox::Call;
+use crate::local::Call;
 use crate::sync::lock;
 use crate::wire::Request;
 

@@ -1,7 +1,7 @@
 //! Who runs an object's turns: the caller, in its own task, or a drain task.
 //!
 //! When a call reaches an object that nobody is running turns for, the
-//! caller's reply future ([`Outcome`]) runs the turn itself the first time
+//! caller's reply future ([`LocalReply`]) runs the turn itself the first time
 //! it is polled: no task is spawned or woken, so a call to an idle object
 //! costs about what the method costs. The right to run turns is a
 //! [`Drainer`], held by one party at a time together with the instance:
@@ -17,37 +17,29 @@
 //! A call whose future is dropped unpolled gets a drain task at the drop.
 //! A future that is kept but never polled would leave its call (and the ones
 //! behind it) waiting: any other caller of the object that polls runs them,
-//! and otherwise the [`Watchdog`] spawns a drain task within two of its
-//! ticks (10 to 20 ms). Messages nobody waits for (alarms, calls relayed by
-//! the cluster route) get a drain task at once ([`Driver::Task`]).
+//! and otherwise the watchdog (`watchdog.rs`) spawns a drain task within
+//! two of its ticks (10 to 20 ms). Messages nobody waits for (alarms, calls relayed by
+//! the cluster route) get a drain task at once (`Driver::Task`).
+//!
+//! Every step here is a transition of the activation's [`Schedule`](super::schedule::Schedule),
+//! which says what to do next; this file carries it out.
 
 use std::future::Future;
 use std::pin::Pin;
-use std::sync::{Arc, Mutex, MutexGuard, Weak};
+use std::sync::Arc;
 use std::task::{Context as TaskContext, Poll};
-use std::time::Duration;
 
 use tokio::sync::oneshot;
 
-use crate::activation::{Activation, State};
+use super::activation::Activation;
+use super::instance::Instance;
+use super::mailbox::Message;
+use super::schedule::{Claim, Left};
 use crate::error::{Error, Result};
-use crate::mailbox::Message;
-use crate::object::Instance;
-use crate::runtime::WeakRuntime;
-use crate::sync::lock;
 
 /// The most turns one poll of a caller's reply runs before handing the
 /// rest to a drain task (its own turn included).
 pub(crate) const INLINE_TURNS: usize = 64;
-
-/// Who runs a message's turn if nobody runs the object's turns yet.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum Driver {
-    /// The sender awaits an [`Outcome`], whose poll runs the turn.
-    Caller,
-    /// A drain task, spawned at once.
-    Task,
-}
 
 /// The right to run an activation's turns, with its instance. One exists
 /// per activation at most.
@@ -62,41 +54,47 @@ pub(crate) struct Drainer {
 }
 
 impl Drainer {
-    /// Claims `activation` if messages wait and nobody runs them.
-    pub(crate) fn claim(activation: &Arc<Activation>) -> Option<Drainer> {
-        let instance = {
-            let mut state = lock(&activation.state);
-            if state.draining || state.mailbox.is_empty() {
-                return None;
-            }
-            state.draining = true;
-            state.instance.take()
-        };
-        activation.runtime.lifecycle().turns_started();
-        Some(Drainer { activation: activation.clone(), instance, holding: true, inline: true })
+    /// The holder of a right just claimed (a drain task, unless it is made
+    /// by [`claim`](Self::claim) for a caller's poll).
+    pub(crate) fn new(activation: Arc<Activation>, claim: Claim<Instance>) -> Self {
+        activation.host().lifecycle().turns_started();
+        Drainer { activation, instance: claim.instance, holding: true, inline: false }
+    }
+
+    /// Claims `activation` for the polling caller, if messages wait and
+    /// nobody runs them.
+    fn claim(activation: &Arc<Activation>) -> Option<Drainer> {
+        let claim = activation.schedule().claim()?;
+        let mut drainer = Drainer::new(activation.clone(), claim);
+        drainer.inline = true;
+        Some(drainer)
     }
 
     /// The next message; or none, having given the right and the instance
-    /// back in the same critical section (so that a message pushed meanwhile
-    /// always finds someone to run it).
+    /// back (in the same critical section that found the mailbox empty).
     fn next(&mut self) -> Option<Message> {
         if !self.holding {
             return None;
         }
-        let mut state = lock(&self.activation.state);
-        if let Some(message) = state.mailbox.pop() {
-            return Some(message);
+        let now = self.activation.host().lifecycle().sweep();
+        let message = self.activation.schedule().pop_or_release(&mut self.instance, now);
+        if message.is_none() {
+            self.released();
         }
-        give_back(&self.activation, self.instance.take(), state);
+        message
+    }
+
+    /// Records that the right was given back.
+    fn released(&mut self) {
         self.holding = false;
-        None
+        self.activation.host().lifecycle().turns_ended();
     }
 
     /// Hands the right to a new drain task.
     pub(crate) fn spawn(mut self) {
         self.inline = false;
-        let runtime = self.activation.runtime.clone();
-        runtime.spawn(self.drain());
+        let host = self.activation.host().clone();
+        host.spawn(self.drain());
     }
 
     /// Runs turns until the mailbox is empty (in a drain task).
@@ -126,7 +124,8 @@ impl Drainer {
     fn run_inline(mut self, cx: &mut TaskContext<'_>, done: impl Fn() -> bool) {
         // User code may spawn tasks or start timers: those belong to the
         // object's runtime, whichever executor polls the caller.
-        let _runtime = self.activation.runtime.enter();
+        let host = self.activation.host().clone();
+        let _runtime = host.enter();
         for _ in 0..INLINE_TURNS {
             let Some(message) = self.next() else { return };
             if let Some(message) = self.try_sync(message) {
@@ -136,8 +135,7 @@ impl Drainer {
                     Poll::Ready(instance) => self.instance = instance,
                     Poll::Pending => {
                         self.inline = false;
-                        let runtime = self.activation.runtime.clone();
-                        runtime.spawn(async move {
+                        host.spawn(async move {
                             self.instance = turn.await;
                             self.drain().await;
                         });
@@ -159,55 +157,45 @@ impl Drop for Drainer {
         if !self.holding {
             return;
         }
-        // Checked and given back under one lock: a message pushed in between
-        // would see the right still held and count on its holder.
-        let state = lock(&self.activation.state);
-        if self.inline && !state.mailbox.is_empty() {
-            drop(state);
-            let drainer = Drainer {
-                activation: self.activation.clone(),
-                instance: self.instance.take(),
-                holding: true,
-                inline: false,
-            };
-            self.holding = false;
-            drainer.spawn();
-            return;
+        // A caller's poll that stops with turns left hands them to a drain
+        // task; a drain task dropped mid-turn (the tokio runtime is going
+        // away) has no instance left to give back.
+        let now = self.activation.host().lifecycle().sweep();
+        let left = self.activation.schedule().leave(&mut self.instance, now, self.inline);
+        match left {
+            Left::Released => self.released(),
+            Left::HandOff => {
+                let drain = Drainer {
+                    activation: self.activation.clone(),
+                    instance: self.instance.take(),
+                    holding: true,
+                    inline: false,
+                };
+                // The right moves to the drain task, uncounted twice.
+                self.holding = false;
+                drain.spawn();
+            }
         }
-        // A drain task dropped mid-turn (the tokio runtime is going away)
-        // has no instance left to give.
-        give_back(&self.activation, self.instance.take(), state);
-        self.holding = false;
     }
-}
-
-/// Gives the right to run turns and the instance back to `activation`, in
-/// the critical section (`state`) in which its holder found nothing to run.
-fn give_back(activation: &Activation, instance: Option<Instance>, mut state: MutexGuard<'_, State>) {
-    state.draining = false;
-    state.instance = instance;
-    state.last_active = activation.runtime.sweep();
-    drop(state);
-    activation.runtime.lifecycle().turns_ended();
 }
 
 /// The reply to a call queued for an object of this runtime. Polling it
 /// runs the object's turns in the polling task when nobody else is (see the
 /// module docs); dropping it unanswered never cancels the call.
-pub(crate) struct Outcome {
+pub(crate) struct LocalReply {
     receiver: oneshot::Receiver<Result<Vec<u8>>>,
     /// The object, while the reply has not come (and the caller drives it).
     activation: Option<Arc<Activation>>,
 }
 
-impl Outcome {
-    /// The reply of a call queued with [`Driver::Caller`] on `activation`.
-    pub(crate) fn driven(receiver: oneshot::Receiver<Result<Vec<u8>>>, activation: Arc<Activation>) -> Self {
-        Outcome { receiver, activation: Some(activation) }
+impl LocalReply {
+    /// The reply of a call queued with `Driver::Caller` on `activation`.
+    pub(crate) fn new(receiver: oneshot::Receiver<Result<Vec<u8>>>, activation: Arc<Activation>) -> Self {
+        LocalReply { receiver, activation: Some(activation) }
     }
 }
 
-impl Future for Outcome {
+impl Future for LocalReply {
     type Output = Result<Vec<u8>>;
 
     fn poll(self: Pin<&mut Self>, cx: &mut TaskContext<'_>) -> Poll<Self::Output> {
@@ -240,90 +228,13 @@ impl Future for Outcome {
     }
 }
 
-impl Drop for Outcome {
+impl Drop for LocalReply {
     fn drop(&mut self) {
         // Unanswered: the call still runs, in a drain task if need be.
         if let Some(activation) = self.activation.take()
             && self.receiver.is_empty()
         {
             activation.kick();
-        }
-    }
-}
-
-/// Spawns drain tasks for calls whose callers do not poll: each activation
-/// it is told about gets one at the second tick after (10 to 20 ms), unless
-/// its turns ran meanwhile.
-#[derive(Default)]
-pub(crate) struct Watchdog {
-    /// Watched before the last tick (looked at by the next), and since.
-    lists: Mutex<(Watched, Watched)>,
-    changed: Arc<tokio::sync::Notify>,
-}
-
-/// Activations with messages that wait for their callers.
-type Watched = Vec<Weak<Activation>>;
-
-/// How often the watchdog looks.
-const TICK: Duration = Duration::from_millis(10);
-
-impl Watchdog {
-    /// Watches `activation` (whose `watched` flag the caller just set).
-    pub(crate) fn watch(&self, activation: Weak<Activation>) {
-        let was_empty = {
-            let mut lists = lock(&self.lists);
-            lists.1.push(activation);
-            lists.0.is_empty() && lists.1.len() == 1
-        };
-        if was_empty {
-            self.changed.notify_one();
-        }
-    }
-
-    /// Whether some activation is watched.
-    pub(crate) fn is_watching(&self) -> bool {
-        let lists = lock(&self.lists);
-        !lists.0.is_empty() || !lists.1.is_empty()
-    }
-
-    /// Gives every activation of `list` whose messages still wait a drain task.
-    fn kick(list: Watched) {
-        for activation in list.iter().filter_map(Weak::upgrade) {
-            lock(&activation.state).watched = false;
-            activation.kick();
-        }
-    }
-
-    /// Kicks every watched activation at once (shutdown).
-    pub(crate) fn kick_all(&self) {
-        let (old, new) = std::mem::take(&mut *lock(&self.lists));
-        Watchdog::kick(old);
-        Watchdog::kick(new);
-        self.changed.notify_one();
-    }
-
-    /// The watchdog's task: ticks while anything is watched, sleeps otherwise.
-    pub(crate) async fn run(runtime: WeakRuntime) {
-        loop {
-            let Some(rt) = runtime.upgrade() else { return };
-            if rt.is_closed() {
-                return;
-            }
-            let watchdog = rt.watchdog();
-            let (due, idle) = {
-                let lists = &mut *lock(&watchdog.lists);
-                let newer = std::mem::take(&mut lists.1);
-                (std::mem::replace(&mut lists.0, newer), lists.0.is_empty())
-            };
-            Watchdog::kick(due);
-            if idle {
-                let changed = watchdog.changed.clone();
-                drop(rt);
-                changed.notified().await;
-            } else {
-                drop(rt);
-                tokio::time::sleep(TICK).await;
-            }
         }
     }
 }

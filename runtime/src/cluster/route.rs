@@ -1,0 +1,197 @@
+//! Calls across the network, the caller's side: a stub's route in a
+//! cluster. (The node's side is `serve.rs`.)
+//!
+//! E-order over QUIC: each stub (with its clones) gets one bidirectional
+//! stream to the object's node, opened on its first call by the stub's pump
+//! task. Until the stream is open, calls wait in the stub's bounded queue,
+//! which the pump then moves onto the stream in order; from then on the stub
+//! method writes its request to the stream itself, synchronously, when it is
+//! called (`outbound.rs`), without waiting for replies (pipelining), and the
+//! caller reads its own response (`inbound.rs`): no task stands between a
+//! caller and the network. The node pushes each request into the object's
+//! mailbox in the order it reads them. QUIC delivers a stream's bytes in
+//! order, so calls run in issue order. One stream per stub-object pair was
+//! chosen over sequence numbers with a reorder buffer because QUIC already
+//! does the reordering, streams are cheap, and a lost stream breaks exactly
+//! the stubs that used it.
+//!
+//! A stub whose stream or connection fails is *broken*: calls in flight get
+//! `Disconnected` (they may or may not have run), and so does every later
+//! call, so that no call is silently skipped while later ones run. A new
+//! stub starts a new order.
+
+use std::sync::atomic::Ordering;
+use std::sync::{Arc, Mutex};
+use std::task::Poll;
+
+use stead_transport::codec;
+use stead_transport::frame::{FrameReader, MAX_FRAME_LEN, write_frame};
+use tokio::sync::mpsc;
+
+use super::inbound::Inbound;
+use super::outbound::{Flushed, Outbound};
+use super::{Cluster, connection_lost};
+use crate::error::{Error, Result};
+use crate::host::Host;
+use crate::id::ObjectId;
+use crate::local::{Call, Driver, HostedType, Message};
+use crate::sync::lock;
+use crate::wire::Hello;
+
+/// The cluster route of a stub: its stream's two sides, and the queue of
+/// calls made before the stream is open.
+pub(crate) struct ClusterRoute {
+    tx: mpsc::Sender<Call>,
+    /// The pump's end of the queue, until the first call starts the pump.
+    rx: Mutex<Option<mpsc::Receiver<Call>>>,
+    /// The stream's sending side, written by the callers (see `outbound.rs`).
+    outbound: Arc<Outbound>,
+    /// The stream's receiving side, read by the callers (see `inbound.rs`).
+    pub(crate) inbound: Arc<Inbound>,
+    /// What the pump needs to find the object and reach it.
+    destination: Destination,
+}
+
+/// Where a route's calls go: the cluster, this process's objects of the
+/// type (when it hosts them), and the node to place the object on if it has
+/// no owner yet.
+#[derive(Clone)]
+struct Destination {
+    host: Host,
+    cluster: Arc<Cluster>,
+    hosted: Option<Arc<HostedType>>,
+    target: Option<String>,
+}
+
+impl ClusterRoute {
+    /// A route that places the object on node `target`, if it is not placed
+    /// yet (by default: this node if it hosts the type, else the
+    /// coordinator). Does no I/O: the pump starts with the first call.
+    pub(crate) fn new(
+        host: Host,
+        cluster: Arc<Cluster>,
+        hosted: Option<Arc<HostedType>>,
+        type_name: &'static str,
+        id: ObjectId,
+        target: Option<String>,
+    ) -> Self {
+        let (tx, rx) = mpsc::channel(host.config().mailbox_capacity);
+        ClusterRoute {
+            tx,
+            rx: Mutex::new(Some(rx)),
+            outbound: Arc::default(),
+            inbound: Arc::new(Inbound::new(type_name, id)),
+            destination: Destination { host, cluster, hosted, target },
+        }
+    }
+
+    /// Sends `call`, or queues it until the stream is open (synchronously
+    /// either way, which fixes its place in the order). Returns the call's
+    /// sequence number on the stream when it was sent at once.
+    pub(crate) fn send(&self, call: Call) -> Result<Option<u64>> {
+        let inbound = &self.inbound;
+        if inbound.broken.load(Ordering::Acquire) {
+            return Err(inbound.broken_error());
+        }
+        if let Some(rx) = lock(&self.rx).take() {
+            let pump = Pump {
+                destination: self.destination.clone(),
+                inbound: inbound.clone(),
+                outbound: self.outbound.clone(),
+            };
+            self.destination.host.spawn(pump.run(rx));
+        }
+        self.outbound.send(call, inbound, |call| {
+            self.tx.try_send(call).map_err(|err| match err {
+                mpsc::error::TrySendError::Full(_) => Error::Overloaded(format!(
+                    "{} calls to `{}` object {} are waiting to be sent; retry later",
+                    self.tx.max_capacity(),
+                    inbound.type_name(),
+                    inbound.id()
+                )),
+                mpsc::error::TrySendError::Closed(_) => inbound.broken_error(),
+            })
+        })
+    }
+}
+
+impl Drop for ClusterRoute {
+    fn drop(&mut self) {
+        // The pump finishes the stream once what was sent is written.
+        self.outbound.close();
+    }
+}
+
+/// The task that sets up one stub's stream, delivers the calls made before
+/// it was open, and writes what callers could not.
+struct Pump {
+    destination: Destination,
+    inbound: Arc<Inbound>,
+    outbound: Arc<Outbound>,
+}
+
+impl Pump {
+    async fn run(self, mut rx: mpsc::Receiver<Call>) {
+        let delivered = self.deliver(&mut rx).await;
+        self.inbound.close();
+        if let Err(err) = delivered {
+            self.inbound.broken.store(true, Ordering::Release);
+            rx.close();
+            while let Some(call) = rx.recv().await {
+                let _ = call.reply.send(Err(err.clone()));
+            }
+        }
+    }
+
+    async fn deliver(&self, rx: &mut mpsc::Receiver<Call>) -> Result<()> {
+        let Destination { host, cluster, hosted, target } = &self.destination;
+        let (type_name, id) = (self.inbound.type_name(), self.inbound.id());
+        let target = target
+            .clone()
+            .or_else(|| cluster.me.clone().filter(|_| hosted.is_some()))
+            .unwrap_or_else(|| cluster.coordinator().to_string());
+        let owner = cluster.locate(type_name, &id, &target).await?;
+        if cluster.me.as_deref() == Some(owner.as_str()) {
+            return self.deliver_locally(rx).await;
+        }
+        let conn = cluster.connection(&owner).await?;
+        let lost = |what: String| connection_lost(&conn, &owner, what);
+        let (mut send, recv) = conn.open_bi().await.map_err(|e| lost(e.to_string()))?;
+        let hello = codec::encode(&Hello::Object { type_name: type_name.to_string(), id })?;
+        write_frame(&mut send, &hello).await.map_err(|e| lost(e.to_string()))?;
+
+        self.inbound.open(FrameReader::new(recv, MAX_FRAME_LEN), |reader| host.spawn(reader));
+        let queued = std::iter::from_fn(|| rx.try_recv().ok());
+        self.outbound.open(send, &self.inbound, queued);
+        // From now on callers write; the pump writes what they could not.
+        loop {
+            self.outbound.pump.notified().await;
+            let flushed = std::future::poll_fn(|cx| match self.outbound.poll_flush(cx) {
+                Flushed::Blocked => Poll::Pending,
+                done => Poll::Ready(done),
+            })
+            .await;
+            if matches!(flushed, Flushed::Failed) {
+                self.inbound.fail_all();
+            }
+            if self.outbound.is_finished() || matches!(flushed, Flushed::Failed) {
+                self.outbound.finish();
+                return Ok(());
+            }
+        }
+    }
+
+    /// The object turned out to live here: hand the calls to its mailbox.
+    async fn deliver_locally(&self, rx: &mut mpsc::Receiver<Call>) -> Result<()> {
+        let type_name = self.inbound.type_name();
+        let hosted = self.destination.hosted.as_ref().ok_or_else(|| Error::not_hosted(type_name))?;
+        while let Some(call) = rx.recv().await {
+            if let Err((err, Message::Call(call))) =
+                hosted.send(self.inbound.id(), Message::Call(call), Driver::Task)
+            {
+                let _ = call.reply.send(Err(err));
+            }
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,204 @@
+//! Calls across the network, the node's side: accepts connections from
+//! other processes of the cluster and serves their streams. An object
+//! stream's requests are pushed into the object's mailbox in the order they
+//! arrive (E-order) and answered on the same stream; a directory stream
+//! carries one placement request to the coordinator. A bad frame stops its
+//! stream with an error code: nothing a peer sends can panic the node.
+
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::{Arc, Weak};
+use std::task::{Context as TaskContext, Poll, Waker};
+
+use stead_transport::frame::{MAX_FRAME_LEN, read_frame, write_frame};
+use stead_transport::{Endpoint, RecvStream, SendStream, codec};
+use tokio::sync::oneshot;
+
+use super::Cluster;
+use crate::error::{Error, Result};
+use crate::id::ObjectId;
+use crate::local::{Call, Driver, HostedType, LocalReply, Message, Objects};
+use crate::wire::{Hello, MAX_CONTROL_FRAME, Place, Placed, Request, Response};
+
+/// QUIC error code for a stream closed because of a bad frame.
+const BAD_FRAME: u32 = 1;
+
+/// What the serving side needs: this process's objects and the cluster,
+/// held weakly so that serving ends with the runtime.
+#[derive(Clone)]
+struct Node {
+    objects: Weak<Objects>,
+    cluster: Weak<Cluster>,
+}
+
+impl Node {
+    fn upgrade(&self) -> Option<(Arc<Objects>, Arc<Cluster>)> {
+        Some((self.objects.upgrade()?, self.cluster.upgrade()?))
+    }
+}
+
+/// Accepts connections until the endpoint closes or the runtime is gone.
+pub(crate) async fn serve(objects: Weak<Objects>, cluster: Weak<Cluster>, endpoint: Endpoint) {
+    let node = Node { objects, cluster };
+    while let Some(incoming) = endpoint.accept().await {
+        let Some((objects, _)) = node.upgrade() else { return };
+        let endpoint = endpoint.clone();
+        let node = node.clone();
+        objects.host().spawn(async move {
+            let conn = match endpoint.establish(incoming).await {
+                Ok(conn) => conn,
+                Err(err) => {
+                    tracing::info!(%err, "refused a connection");
+                    return;
+                }
+            };
+            while let Ok((send, recv)) = conn.accept_bi().await {
+                let Some((objects, _)) = node.upgrade() else { return };
+                objects.host().spawn(serve_stream(node.clone(), send, recv));
+            }
+        });
+    }
+}
+
+/// Serves one stream: reads its `Hello`, then what it announced. A bad
+/// frame stops the stream with an error code; nothing a peer sends can
+/// panic the node.
+async fn serve_stream(node: Node, mut send: SendStream, mut recv: RecvStream) {
+    let hello = match read_frame(&mut recv, MAX_CONTROL_FRAME).await {
+        Ok(Some(bytes)) => codec::decode::<Hello>(&bytes).ok(),
+        _ => None,
+    };
+    let Some((objects, cluster)) = node.upgrade() else { return };
+    match hello {
+        Some(Hello::Object { type_name, id }) => {
+            serve_object(&objects, &cluster, &type_name, id, send, recv).await;
+        }
+        Some(Hello::Directory) => serve_directory(&cluster, send, recv).await,
+        None => refuse(&mut send, &mut recv),
+    }
+}
+
+fn refuse(send: &mut SendStream, recv: &mut RecvStream) {
+    let code = quinn_code(BAD_FRAME);
+    let _ = recv.stop(code);
+    let _ = send.reset(code);
+}
+
+fn quinn_code(code: u32) -> stead_transport::VarInt {
+    stead_transport::VarInt::from_u32(code)
+}
+
+/// Whether this node may run object `id`: it hosts the type, the id is
+/// genuine, and the directory places the object here.
+async fn admit(
+    objects: &Objects,
+    cluster: &Cluster,
+    type_name: &str,
+    id: ObjectId,
+) -> Result<Arc<HostedType>> {
+    let hosted = objects.hosted(type_name).cloned().ok_or_else(|| Error::not_hosted(type_name))?;
+    hosted.keys.verify(&id)?;
+    let me = cluster.me.clone().ok_or_else(|| Error::Config("a client hosts no objects".into()))?;
+    let owner = cluster.locate(type_name, &id, &me).await?;
+    if owner != me {
+        return Err(Error::Unavailable(format!(
+            "`{type_name}` object {id} lives on node `{owner}`, not on `{me}`; the caller's directory cache is stale"
+        )));
+    }
+    Ok(hosted)
+}
+
+/// The sending half of a served stream, shared by whoever has a response
+/// to write: the stream's reader (a turn that ran inline) or a task waiting
+/// for a busy object. Responses carry their sequence number, so their order
+/// does not matter. The stream is finished when the last user is done.
+struct Responder {
+    send: tokio::sync::Mutex<SendStream>,
+}
+
+impl Responder {
+    async fn respond(&self, response: Response) {
+        let Ok(frame) = codec::encode(&response) else { return };
+        // A failed write means the caller is gone: nobody is left to tell.
+        let _ = write_frame(&mut *self.send.lock().await, &frame).await;
+    }
+}
+
+impl Drop for Responder {
+    fn drop(&mut self) {
+        let _ = self.send.get_mut().finish();
+    }
+}
+
+async fn serve_object(
+    objects: &Objects,
+    cluster: &Cluster,
+    type_name: &str,
+    id: ObjectId,
+    send: SendStream,
+    mut recv: RecvStream,
+) {
+    let admitted = admit(objects, cluster, type_name, id).await;
+    let responder = Arc::new(Responder { send: tokio::sync::Mutex::new(send) });
+    loop {
+        let request = match read_frame(&mut recv, MAX_FRAME_LEN).await {
+            Ok(Some(bytes)) => match codec::decode::<Request>(&bytes) {
+                Ok(request) => request,
+                Err(_) => break,
+            },
+            Ok(None) => return,
+            Err(_) => break,
+        };
+        let seq = request.seq;
+        let hosted = match &admitted {
+            Ok(hosted) => hosted,
+            Err(err) => {
+                responder.respond(Response { seq, result: Err(err.clone()) }).await;
+                continue;
+            }
+        };
+        let (reply, receiver) = oneshot::channel();
+        let call =
+            Call { method: request.method, fingerprint: request.fingerprint, args: request.args, reply };
+        match hosted.send(id, Message::Call(call), Driver::Caller) {
+            Ok(activation) => {
+                // An idle object runs the turn right here, in this poll, and
+                // the response is written from here too; a busy one answers
+                // later, to a task that waits for it.
+                let mut reply = LocalReply::new(receiver, activation);
+                let polled = Pin::new(&mut reply).poll(&mut TaskContext::from_waker(Waker::noop()));
+                match polled {
+                    Poll::Ready(result) => responder.respond(Response { seq, result }).await,
+                    Poll::Pending => {
+                        let responder = responder.clone();
+                        objects.host().spawn(async move {
+                            let result = reply.await;
+                            responder.respond(Response { seq, result }).await;
+                        });
+                    }
+                }
+            }
+            Err((err, _)) => responder.respond(Response { seq, result: Err(err) }).await,
+        }
+    }
+    // A frame that was too long, cut short or not a request: stop the stream.
+    let _ = recv.stop(quinn_code(BAD_FRAME));
+}
+
+async fn serve_directory(cluster: &Cluster, mut send: SendStream, mut recv: RecvStream) {
+    let place = match read_frame(&mut recv, MAX_CONTROL_FRAME).await {
+        Ok(Some(bytes)) => codec::decode::<Place>(&bytes).ok(),
+        _ => None,
+    };
+    let Some(place) = place else { return refuse(&mut send, &mut recv) };
+    let placed: Placed = match &cluster.local_directory {
+        Some(directory) => directory.place_now(&place.type_name, &place.id, &place.target),
+        None => {
+            Err(Error::Config("this node is not the coordinator; the peer lists of the nodes differ".into()))
+        }
+    };
+    if let Ok(frame) = codec::encode(&placed) {
+        let _ = write_frame(&mut send, &frame).await;
+    }
+    let _ = send.finish();
+}

@@ -1,0 +1,164 @@
+//! What the layers below the user's entry points need from the process:
+//! the settings, the lifecycle (running, draining for shutdown, closed), the
+//! tokio runtime that runs turns, the storage root and the watchdog.
+//!
+//! A [`Host`] is passed down instead of the `Runtime`, so that the objects
+//! (`local/`), the network (`cluster/`) and storage never reach up into the
+//! user-facing types. Cloning is cheap.
+
+use std::future::Future;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::time::Duration;
+
+use crate::error::{Error, Result};
+use crate::local::watchdog::Watchdog;
+use crate::storage::StorageRoot;
+
+/// The settings the lower layers read.
+#[derive(Debug, Clone)]
+pub(crate) struct Config {
+    /// How long an object may stay idle before it is evicted.
+    pub(crate) idle_timeout: Duration,
+    /// How many calls may wait in one object's mailbox.
+    pub(crate) mailbox_capacity: usize,
+    /// The delay before the first retry of a failed alarm.
+    pub(crate) alarm_retry_delay: Duration,
+}
+
+tokio::task_local! {
+    /// Set while a turn runs, so that calls made by objects are still
+    /// accepted while the runtime drains for shutdown.
+    pub(crate) static IN_TURN: ();
+}
+
+/// Whether the current task is running a turn.
+pub(crate) fn in_turn() -> bool {
+    IN_TURN.try_with(|_| ()).is_ok()
+}
+
+/// The process as the lower layers see it.
+#[derive(Clone)]
+pub(crate) struct Host {
+    inner: Arc<HostInner>,
+}
+
+struct HostInner {
+    config: Config,
+    lifecycle: Lifecycle,
+    handle: tokio::runtime::Handle,
+    storage: Arc<StorageRoot>,
+    watchdog: Arc<Watchdog>,
+}
+
+impl Host {
+    pub(crate) fn new(config: Config, handle: tokio::runtime::Handle, storage: StorageRoot) -> Self {
+        let inner = HostInner {
+            config,
+            lifecycle: Lifecycle::default(),
+            handle,
+            storage: Arc::new(storage),
+            watchdog: Arc::default(),
+        };
+        Host { inner: Arc::new(inner) }
+    }
+
+    pub(crate) fn config(&self) -> &Config {
+        &self.inner.config
+    }
+
+    pub(crate) fn storage(&self) -> &Arc<StorageRoot> {
+        &self.inner.storage
+    }
+
+    pub(crate) fn watchdog(&self) -> &Arc<Watchdog> {
+        &self.inner.watchdog
+    }
+
+    pub(crate) fn lifecycle(&self) -> &Lifecycle {
+        &self.inner.lifecycle
+    }
+
+    /// Makes this runtime's tokio runtime the current one until the guard
+    /// is dropped (for turns run in a caller's task).
+    pub(crate) fn enter(&self) -> tokio::runtime::EnterGuard<'_> {
+        self.inner.handle.enter()
+    }
+
+    pub(crate) fn spawn<F>(&self, future: F)
+    where
+        F: Future<Output = ()> + Send + 'static,
+    {
+        self.inner.handle.spawn(future);
+    }
+
+    /// Fails when the runtime no longer takes this call: it is closed, or
+    /// draining for shutdown and the call does not come from a turn.
+    pub(crate) fn check_accepting(&self) -> Result<()> {
+        let lifecycle = &self.inner.lifecycle;
+        if lifecycle.is_closed() {
+            return Err(Error::Unavailable("the runtime has been shut down".into()));
+        }
+        if lifecycle.is_closing() && !in_turn() {
+            return Err(Error::Unavailable("the runtime is shutting down and takes no new calls".into()));
+        }
+        Ok(())
+    }
+}
+
+/// Whether the runtime takes calls, how many activations are running turns,
+/// and the coarse clock by which idleness is measured.
+#[derive(Default)]
+pub(crate) struct Lifecycle {
+    closing: AtomicBool,
+    closed: AtomicBool,
+    busy: AtomicUsize,
+    /// Eviction sweeps so far.
+    sweeps: AtomicU64,
+}
+
+impl Lifecycle {
+    /// Shutdown has begun: new calls from outside are refused.
+    pub(crate) fn begin_closing(&self) {
+        self.closing.store(true, Ordering::SeqCst);
+    }
+
+    /// Shutdown has finished.
+    pub(crate) fn close(&self) {
+        self.closed.store(true, Ordering::SeqCst);
+    }
+
+    pub(crate) fn is_closing(&self) -> bool {
+        self.closing.load(Ordering::Acquire)
+    }
+
+    pub(crate) fn is_closed(&self) -> bool {
+        self.closed.load(Ordering::Acquire)
+    }
+
+    /// Some party took the right to run an activation's turns.
+    pub(crate) fn turns_started(&self) {
+        self.busy.fetch_add(1, Ordering::SeqCst);
+    }
+
+    /// A party gave the right to run an activation's turns back.
+    pub(crate) fn turns_ended(&self) {
+        self.busy.fetch_sub(1, Ordering::SeqCst);
+    }
+
+    /// Whether some party holds the right to run an activation's turns.
+    pub(crate) fn is_busy(&self) -> bool {
+        self.busy.load(Ordering::SeqCst) > 0
+    }
+
+    /// How many eviction sweeps have run: activations record it when they
+    /// go idle (a clock that costs no system call per turn).
+    pub(crate) fn sweep(&self) -> u64 {
+        self.sweeps.load(Ordering::Relaxed)
+    }
+
+    /// Counts one more eviction sweep and returns its number.
+    pub(crate) fn next_sweep(&self) -> u64 {
+        self.sweeps.fetch_add(1, Ordering::Relaxed) + 1
+    }
+}

@@ -1,0 +1,161 @@
+//! The hosted types: each with its table of activations.
+//!
+//! A type registered with `RuntimeBuilder::host` gets a [`HostedType`]: its
+//! name, id keys, method table and constructor, and the table of its objects
+//! in memory, split into independently locked shards. Delivering a message
+//! to an object finds its activation, or makes one (checking the id's MAC
+//! first), and queues the message there.
+
+use std::collections::HashMap;
+use std::hash::{BuildHasherDefault, Hasher};
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use super::activation::Activation;
+use super::instance::{BoxFuture, Instance, MethodInfo};
+use super::mailbox::Message;
+use super::schedule::{Driver, Refused};
+use crate::error::Error;
+use crate::host::Host;
+use crate::id::{IdKeys, ObjectId};
+use crate::storage::Storage;
+use crate::sync::lock;
+
+/// Runs a type's constructor for object `id` with its storage, and erases
+/// the instance's type (made by the user-facing layer, which knows the
+/// object's `Context`).
+pub(crate) type Constructor =
+    Box<dyn Fn(ObjectId, Storage) -> BoxFuture<'static, std::result::Result<Instance, String>> + Send + Sync>;
+
+/// Number of independently locked parts of each activation table.
+const SHARDS: usize = 64;
+
+/// A durable object type registered with `RuntimeBuilder::host`, and the
+/// table of its activations.
+pub(crate) struct HostedType {
+    pub(crate) name: &'static str,
+    pub(crate) keys: IdKeys,
+    pub(crate) methods: &'static [MethodInfo],
+    pub(crate) has_alarm: bool,
+    pub(crate) construct: Constructor,
+    pub(crate) host: Host,
+    shards: Box<[Mutex<Shard>]>,
+}
+
+/// One independently locked part of an activation table.
+type Shard = HashMap<ObjectId, Arc<Activation>, BuildHasherDefault<IdHasher>>;
+
+/// Hashes an object id by taking 8 bytes of its identity, with no mixing:
+/// identities are uniformly distributed (random, or a keyed hash of the
+/// name), and only ids whose MAC checks out are inserted, so nobody can
+/// choose keys that collide.
+#[derive(Default)]
+pub(crate) struct IdHasher(u64);
+
+impl Hasher for IdHasher {
+    fn write(&mut self, bytes: &[u8]) {
+        match bytes.get(8..16).and_then(|eight| <[u8; 8]>::try_from(eight).ok()) {
+            Some(eight) => self.0 = u64::from_le_bytes(eight),
+            // Not an id's bytes (the array's length prefix): mix it in.
+            None => bytes.iter().for_each(|&b| self.0 = self.0.rotate_left(8) ^ u64::from(b)),
+        }
+    }
+
+    fn finish(&self) -> u64 {
+        self.0
+    }
+}
+
+impl HostedType {
+    pub(crate) fn new(
+        host: Host,
+        name: &'static str,
+        keys: IdKeys,
+        methods: &'static [MethodInfo],
+        has_alarm: bool,
+        construct: Constructor,
+    ) -> Self {
+        HostedType {
+            name,
+            keys,
+            methods,
+            has_alarm,
+            construct,
+            host,
+            shards: (0..SHARDS).map(|_| Mutex::new(HashMap::default())).collect(),
+        }
+    }
+
+    fn shard(&self, id: &ObjectId) -> MutexGuard<'_, Shard> {
+        // Ids are uniformly distributed (random or hashed), so any byte will do.
+        lock(&self.shards[id.as_bytes()[0] as usize % SHARDS])
+    }
+
+    /// Delivers `message` to object `id`, activating it if needed, and
+    /// returns the activation (to build a `LocalReply` with, when `driver`
+    /// is [`Driver::Caller`]). On failure the message is handed back with
+    /// the error, so that the caller can answer its reply channel.
+    pub(crate) fn send(
+        self: &Arc<Self>,
+        id: ObjectId,
+        message: Message,
+        driver: Driver,
+    ) -> std::result::Result<Arc<Activation>, (Error, Message)> {
+        // While the runtime drains for shutdown, nobody may be left to poll.
+        let driver = if self.host.lifecycle().is_closing() { Driver::Task } else { driver };
+        let mut message = message;
+        loop {
+            let activation = {
+                let mut shard = self.shard(&id);
+                match shard.get(&id) {
+                    Some(activation) => activation.clone(),
+                    None => {
+                        if let Err(err) = self.keys.verify(&id) {
+                            return Err((err, message));
+                        }
+                        let activation = Arc::new(Activation::new(id, self.clone()));
+                        shard.insert(id, activation.clone());
+                        activation
+                    }
+                }
+            };
+            match activation.push(message, driver) {
+                Ok(()) => return Ok(activation),
+                Err(Refused::Evicted(returned)) => message = returned,
+                Err(Refused::Full(returned)) => {
+                    let err = Error::Overloaded(format!(
+                        "the mailbox of `{}` object {id} is full ({} calls waiting); the call was \
+                         not delivered, retry later or raise `RuntimeBuilder::mailbox_capacity`",
+                        self.name,
+                        self.host.config().mailbox_capacity
+                    ));
+                    return Err((err, returned));
+                }
+            }
+        }
+    }
+
+    /// Evicts every activation idle since before sweep `idle_before` (see
+    /// `Lifecycle::sweep`) and drops their instances.
+    pub(crate) fn evict_idle(&self, idle_before: u64) {
+        let mut evicted = Vec::new();
+        for shard in self.shards.iter() {
+            lock(shard).retain(|_, activation| match activation.evict_if_idle(idle_before) {
+                Some(instance) => {
+                    evicted.push((instance, activation.storage().clone()));
+                    false
+                }
+                None => true,
+            });
+        }
+        // Outside the table's locks: an instance's Drop is user code.
+        for (instance, storage) in evicted {
+            drop(instance);
+            storage.close();
+        }
+    }
+
+    /// Number of activations in memory.
+    pub(crate) fn active_count(&self) -> usize {
+        self.shards.iter().map(|shard| lock(shard).len()).sum()
+    }
+}
