@@ -273,7 +273,7 @@ impl RuntimeBuilder {
         if let Some(cluster) = &inner.cluster
             && cluster.me.is_some()
         {
-            host.spawn(cluster::serve(objects.clone(), Arc::downgrade(cluster), cluster.endpoint.clone()));
+            host.spawn(cluster::serve(objects.clone(), Arc::downgrade(cluster), cluster.endpoint().clone()));
         }
         host.spawn(local::evict_idle_objects(objects.clone()));
         host.spawn(Watchdog::run(Arc::downgrade(host.watchdog())));
@@ -372,7 +372,7 @@ impl Runtime {
         host.watchdog().close();
         self.inner.objects.evict_idle(u64::MAX);
         if let Some(cluster) = &self.inner.cluster {
-            cluster.endpoint.close();
+            cluster.endpoint().close();
         }
         Ok(())
     }
@@ -391,7 +391,7 @@ impl Runtime {
     pub fn local_addr(&self) -> Option<SocketAddr> {
         let cluster = self.inner.cluster.as_ref()?;
         cluster.me.as_ref()?;
-        cluster.endpoint.local_addr().ok()
+        cluster.endpoint().local_addr().ok()
     }
 
     pub(crate) fn host(&self) -> &Host {

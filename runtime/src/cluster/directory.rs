@@ -13,13 +13,13 @@
 //! a replicated store (a PostgreSQL backend is planned).
 
 use std::path::Path;
-use std::sync::{Mutex, Weak};
+use std::sync::{Arc, Mutex};
 
 use rusqlite::{Connection, OptionalExtension, params};
 use stead_transport::codec;
 use stead_transport::frame::{read_frame, write_frame};
 
-use super::{Cluster, connection_lost};
+use super::connections::{Connections, connection_lost};
 use crate::error::{Error, Result};
 use crate::id::ObjectId;
 use crate::local::BoxFuture;
@@ -92,13 +92,13 @@ impl Directory for SqliteDirectory {
 
 /// The directory of a non-coordinator node: asks the coordinator.
 pub(super) struct CoordinatorClient {
-    cluster: Weak<Cluster>,
+    connections: Arc<Connections>,
     coordinator: String,
 }
 
 impl CoordinatorClient {
-    pub(super) fn new(cluster: Weak<Cluster>, coordinator: String) -> Self {
-        CoordinatorClient { cluster, coordinator }
+    pub(super) fn new(connections: Arc<Connections>, coordinator: String) -> Self {
+        CoordinatorClient { connections, coordinator }
     }
 }
 
@@ -110,11 +110,7 @@ impl Directory for CoordinatorClient {
         target: &'a str,
     ) -> BoxFuture<'a, Result<String>> {
         Box::pin(async move {
-            let cluster = self
-                .cluster
-                .upgrade()
-                .ok_or_else(|| Error::Unavailable("the runtime is shutting down".into()))?;
-            let conn = cluster.connection(&self.coordinator).await?;
+            let conn = self.connections.connect(&self.coordinator).await?;
             let unavailable = |what: &str| {
                 connection_lost(
                     &conn,

@@ -28,9 +28,10 @@ use stead_transport::codec;
 use stead_transport::frame::{FrameReader, MAX_FRAME_LEN, write_frame};
 use tokio::sync::mpsc;
 
+use super::connections::connection_lost;
 use super::inbound::Inbound;
 use super::outbound::{Flushed, Outbound};
-use super::{Cluster, connection_lost};
+use super::placement::Cluster;
 use crate::error::{Error, Result};
 use crate::host::Host;
 use crate::id::ObjectId;

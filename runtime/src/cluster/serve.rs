@@ -14,7 +14,7 @@ use stead_transport::frame::{MAX_FRAME_LEN, read_frame, write_frame};
 use stead_transport::{Endpoint, RecvStream, SendStream, codec};
 use tokio::sync::oneshot;
 
-use super::Cluster;
+use super::placement::Cluster;
 use crate::error::{Error, Result};
 use crate::id::ObjectId;
 use crate::local::{Call, Driver, HostedType, LocalReply, Message, Objects};

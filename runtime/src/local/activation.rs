@@ -13,7 +13,8 @@
 //! release the reply. A panic in the constructor or the method drops the
 //! instance, rolls the writes back and answers the caller with `Panicked`;
 //! the next call constructs a fresh instance. Other objects are never
-//! affected. (An alarm's turn is in `alarms.rs`.)
+//! affected. (An alarm's turn is in `alarms.rs`; queueing a message and
+//! doing what the schedule then says is in `drive.rs`.)
 //!
 //! Eviction: an activation idle for the runtime's `idle_timeout` is
 //! *evicted* (removed from its type's table, its instance dropped). A call
@@ -21,14 +22,13 @@
 //! activation.
 
 use std::panic::AssertUnwindSafe;
-use std::sync::{Arc, Mutex, MutexGuard, Weak};
+use std::sync::{Arc, Mutex, MutexGuard};
 
-use super::drive::Drainer;
-use super::hosted::HostedType;
-use super::instance::{DispatchError, Dispatched, Instance, MethodInfo, catch_panic, panic_message};
+use super::instance::{
+    DispatchError, Dispatched, Instance, MethodInfo, TypeInfo, catch_panic, panic_message,
+};
 use super::mailbox::{Call, Message, ReplySender};
-use super::schedule::{Driver, Pushed, Refused, Schedule};
-use super::watchdog::Watched;
+use super::schedule::Schedule;
 use crate::error::{Error, Result};
 use crate::host::{Host, IN_TURN};
 use crate::id::ObjectId;
@@ -38,21 +38,22 @@ use crate::sync::lock;
 /// One object in memory.
 pub(crate) struct Activation {
     pub(crate) id: ObjectId,
-    pub(crate) hosted: Arc<HostedType>,
+    /// The object's type.
+    pub(super) info: Arc<TypeInfo>,
     storage: Storage,
     schedule: Mutex<Schedule<Message, Instance>>,
 }
 
 impl Activation {
-    pub(super) fn new(id: ObjectId, hosted: Arc<HostedType>) -> Self {
-        let host = &hosted.host;
-        let storage = Storage::new(host.storage().clone(), hosted.name, id, hosted.has_alarm);
+    pub(super) fn new(id: ObjectId, info: Arc<TypeInfo>) -> Self {
+        let host = &info.host;
+        let storage = Storage::new(host.storage().clone(), info.name, id, info.has_alarm);
         let schedule = Mutex::new(Schedule::new(host.lifecycle().sweep()));
-        Activation { id, hosted, storage, schedule }
+        Activation { id, info, storage, schedule }
     }
 
     pub(crate) fn host(&self) -> &Host {
-        &self.hosted.host
+        &self.info.host
     }
 
     pub(crate) fn storage(&self) -> &Storage {
@@ -62,31 +63,6 @@ impl Activation {
     /// The scheduling state, locked; its methods are the only transitions.
     pub(super) fn schedule(&self) -> MutexGuard<'_, Schedule<Message, Instance>> {
         lock(&self.schedule)
-    }
-
-    /// Queues `message`, then does what the schedule says: nothing, tell the
-    /// watchdog (the caller's poll will run the turn), or spawn a drain task.
-    pub(super) fn push(self: &Arc<Self>, message: Message, driver: Driver) -> Result<(), Refused<Message>> {
-        let limit = message.limit(self.host().config().mailbox_capacity);
-        let pushed = self.schedule().push(message, limit, driver)?;
-        match pushed {
-            Pushed::Queued => {}
-            Pushed::Watch => {
-                let watched: Weak<dyn Watched> = Arc::downgrade(self) as Weak<Activation>;
-                self.host().watchdog().watch(watched);
-            }
-            Pushed::Spawn(claim) => Drainer::new(self.clone(), claim).spawn(),
-        }
-        Ok(())
-    }
-
-    /// Makes sure waiting messages get a drain task, unless someone runs
-    /// the turns already.
-    pub(crate) fn kick(self: &Arc<Self>) {
-        let claim = self.schedule().claim();
-        if let Some(claim) = claim {
-            Drainer::new(self.clone(), claim).spawn();
-        }
     }
 
     /// Evicts the activation if nobody runs it, nothing waits, and it has
@@ -134,7 +110,7 @@ impl Activation {
         instance: &mut Option<Instance>,
         call: Call,
     ) -> std::result::Result<(), Call> {
-        let info = self.hosted.methods.get(call.method as usize);
+        let info = self.info.methods.get(call.method as usize);
         let Some(object) = instance.as_mut() else { return Err(call) };
         if !info.is_some_and(|info| !info.is_async && info.fingerprint == call.fingerprint) {
             return Err(call);
@@ -150,7 +126,7 @@ impl Activation {
             Ok(None) => Err(Error::Incompatible(format!(
                 "`{}` method {method} has no synchronous dispatch although its table entry says it is a \
                  plain fn; rebuild the crate that defines the type",
-                self.hosted.name
+                self.info.name
             ))),
             Err(payload) => self.dispatched(instance, method, Err(panic_message(payload.as_ref()))),
         };
@@ -206,23 +182,23 @@ impl Activation {
             }
             Err(panic) => {
                 *instance = None;
-                let name = self.hosted.methods.get(method as usize).map_or("?", |info| info.name);
+                let name = self.info.methods.get(method as usize).map_or("?", |info| info.name);
                 Err(Error::Panicked(format!(
                     "`{}::{name}` panicked on object {}: {panic}; the instance was dropped and the \
                      next call constructs a fresh one",
-                    self.hosted.name, self.id
+                    self.info.name, self.id
                 )))
             }
         }
     }
 
     fn method_info(&self, method: u32, fingerprint: u64) -> Result<&'static MethodInfo> {
-        let methods: &'static [MethodInfo] = self.hosted.methods;
+        let methods: &'static [MethodInfo] = self.info.methods;
         let Some(info) = methods.get(method as usize) else {
             return Err(Error::Incompatible(format!(
                 "`{}` has no method with id {method} on this node (it has {}); the caller was built \
                  from a different version of the type, deploy the same build everywhere",
-                self.hosted.name,
+                self.info.name,
                 methods.len()
             )));
         };
@@ -231,7 +207,7 @@ impl Activation {
                 "the caller's signature of `{}::{}` differs from this node's (fingerprint \
                  {fingerprint:016x}, expected {:016x}); caller and host were built from different \
                  versions of the type, deploy the same build everywhere",
-                self.hosted.name, info.name, info.fingerprint
+                self.info.name, info.name, info.fingerprint
             )));
         }
         Ok(info)
@@ -246,25 +222,16 @@ impl Activation {
     }
 
     async fn construct(&self) -> Result<Instance> {
-        match catch_panic((self.hosted.construct)(self.id, self.storage.clone())).await {
+        match catch_panic((self.info.construct)(self.id, self.storage.clone())).await {
             Ok(Ok(object)) => Ok(object),
             Ok(Err(message)) => Err(Error::ConstructorFailed(format!(
                 "the constructor of `{}` failed for object {}: {message}; the next call runs it again",
-                self.hosted.name, self.id
+                self.info.name, self.id
             ))),
             Err(panic) => Err(Error::Panicked(format!(
                 "the constructor of `{}` panicked for object {}: {panic}; the next call runs it again",
-                self.hosted.name, self.id
+                self.info.name, self.id
             ))),
-        }
-    }
-}
-
-impl Watched for Activation {
-    fn rescue(self: Arc<Self>) {
-        let claim = self.schedule().rescue();
-        if let Some(claim) = claim {
-            Drainer::new(self, claim).spawn();
         }
     }
 }

@@ -17,10 +17,10 @@ use std::fmt;
 use std::sync::Weak;
 use std::time::Duration;
 
-use super::Objects;
 use super::activation::Activation;
 use super::instance::{AlarmInfo, Instance, catch_panic};
 use super::mailbox::Message;
+use super::objects::Objects;
 use super::schedule::Driver;
 use crate::error::Error;
 use crate::storage::{AlarmDue, now_millis};
@@ -85,7 +85,7 @@ impl Activation {
         if let Ok(Some(at)) = storage.alarm_millis()
             && at > due.at
         {
-            let _ = index.schedule(self.hosted.name, &self.id, at, 0);
+            let _ = index.schedule(self.info.name, &self.id, at, 0);
         }
     }
 
@@ -97,7 +97,7 @@ impl Activation {
             // Not set, or moved later (the entry was stale): nothing to run.
             _ => return Ok(()),
         }
-        if !self.hosted.has_alarm {
+        if !self.info.has_alarm {
             return Ok(storage.delete_alarm()?);
         }
         let object = self.instance(instance).await?;
@@ -119,7 +119,7 @@ impl Activation {
         let retry = due.retries + 1;
         if retry > MAX_ALARM_RETRIES {
             tracing::warn!(
-                object = %self.id, r#type = self.hosted.name, reason,
+                object = %self.id, r#type = self.info.name, reason,
                 "the alarm failed {} times; it is dropped", MAX_ALARM_RETRIES + 1
             );
             storage.begin_turn();
@@ -133,8 +133,8 @@ impl Activation {
         }
         let delay = backoff(self.host().config().alarm_retry_delay, retry);
         let at = now_millis().saturating_add(i64::try_from(delay.as_millis()).unwrap_or(i64::MAX));
-        tracing::info!(object = %self.id, r#type = self.hosted.name, reason, retry, "the alarm failed; retrying");
-        if let Err(err) = self.host().storage().alarms.schedule(self.hosted.name, &self.id, at, retry) {
+        tracing::info!(object = %self.id, r#type = self.info.name, reason, retry, "the alarm failed; retrying");
+        if let Err(err) = self.host().storage().alarms.schedule(self.info.name, &self.id, at, retry) {
             tracing::warn!(%err, "could not index the alarm's retry");
         }
     }

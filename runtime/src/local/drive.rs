@@ -26,7 +26,7 @@
 
 use std::future::Future;
 use std::pin::Pin;
-use std::sync::Arc;
+use std::sync::{Arc, Weak};
 use std::task::{Context as TaskContext, Poll};
 
 use tokio::sync::oneshot;
@@ -34,8 +34,45 @@ use tokio::sync::oneshot;
 use super::activation::Activation;
 use super::instance::Instance;
 use super::mailbox::Message;
-use super::schedule::{Claim, Left};
+use super::schedule::{Claim, Driver, Left, Pushed, Refused};
+use super::watchdog::Watched;
 use crate::error::{Error, Result};
+
+impl Activation {
+    /// Queues `message`, then does what the schedule says: nothing, tell the
+    /// watchdog (the caller's poll will run the turn), or spawn a drain task.
+    pub(super) fn push(self: &Arc<Self>, message: Message, driver: Driver) -> Result<(), Refused<Message>> {
+        let limit = message.limit(self.host().config().mailbox_capacity);
+        let pushed = self.schedule().push(message, limit, driver)?;
+        match pushed {
+            Pushed::Queued => {}
+            Pushed::Watch => {
+                let watched: Weak<dyn Watched> = Arc::downgrade(self) as Weak<Activation>;
+                self.host().watchdog().watch(watched);
+            }
+            Pushed::Spawn(claim) => Drainer::new(self.clone(), claim).spawn(),
+        }
+        Ok(())
+    }
+
+    /// Makes sure waiting messages get a drain task, unless someone runs
+    /// the turns already.
+    pub(crate) fn kick(self: &Arc<Self>) {
+        let claim = self.schedule().claim();
+        if let Some(claim) = claim {
+            Drainer::new(self.clone(), claim).spawn();
+        }
+    }
+}
+
+impl Watched for Activation {
+    fn rescue(self: Arc<Self>) {
+        let claim = self.schedule().rescue();
+        if let Some(claim) = claim {
+            Drainer::new(self, claim).spawn();
+        }
+    }
+}
 
 /// The most turns one poll of a caller's reply runs before handing the
 /// rest to a drain task (its own turn included).

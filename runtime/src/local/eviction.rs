@@ -9,7 +9,7 @@
 use std::sync::Weak;
 use std::time::Duration;
 
-use super::Objects;
+use super::objects::Objects;
 
 /// Sweeps for idle objects until the runtime is gone or shut down.
 pub(crate) async fn evict_idle_objects(objects: Weak<Objects>) {

@@ -11,20 +11,13 @@ use std::hash::{BuildHasherDefault, Hasher};
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use super::activation::Activation;
-use super::instance::{BoxFuture, Instance, MethodInfo};
+use super::instance::{Constructor, MethodInfo, TypeInfo};
 use super::mailbox::Message;
 use super::schedule::{Driver, Refused};
 use crate::error::Error;
 use crate::host::Host;
 use crate::id::{IdKeys, ObjectId};
-use crate::storage::Storage;
 use crate::sync::lock;
-
-/// Runs a type's constructor for object `id` with its storage, and erases
-/// the instance's type (made by the user-facing layer, which knows the
-/// object's `Context`).
-pub(crate) type Constructor =
-    Box<dyn Fn(ObjectId, Storage) -> BoxFuture<'static, std::result::Result<Instance, String>> + Send + Sync>;
 
 /// Number of independently locked parts of each activation table.
 const SHARDS: usize = 64;
@@ -32,12 +25,9 @@ const SHARDS: usize = 64;
 /// A durable object type registered with `RuntimeBuilder::host`, and the
 /// table of its activations.
 pub(crate) struct HostedType {
-    pub(crate) name: &'static str,
+    info: Arc<TypeInfo>,
+    /// The keys that mint and check this type's ids.
     pub(crate) keys: IdKeys,
-    pub(crate) methods: &'static [MethodInfo],
-    pub(crate) has_alarm: bool,
-    pub(crate) construct: Constructor,
-    pub(crate) host: Host,
     shards: Box<[Mutex<Shard>]>,
 }
 
@@ -75,12 +65,8 @@ impl HostedType {
         construct: Constructor,
     ) -> Self {
         HostedType {
-            name,
+            info: Arc::new(TypeInfo { name, methods, has_alarm, construct, host }),
             keys,
-            methods,
-            has_alarm,
-            construct,
-            host,
             shards: (0..SHARDS).map(|_| Mutex::new(HashMap::default())).collect(),
         }
     }
@@ -101,7 +87,7 @@ impl HostedType {
         driver: Driver,
     ) -> std::result::Result<Arc<Activation>, (Error, Message)> {
         // While the runtime drains for shutdown, nobody may be left to poll.
-        let driver = if self.host.lifecycle().is_closing() { Driver::Task } else { driver };
+        let driver = if self.info.host.lifecycle().is_closing() { Driver::Task } else { driver };
         let mut message = message;
         loop {
             let activation = {
@@ -112,7 +98,7 @@ impl HostedType {
                         if let Err(err) = self.keys.verify(&id) {
                             return Err((err, message));
                         }
-                        let activation = Arc::new(Activation::new(id, self.clone()));
+                        let activation = Arc::new(Activation::new(id, self.info.clone()));
                         shard.insert(id, activation.clone());
                         activation
                     }
@@ -125,8 +111,8 @@ impl HostedType {
                     let err = Error::Overloaded(format!(
                         "the mailbox of `{}` object {id} is full ({} calls waiting); the call was \
                          not delivered, retry later or raise `RuntimeBuilder::mailbox_capacity`",
-                        self.name,
-                        self.host.config().mailbox_capacity
+                        self.info.name,
+                        self.info.host.config().mailbox_capacity
                     ));
                     return Err((err, returned));
                 }

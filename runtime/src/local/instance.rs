@@ -7,6 +7,9 @@ use std::pin::Pin;
 use std::task::Poll;
 
 use crate::error::Error;
+use crate::host::Host;
+use crate::id::ObjectId;
+use crate::storage::Storage;
 
 /// A boxed, sendable future, as stored and run by the runtime.
 pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
@@ -59,6 +62,25 @@ pub(crate) trait ErasedObject: Send + 'static {
 
 /// A boxed instance, as kept by an activation.
 pub(crate) type Instance = Box<dyn ErasedObject>;
+
+/// Runs a type's constructor for object `id` with its storage, and erases
+/// the instance's type (made by the user-facing layer, which knows the
+/// object's `Context`).
+pub(crate) type Constructor =
+    Box<dyn Fn(ObjectId, Storage) -> BoxFuture<'static, std::result::Result<Instance, String>> + Send + Sync>;
+
+/// What the runtime knows of a hosted type: how its instances are made and
+/// called, and the host they run on.
+pub(crate) struct TypeInfo {
+    /// The type's name in ids, storage paths and requests.
+    pub(crate) name: &'static str,
+    /// The remote methods, indexed by method id.
+    pub(crate) methods: &'static [MethodInfo],
+    /// Whether the type has an `#[alarm]` handler.
+    pub(crate) has_alarm: bool,
+    pub(crate) construct: Constructor,
+    pub(crate) host: Host,
+}
 
 /// Runs `future`, turning a panic into its message.
 pub(crate) async fn catch_panic<T>(mut future: BoxFuture<'_, T>) -> std::result::Result<T, String> {

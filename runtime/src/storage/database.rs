@@ -8,7 +8,7 @@ use std::time::Duration;
 use rusqlite::config::DbConfig;
 use rusqlite::{Connection, OpenFlags};
 
-use super::Durability;
+use super::durability::Durability;
 use crate::error::{Error, Result};
 use crate::id::ObjectId;
 use crate::sync::lock;

@@ -50,7 +50,8 @@ pub(crate) use alarm_index::{AlarmDue, AlarmIndex};
 pub(crate) use database::Location;
 use database::storage_error;
 pub use durability::Durability;
-pub(crate) use pool::{CloseAttempt, OpenDatabases};
+pub(crate) use pool::OpenDatabases;
+use pool::{Closable, CloseAttempt};
 
 /// The longest key, in bytes.
 pub const MAX_KEY_LEN: usize = 2048;
@@ -128,7 +129,7 @@ pub struct Storage {
     inner: Arc<StorageInner>,
 }
 
-pub(crate) struct StorageInner {
+struct StorageInner {
     type_name: &'static str,
     id: ObjectId,
     has_alarm: bool,
@@ -491,7 +492,7 @@ impl Storage {
                     Error::Storage(format!("`{}` object {}: {err}", self.inner.type_name, self.inner.id))
                 })?;
             state.conn = Some(conn);
-            root.open.opened(&self.inner);
+            root.open.opened(self.inner.clone());
         }
         let conn = state.conn.as_ref().ok_or_else(|| Error::Storage("the database was not open".into()))?;
         if state.turn && !state.txn {
@@ -528,19 +529,6 @@ impl StorageInner {
         crate::sync::lock(&self.state)
     }
 
-    /// Closes the connection unless a turn is using it (called by the pool).
-    pub(crate) fn try_close_idle(&self) -> CloseAttempt {
-        let Ok(mut state) = self.state.try_lock() else { return CloseAttempt::Busy };
-        if state.conn.is_none() {
-            return CloseAttempt::NotOpen;
-        }
-        if state.turn || state.lent || state.savepoints > 0 {
-            return CloseAttempt::Busy;
-        }
-        self.close_conn(&mut state);
-        CloseAttempt::Closed
-    }
-
     fn close_conn(&self, state: &mut State) {
         let Some(conn) = state.conn.take() else { return };
         if state.txn {
@@ -553,6 +541,20 @@ impl StorageInner {
             self.root.location.remove(self.type_name, &self.id);
         }
         self.root.open.closed();
+    }
+}
+
+impl Closable for StorageInner {
+    fn try_close_idle(&self) -> CloseAttempt {
+        let Ok(mut state) = self.state.try_lock() else { return CloseAttempt::Busy };
+        if state.conn.is_none() {
+            return CloseAttempt::NotOpen;
+        }
+        if state.turn || state.lent || state.savepoints > 0 {
+            return CloseAttempt::Busy;
+        }
+        self.close_conn(&mut state);
+        CloseAttempt::Closed
     }
 }
 

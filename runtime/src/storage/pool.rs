@@ -11,15 +11,21 @@ use std::collections::VecDeque;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, Weak};
 
-use super::StorageInner;
 use crate::sync::lock;
 
+/// An object's database, as the pool sees it.
+pub(crate) trait Closable: Send + Sync + 'static {
+    /// Closes the database unless a turn is using it.
+    fn try_close_idle(&self) -> CloseAttempt;
+}
+
+/// The databases a runtime has open, and the cap on their number.
 pub(crate) struct OpenDatabases {
     limit: usize,
     count: AtomicUsize,
     /// Databases in the order they were opened; entries may be stale (closed
     /// or dropped since), which is checked when they come up.
-    queue: Mutex<VecDeque<Weak<StorageInner>>>,
+    queue: Mutex<VecDeque<Weak<dyn Closable>>>,
 }
 
 impl OpenDatabases {
@@ -29,10 +35,10 @@ impl OpenDatabases {
 
     /// Records that `storage` opened its database, closing others if the cap
     /// is exceeded. The caller holds `storage`'s lock; others are only tried.
-    pub(crate) fn opened(&self, storage: &Arc<StorageInner>) {
+    pub(crate) fn opened(&self, storage: Arc<dyn Closable>) {
         let count = self.count.fetch_add(1, Ordering::SeqCst) + 1;
         let mut queue = lock(&self.queue);
-        queue.push_back(Arc::downgrade(storage));
+        queue.push_back(Arc::downgrade(&storage));
         let mut excess = count.saturating_sub(self.limit);
         // Each entry is looked at once at most; busy ones go to the back.
         let mut budget = queue.len();
@@ -40,7 +46,7 @@ impl OpenDatabases {
             budget -= 1;
             let Some(entry) = queue.pop_front() else { break };
             let Some(other) = entry.upgrade() else { continue };
-            if Arc::ptr_eq(&other, storage) {
+            if Arc::ptr_eq(&other, &storage) {
                 queue.push_back(entry);
                 continue;
             }

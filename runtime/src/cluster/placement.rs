@@ -1,0 +1,99 @@
+//! This process in the cluster: its name, its connections, and where
+//! objects live. The owner of each object is asked of the directory once
+//! and then cached.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+
+use stead_transport::{Connection, Endpoint, Identity};
+
+use super::config::ClusterConfig;
+use super::connections::Connections;
+use super::directory::{CoordinatorClient, Directory, SqliteDirectory};
+use crate::error::{Error, Result};
+use crate::id::ObjectId;
+use crate::sync::lock;
+
+/// The cluster as seen by one process.
+pub(crate) struct Cluster {
+    /// This node's name; none for a client.
+    pub(crate) me: Option<String>,
+    coordinator: String,
+    pub(crate) connections: Arc<Connections>,
+    directory: Arc<dyn Directory>,
+    /// The coordinator's own directory, when this node is the coordinator.
+    pub(crate) local_directory: Option<Arc<SqliteDirectory>>,
+    placements: Mutex<HashMap<(String, ObjectId), String>>,
+}
+
+impl Cluster {
+    /// Binds the endpoint and opens the directory (no connection is made).
+    pub(crate) fn start(config: &ClusterConfig, data_dir: Option<&std::path::Path>) -> Result<Arc<Self>> {
+        config.validate()?;
+        let identity = match (&config.identity, &config.identity_files) {
+            (Some(identity), _) => identity.clone(),
+            (None, Some((ca, chain, key))) => Identity::from_pem_files(ca, chain, key)
+                .map_err(|e| Error::Config(format!("cannot load the TLS identity: {e}")))?,
+            (None, None) => return Err(Error::Config("no TLS identity".into())),
+        };
+        let identity = &identity;
+        // A node listens where the peer list says, unless told otherwise
+        // (`validate` made sure the node is in the list).
+        let listen = config.node.as_ref().map(|node| {
+            config.listen.unwrap_or_else(|| {
+                let own = config.peers.iter().find(|(name, _)| name == node);
+                own.map_or(SocketAddr::from(([0, 0, 0, 0], 0)), |(_, addr)| *addr)
+            })
+        });
+        let version = config.protocol_version.unwrap_or(stead_transport::PROTOCOL_VERSION);
+        let endpoint = Endpoint::bind_with_version(identity, listen, version)
+            .map_err(|e| Error::Transport(e.to_string()))?;
+        let coordinator = config.peers[0].0.clone();
+        let is_coordinator = config.node.as_deref() == Some(coordinator.as_str());
+        let local_directory =
+            if is_coordinator { Some(Arc::new(SqliteDirectory::open(data_dir)?)) } else { None };
+        let connections = Arc::new(Connections::new(endpoint, config.peers.clone()));
+        let directory: Arc<dyn Directory> = match &local_directory {
+            Some(local) => local.clone(),
+            None => Arc::new(CoordinatorClient::new(connections.clone(), coordinator.clone())),
+        };
+        Ok(Arc::new(Cluster {
+            me: config.node.clone(),
+            coordinator,
+            connections,
+            directory,
+            local_directory,
+            placements: Mutex::new(HashMap::new()),
+        }))
+    }
+
+    /// The node that keeps the directory: the first of the peer list.
+    pub(crate) fn coordinator(&self) -> &str {
+        &self.coordinator
+    }
+
+    pub(crate) fn endpoint(&self) -> &Endpoint {
+        &self.connections.endpoint
+    }
+
+    /// A live connection to node `name`, made if needed.
+    pub(crate) async fn connection(&self, name: &str) -> Result<Connection> {
+        self.connections.connect(name).await
+    }
+
+    /// The owner of object `id`: the node it lives on, placing it on
+    /// `target` if it has no owner yet. Cached after the first answer.
+    pub(crate) async fn locate(&self, type_name: &str, id: &ObjectId, target: &str) -> Result<String> {
+        let key = (type_name.to_string(), *id);
+        if let Some(owner) = lock(&self.placements).get(&key) {
+            return Ok(owner.clone());
+        }
+        if !self.connections.is_peer(target) {
+            return Err(Error::Config(format!("there is no node `{target}` in the peer list")));
+        }
+        let owner = self.directory.place(type_name, id, target).await?;
+        lock(&self.placements).insert(key, owner.clone());
+        Ok(owner)
+    }
+}
