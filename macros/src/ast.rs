@@ -73,11 +73,15 @@ impl Object {
         Object { item, fns }
     }
 
-    /// The identifier of the self type, when it is a name of one segment
-    /// (generic arguments, an error of their own, are ignored here).
+    /// The identifier of the self type, when it is a plain name: one
+    /// segment, no generic arguments.
     pub(crate) fn self_ident(&self) -> Option<&Ident> {
         match &*self.item.self_ty {
-            Type::Path(path) if path.qself.is_none() && path.path.segments.len() == 1 => {
+            Type::Path(path)
+                if path.qself.is_none()
+                    && path.path.segments.len() == 1
+                    && path.path.segments[0].arguments.is_none() =>
+            {
                 Some(&path.path.segments[0].ident)
             }
             _ => None,

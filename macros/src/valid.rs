@@ -49,7 +49,8 @@ pub(crate) fn check<'a>(object: &'a Object, args: &ObjectArgs) -> Result<Model<'
     let mut errors = Errors::default();
     check_impl(object, &mut errors);
     let ident = object.self_ident();
-    if ident.is_none() {
+    // Generic parameters already have their error, which explains why `Holder<T>` is refused.
+    if ident.is_none() && object.item.generics.params.is_empty() {
         errors
             .at(&object.item.self_ty, "#[durable_object] needs a plain type name here, like `impl Counter`");
     }
