@@ -12,12 +12,107 @@ use syn::{Ident, LitStr, Type};
 
 use crate::ast::{Function, Object, Receiver};
 use crate::fingerprint::{fingerprint, type_text};
-use crate::valid::{Fallible, Model};
+use crate::valid::{Fallible, Model, Skeleton};
 
+/// The full expansion of a valid impl block.
 pub(crate) fn expand(object: &Object, model: &Model<'_>) -> TokenStream {
     let item = &object.item;
-    let ident = model.ident;
-    let stub = format_ident!("{}Stub", ident);
+    let methods = Method::all(&model.methods);
+    let dispatch_arms = methods.iter().map(Method::dispatch_arm);
+    let sync_arms = methods.iter().filter(|method| !method.func.is_async()).map(Method::sync_dispatch_arm);
+    let construct = construct(&model.constructor);
+    let alarm = alarm(model.alarm.as_ref());
+    let method_var = Ident::new("method", Span::mixed_site());
+    let args_var = Ident::new("args", Span::mixed_site());
+    let body = quote! {
+        #alarm
+
+        fn __construct(
+            ctx: ::stead::__private::Context,
+        ) -> ::stead::__private::BoxFuture<'static, ::core::result::Result<Self, ::std::string::String>> {
+            ::std::boxed::Box::pin(async move { #construct })
+        }
+
+        fn __dispatch<'a>(
+            &'a mut self,
+            #method_var: u32,
+            #args_var: &'a [u8],
+        ) -> ::stead::__private::BoxFuture<'a, ::stead::__private::Dispatched> {
+            ::std::boxed::Box::pin(async move {
+                match #method_var {
+                    #(#dispatch_arms)*
+                    _ => ::stead::__private::unknown_method(<Self as ::stead::__private::DurableObject>::NAME, #method_var),
+                }
+            })
+        }
+
+        #[allow(clippy::redundant_closure_call)]
+        fn __dispatch_sync(
+            &mut self,
+            #method_var: u32,
+            #args_var: &[u8],
+        ) -> ::core::option::Option<::stead::__private::Dispatched> {
+            match #method_var {
+                #(#sync_arms)*
+                _ => ::core::option::Option::None,
+            }
+        }
+    };
+    let declarations = declarations(model.ident, &model.name, &methods, &body);
+    quote!(#item #declarations)
+}
+
+/// What is emitted for a rejected impl block, next to its errors: the block
+/// unchanged and, when the type is sound, its stub and a skeleton of its
+/// `DurableObject` impl, so that the user's code that names the stub or
+/// calls its sound methods still compiles and the errors are only the
+/// precise ones. The skeleton's bodies never run (the crate does not
+/// compile), and call none of the user's functions, whose signatures may be
+/// what was rejected.
+pub(crate) fn fallback(object: &Object, skeleton: Option<&Skeleton<'_>>) -> TokenStream {
+    let item = &object.item;
+    let Some(skeleton) = skeleton else {
+        return item.to_token_stream();
+    };
+    let methods = Method::all(&skeleton.methods);
+    let never = "#[durable_object] rejected this impl block; the build reports why";
+    let body = quote! {
+        const HAS_ALARM: bool = false;
+
+        fn __construct(
+            _: ::stead::__private::Context,
+        ) -> ::stead::__private::BoxFuture<'static, ::core::result::Result<Self, ::std::string::String>> {
+            ::core::unreachable!(#never)
+        }
+
+        fn __dispatch<'a>(
+            &'a mut self,
+            _: u32,
+            _: &'a [u8],
+        ) -> ::stead::__private::BoxFuture<'a, ::stead::__private::Dispatched> {
+            ::core::unreachable!(#never)
+        }
+
+        fn __dispatch_sync(&mut self, _: u32, _: &[u8]) -> ::core::option::Option<::stead::__private::Dispatched> {
+            ::core::unreachable!(#never)
+        }
+
+        fn __alarm(
+            &mut self,
+            _: ::stead::__private::AlarmInfo,
+        ) -> ::stead::__private::BoxFuture<'_, ::core::result::Result<(), ::std::string::String>> {
+            ::core::unreachable!(#never)
+        }
+    };
+    let declarations = declarations(skeleton.ident, &skeleton.name, &methods, &body);
+    quote!(#item #declarations)
+}
+
+/// The stub type, its impls, the assertions on the methods' types, and
+/// `impl DurableObject` with `body` for the items that differ between the
+/// full expansion and the fallback.
+fn declarations(ident: &Ident, name: &str, methods: &[Method<'_>], body: &TokenStream) -> TokenStream {
+    let stub = stub_ident(ident);
     let stub_doc = LitStr::new(
         &format!(
             "Typed stub of [`{ident}`]: calls its remote methods wherever the object lives.\n\n\
@@ -28,27 +123,12 @@ pub(crate) fn expand(object: &Object, model: &Model<'_>) -> TokenStream {
         ),
         Span::call_site(),
     );
-    let methods: Vec<Method<'_>> =
-        model.methods.iter().enumerate().map(|(index, func)| Method::new(index, func)).collect();
+    let core = core_field();
     let stub_methods = methods.iter().map(Method::stub_method);
-    let dispatch_arms = methods.iter().map(Method::dispatch_arm);
-    let sync_arms = methods.iter().filter(|method| !method.func.is_async()).map(Method::sync_dispatch_arm);
     let method_infos = methods.iter().map(Method::info);
-    let assertions = model.methods.iter().flat_map(|func| remote_types(func)).map(|ty| {
-        quote_spanned! {ty.span()=>
-            const _: () = ::stead::__private::assert_sendable::<#ty>();
-        }
-    });
-    let name = &model.name;
-    let construct = construct(&model.constructor);
-    let (has_alarm, alarm) = alarm(model.alarm.as_ref());
-    let core = Ident::new("__stead_core", Span::mixed_site());
-    let method_var = Ident::new("method", Span::mixed_site());
-    let args_var = Ident::new("args", Span::mixed_site());
+    let assertions = methods.iter().flat_map(Method::assertions);
 
     quote! {
-        #item
-
         #[doc = #stub_doc]
         #[derive(::core::clone::Clone)]
         #[allow(unreachable_pub, private_interfaces)]
@@ -79,45 +159,8 @@ pub(crate) fn expand(object: &Object, model: &Model<'_>) -> TokenStream {
                 type Stub = #stub;
                 const NAME: &'static str = #name;
                 const METHODS: &'static [::stead::__private::MethodInfo] = &[#(#method_infos),*];
-                const HAS_ALARM: bool = #has_alarm;
 
-                fn __construct(
-                    ctx: ::stead::__private::Context,
-                ) -> ::stead::__private::BoxFuture<'static, ::core::result::Result<Self, ::std::string::String>> {
-                    ::std::boxed::Box::pin(async move { #construct })
-                }
-
-                fn __dispatch<'a>(
-                    &'a mut self,
-                    #method_var: u32,
-                    #args_var: &'a [u8],
-                ) -> ::stead::__private::BoxFuture<'a, ::stead::__private::Dispatched> {
-                    ::std::boxed::Box::pin(async move {
-                        match #method_var {
-                            #(#dispatch_arms)*
-                            _ => ::stead::__private::unknown_method(<Self as ::stead::__private::DurableObject>::NAME, #method_var),
-                        }
-                    })
-                }
-
-                #[allow(clippy::redundant_closure_call)]
-                fn __dispatch_sync(
-                    &mut self,
-                    #method_var: u32,
-                    #args_var: &[u8],
-                ) -> ::core::option::Option<::stead::__private::Dispatched> {
-                    match #method_var {
-                        #(#sync_arms)*
-                        _ => ::core::option::Option::None,
-                    }
-                }
-
-                fn __alarm(
-                    &mut self,
-                    info: ::stead::__private::AlarmInfo,
-                ) -> ::stead::__private::BoxFuture<'_, ::core::result::Result<(), ::std::string::String>> {
-                    #alarm
-                }
+                #body
 
                 fn __stub(core: ::stead::__private::StubCore) -> #stub {
                     #stub { #core: core }
@@ -125,6 +168,16 @@ pub(crate) fn expand(object: &Object, model: &Model<'_>) -> TokenStream {
             }
         };
     }
+}
+
+/// The stub's one field.
+fn core_field() -> Ident {
+    Ident::new("__stead_core", Span::mixed_site())
+}
+
+/// The stub type of the object type `ident`.
+fn stub_ident(ident: &Ident) -> Ident {
+    format_ident!("{}Stub", ident)
 }
 
 /// The argument and return types of a remote method.
@@ -135,18 +188,36 @@ fn remote_types(func: &Function) -> Vec<&Type> {
 /// One remote method, with its id and fingerprint.
 struct Method<'a> {
     func: &'a Function,
+    /// The method id: its index in `METHODS`.
     index: u32,
     fingerprint: u64,
     output: TokenStream,
 }
 
 impl<'a> Method<'a> {
+    /// The remote methods, with their ids.
+    fn all(funcs: &[&'a Function]) -> Vec<Self> {
+        funcs.iter().enumerate().map(|(index, func)| Method::new(index, func)).collect()
+    }
+
     fn new(index: usize, func: &'a Function) -> Self {
         let output = func.output().map_or_else(|| quote!(()), ToTokens::to_token_stream);
         let args: Vec<String> = func.args.iter().map(|arg| type_text(&arg.ty)).collect();
         let fingerprint = fingerprint(&func.sig.ident.to_string(), &args, &type_text(&output));
         let index = u32::try_from(index).unwrap_or(u32::MAX);
         Method { func, index, fingerprint, output }
+    }
+
+    /// `Send + 'static` assertions on the method's types, at the user's types.
+    fn assertions(&self) -> Vec<TokenStream> {
+        remote_types(self.func)
+            .into_iter()
+            .map(|ty| {
+                quote_spanned! {ty.span()=>
+                    const _: () = ::stead::__private::assert_sendable::<#ty>();
+                }
+            })
+            .collect()
     }
 
     fn info(&self) -> TokenStream {
@@ -177,6 +248,7 @@ impl<'a> Method<'a> {
             quote_spanned!(ty.span()=> #writer.push::<#ty>(&#name);)
         });
         let call = quote_spanned!(output.span()=> ::stead::__private::call::<#output>);
+        let core = core_field();
         quote! {
             #docs
             pub fn #name(&self, #(#params),*)
@@ -186,7 +258,7 @@ impl<'a> Method<'a> {
                 #[allow(unused_mut)]
                 let mut #writer = ::stead::__private::ArgsWriter::new();
                 #(#pushes)*
-                #call(&self.__stead_core, #index, #fingerprint, #writer)
+                #call(&self.#core, #index, #fingerprint, #writer)
             }
         }
     }
@@ -254,17 +326,42 @@ fn construct(constructor: &Fallible<'_>) -> TokenStream {
     }
 }
 
-fn alarm(handler: Option<&Fallible<'_>>) -> (bool, TokenStream) {
+/// `HAS_ALARM` and `__alarm`.
+fn alarm(handler: Option<&Fallible<'_>>) -> TokenStream {
     let Some(handler) = handler else {
-        return (false, quote!(::std::boxed::Box::pin(async { ::core::result::Result::Ok(()) })));
+        return no_alarm();
     };
-    let name = &handler.func.sig.ident;
+    let func = handler.func;
+    let name = &func.sig.ident;
     let call = quote!(Self::#name(self, info));
-    let call = if handler.func.is_async() { quote!(#call.await) } else { call };
+    let call = if func.is_async() { quote!(#call.await) } else { call };
     let body = if handler.returns_result {
         quote!(::core::result::Result::map_err(#call, ::stead::__private::render_error))
     } else {
         quote!({ #call; ::core::result::Result::Ok(()) })
     };
-    (true, quote!(::std::boxed::Box::pin(async move { #body })))
+    quote! {
+        const HAS_ALARM: bool = true;
+
+        fn __alarm(
+            &mut self,
+            info: ::stead::__private::AlarmInfo,
+        ) -> ::stead::__private::BoxFuture<'_, ::core::result::Result<(), ::std::string::String>> {
+            ::std::boxed::Box::pin(async move { #body })
+        }
+    }
+}
+
+/// `HAS_ALARM` and `__alarm` of a type without an alarm handler.
+fn no_alarm() -> TokenStream {
+    quote! {
+        const HAS_ALARM: bool = false;
+
+        fn __alarm(
+            &mut self,
+            _: ::stead::__private::AlarmInfo,
+        ) -> ::stead::__private::BoxFuture<'_, ::core::result::Result<(), ::std::string::String>> {
+            ::std::boxed::Box::pin(async { ::core::result::Result::Ok(()) })
+        }
+    }
 }

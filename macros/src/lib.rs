@@ -10,8 +10,12 @@
 //! - `expand` generates the stub, the dispatch code and the trait impl.
 //!
 //! When validation fails, the user's impl is still emitted unchanged next to
-//! the `compile_error!`s, so that the user sees the precise errors and not a
-//! cascade of "method not found" elsewhere.
+//! the `compile_error!`s, and so are the stub (with every method that passed
+//! the checks) and a skeleton of `impl DurableObject`, as thiserror's
+//! fallback does: the user sees the precise errors, and not a cascade of
+//! "cannot find type `CounterStub`" or "method not found" wherever the crate
+//! uses the stub. Only when the type itself is unsound (not an impl, a trait
+//! impl, a generic one) is nothing generated besides the errors.
 
 mod ast;
 mod attr;
@@ -20,7 +24,6 @@ mod fingerprint;
 mod valid;
 
 use proc_macro::TokenStream;
-use quote::ToTokens;
 
 /// Turns an inherent `impl` block into a durable object type.
 ///
@@ -32,10 +35,7 @@ use quote::ToTokens;
 pub fn durable_object(attr: TokenStream, item: TokenStream) -> TokenStream {
     let item = proc_macro2::TokenStream::from(item);
     let attr = proc_macro2::TokenStream::from(attr);
-    let args = match attr::ObjectArgs::parse(attr) {
-        Ok(args) => args,
-        Err(err) => return with_errors(item, vec![err]),
-    };
+    let args = attr::ObjectArgs::parse(attr);
     let item_impl = match syn::parse2::<syn::ItemImpl>(item.clone()) {
         Ok(item_impl) => item_impl,
         Err(_) => {
@@ -44,20 +44,21 @@ pub fn durable_object(attr: TokenStream, item: TokenStream) -> TokenStream {
                 "#[durable_object] goes on an inherent impl block of a struct, like \
                  `#[durable_object] impl Counter { pub async fn new(ctx: stead::Context) -> Self { .. } }`",
             );
-            return with_errors(item, vec![err]);
+            return with_errors(item, args.err().into_iter().chain([err]).collect());
         }
     };
     let object = ast::Object::from_impl(item_impl);
-    match valid::check(&object, &args) {
+    match valid::check(&object, args) {
         Ok(model) => expand::expand(&object, &model).into(),
-        Err(errors) => with_errors(object.item.into_token_stream(), errors),
+        Err(invalid) => with_errors(expand::fallback(&object, invalid.skeleton.as_ref()), invalid.errors),
     }
 }
 
-/// The item as written, followed by one `compile_error!` per error.
-fn with_errors(item: proc_macro2::TokenStream, errors: Vec<syn::Error>) -> TokenStream {
+/// The generated code (or the item as written), followed by one
+/// `compile_error!` per error.
+fn with_errors(code: proc_macro2::TokenStream, errors: Vec<syn::Error>) -> TokenStream {
     let errors = errors.into_iter().map(|err| err.to_compile_error());
-    quote::quote!(#item #(#errors)*).into()
+    quote::quote!(#code #(#errors)*).into()
 }
 
 /// The first few tokens of an item, to point an error at its head.

@@ -24,6 +24,25 @@ pub(crate) struct Model<'a> {
     pub(crate) alarm: Option<Fallible<'a>>,
 }
 
+/// Why the impl block was rejected, and what can still be generated.
+pub(crate) struct Invalid<'a> {
+    /// Every error found, each spanned at the user's token.
+    pub(crate) errors: Vec<syn::Error>,
+    /// The part of the model that is sound, when the type itself is.
+    pub(crate) skeleton: Option<Skeleton<'a>>,
+}
+
+/// The sound part of a rejected impl block: the type is a plain, concrete
+/// name, so its stub and `DurableObject` impl can still be declared, and the
+/// user's other code that names them still compiles (thiserror's fallback).
+pub(crate) struct Skeleton<'a> {
+    pub(crate) ident: &'a Ident,
+    /// The type's name in ids, storage and requests.
+    pub(crate) name: String,
+    /// The remote methods that passed every check.
+    pub(crate) methods: Vec<&'a Function>,
+}
+
 /// A constructor or alarm handler, and whether it returns a `Result`.
 pub(crate) struct Fallible<'a> {
     pub(crate) func: &'a Function,
@@ -44,9 +63,14 @@ impl Errors {
     }
 }
 
-/// Checks the impl block; returns the model, or every error found.
-pub(crate) fn check<'a>(object: &'a Object, args: &ObjectArgs) -> Result<Model<'a>, Vec<syn::Error>> {
+/// Checks the impl block and the macro's arguments (as parsed); returns the
+/// model, or every error found.
+pub(crate) fn check<'a>(object: &'a Object, args: syn::Result<ObjectArgs>) -> Result<Model<'a>, Invalid<'a>> {
     let mut errors = Errors::default();
+    let args = args.unwrap_or_else(|err| {
+        errors.0.push(err);
+        ObjectArgs::default()
+    });
     check_impl(object, &mut errors);
     let ident = object.self_ident();
     // Generic parameters already have their error, which explains why `Holder<T>` is refused.
@@ -62,8 +86,9 @@ pub(crate) fn check<'a>(object: &'a Object, args: &ObjectArgs) -> Result<Model<'
         match func.role() {
             Role::Constructor => constructor = check_constructor(func, ident, &mut errors),
             Role::Remote => {
-                check_remote(func, &mut errors);
-                methods.push(func);
+                if check_remote(func, &mut errors) {
+                    methods.push(func);
+                }
             }
             Role::Alarm => {
                 let handler = check_alarm(func, &mut errors);
@@ -98,15 +123,19 @@ pub(crate) fn check<'a>(object: &'a Object, args: &ObjectArgs) -> Result<Model<'
         );
     }
 
+    let name = |ident: &Ident| args.name.as_ref().map_or_else(|| ident.to_string(), |name| name.value());
     match (errors.0.is_empty(), ident, constructor) {
-        (true, Some(ident), Some(constructor)) => Ok(Model {
-            ident,
-            name: args.name.as_ref().map_or_else(|| ident.to_string(), |name| name.value()),
-            constructor,
-            methods,
-            alarm,
-        }),
-        _ => Err(errors.0),
+        (true, Some(ident), Some(constructor)) => {
+            Ok(Model { ident, name: name(ident), constructor, methods, alarm })
+        }
+        _ => {
+            // A trait impl is not where the type's remote methods are, and
+            // a generic one has no one type to name: generate nothing there.
+            let sound_type = !is_trait_impl && object.item.generics.params.is_empty();
+            let skeleton =
+                ident.filter(|_| sound_type).map(|ident| Skeleton { ident, name: name(ident), methods });
+            Err(Invalid { errors: errors.0, skeleton })
+        }
     }
 }
 
@@ -182,7 +211,9 @@ fn check_constructor<'a>(
     (errors.0.len() == before).then_some(Fallible { func, returns_result })
 }
 
-fn check_remote(func: &Function, errors: &mut Errors) {
+/// Checks a remote method; returns whether it passed.
+fn check_remote(func: &Function, errors: &mut Errors) -> bool {
+    let before = errors.0.len();
     let name = &func.sig.ident;
     match func.receiver {
         Receiver::Shared | Receiver::Exclusive => {}
@@ -234,6 +265,7 @@ fn check_remote(func: &Function, errors: &mut Errors) {
         ),
         _ => {}
     }
+    errors.0.len() == before
 }
 
 fn check_alarm<'a>(func: &'a Function, errors: &mut Errors) -> Option<Fallible<'a>> {
