@@ -1,9 +1,9 @@
 //! The `impl` block read into our own types. Reading never fails: whatever is
 //! unusual is recorded as it is and judged by `valid`.
 
-use proc_macro2::Span;
-use quote::format_ident;
-use syn::{Attribute, FnArg, Ident, ImplItem, ItemImpl, Pat, ReturnType, Signature, Type, Visibility};
+use proc_macro2::{Span, TokenStream};
+use quote::{format_ident, quote};
+use syn::{Attribute, FnArg, Ident, ImplItem, ItemImpl, Meta, Pat, ReturnType, Signature, Type, Visibility};
 
 use crate::attr;
 
@@ -21,6 +21,14 @@ pub(crate) struct Function {
     pub(crate) vis: Visibility,
     /// The doc comments, to copy onto the stub method.
     pub(crate) docs: Vec<Attribute>,
+    /// The `#[cfg(..)]`s: what is generated for the function exists only
+    /// where they hold.
+    pub(crate) cfgs: Vec<Attribute>,
+    /// The `#[allow(..)]`s, for the generated code that mentions the
+    /// function's types.
+    pub(crate) allows: Vec<Attribute>,
+    /// The `#[deprecated..]`s, to copy onto the stub method.
+    pub(crate) deprecations: Vec<Attribute>,
     /// Every `#[alarm]` on the function (more than one is an error).
     pub(crate) alarm_attrs: Vec<Attribute>,
     pub(crate) receiver: Receiver,
@@ -111,10 +119,14 @@ impl Function {
                 }
             }
         }
+        let of_kind = |is: fn(&Attribute) -> bool| attrs.iter().filter(|a| is(a)).cloned().collect();
         Function {
             sig: sig.clone(),
             vis: vis.clone(),
-            docs: attrs.iter().filter(|a| attr::is_doc(a)).cloned().collect(),
+            docs: of_kind(attr::is_doc),
+            cfgs: of_kind(attr::is_cfg),
+            allows: of_kind(attr::is_allow),
+            deprecations: of_kind(attr::is_deprecated),
             alarm_attrs,
             receiver,
             args,
@@ -131,6 +143,21 @@ impl Function {
         } else {
             Role::Helper
         }
+    }
+
+    /// The condition under which the function exists, as one `cfg`
+    /// predicate (`all(..)` of its `#[cfg(..)]`s); `None` when it always
+    /// does. A malformed `#[cfg]` is left out: rustc reports it at the
+    /// user's attribute.
+    pub(crate) fn cfg_predicate(&self) -> Option<TokenStream> {
+        if self.cfgs.is_empty() {
+            return None;
+        }
+        let predicates = self.cfgs.iter().filter_map(|cfg| match &cfg.meta {
+            Meta::List(list) => Some(&list.tokens),
+            _ => None,
+        });
+        Some(quote!(all(#(#predicates),*)))
     }
 
     pub(crate) fn is_async(&self) -> bool {

@@ -1,4 +1,5 @@
-//! The attributes the macro reads: its own arguments and `#[alarm]`.
+//! The attributes the macro reads: its own arguments, `#[alarm]`, and the
+//! attributes of a method that its generated counterparts inherit.
 
 use proc_macro2::TokenStream;
 use syn::parse::Parser;
@@ -45,4 +46,23 @@ pub(crate) fn is_alarm(attr: &Attribute) -> bool {
 /// Whether `attr` is a doc comment.
 pub(crate) fn is_doc(attr: &Attribute) -> bool {
     attr.path().is_ident("doc")
+}
+
+/// Whether `attr` is `#[cfg(..)]`. Such a method exists only in some builds,
+/// and so must its stub method, dispatch arms and method-table entry.
+/// (`#[cfg_attr(..)]` is not read: what it expands to is not known here.)
+pub(crate) fn is_cfg(attr: &Attribute) -> bool {
+    attr.path().is_ident("cfg")
+}
+
+/// Whether `attr` is `#[allow(..)]`, which the generated code that mentions
+/// the method's types inherits, so that what the user silenced stays silent.
+pub(crate) fn is_allow(attr: &Attribute) -> bool {
+    attr.path().is_ident("allow")
+}
+
+/// Whether `attr` is `#[deprecated..]`, which the stub method inherits, so
+/// that callers through the stub are warned as direct callers would be.
+pub(crate) fn is_deprecated(attr: &Attribute) -> bool {
+    attr.path().is_ident("deprecated")
 }

@@ -17,7 +17,7 @@ use crate::valid::{Fallible, Model, Skeleton};
 /// The full expansion of a valid impl block.
 pub(crate) fn expand(object: &Object, model: &Model<'_>) -> TokenStream {
     let item = &object.item;
-    let methods = Method::all(&model.methods);
+    let methods = Method::all(&model.methods, &stub_ident(model.ident));
     let dispatch_arms = methods.iter().map(Method::dispatch_arm);
     let sync_arms = methods.iter().filter(|method| !method.func.is_async()).map(Method::sync_dispatch_arm);
     let construct = construct(&model.constructor);
@@ -74,7 +74,7 @@ pub(crate) fn fallback(object: &Object, skeleton: Option<&Skeleton<'_>>) -> Toke
     let Some(skeleton) = skeleton else {
         return item.to_token_stream();
     };
-    let methods = Method::all(&skeleton.methods);
+    let methods = Method::all(&skeleton.methods, &stub_ident(skeleton.ident));
     let never = "#[durable_object] rejected this impl block; the build reports why";
     let body = quote! {
         const HAS_ALARM: bool = false;
@@ -108,9 +108,14 @@ pub(crate) fn fallback(object: &Object, skeleton: Option<&Skeleton<'_>>) -> Toke
     quote!(#item #declarations)
 }
 
-/// The stub type, its impls, the assertions on the methods' types, and
-/// `impl DurableObject` with `body` for the items that differ between the
-/// full expansion and the fallback.
+/// The stub type, its impls, the method ids, the assertions on the methods'
+/// types, and `impl DurableObject` with `body` for the items that differ
+/// between the full expansion and the fallback.
+///
+/// The stub's inherent impl stays outside the `const _` block, so that
+/// rustc calls its methods `CounterStub::get` (in a deprecation warning, for
+/// one) rather than `_::<impl CounterStub>::get`; the method ids are its
+/// private associated `const`s, which the dispatch code names too.
 fn declarations(ident: &Ident, name: &str, methods: &[Method<'_>], body: &TokenStream) -> TokenStream {
     let stub = stub_ident(ident);
     let stub_doc = LitStr::new(
@@ -124,6 +129,7 @@ fn declarations(ident: &Ident, name: &str, methods: &[Method<'_>], body: &TokenS
         Span::call_site(),
     );
     let core = core_field();
+    let id_consts = methods.iter().map(Method::id_const);
     let stub_methods = methods.iter().map(Method::stub_method);
     let method_infos = methods.iter().map(Method::info);
     let assertions = methods.iter().flat_map(Method::assertions);
@@ -138,6 +144,18 @@ fn declarations(ident: &Ident, name: &str, methods: &[Method<'_>], body: &TokenS
 
         #(#assertions)*
 
+        #[allow(unreachable_pub, private_interfaces, clippy::manual_async_fn)]
+        impl #stub {
+            #(#id_consts)*
+
+            /// The id of the object this stub addresses.
+            pub fn object_id(&self) -> ::stead::__private::ObjectId {
+                self.#core.id()
+            }
+
+            #(#stub_methods)*
+        }
+
         const _: () = {
             impl ::core::fmt::Debug for #stub {
                 fn fmt(&self, f: &mut ::core::fmt::Formatter<'_>) -> ::core::fmt::Result {
@@ -145,16 +163,9 @@ fn declarations(ident: &Ident, name: &str, methods: &[Method<'_>], body: &TokenS
                 }
             }
 
-            #[allow(unreachable_pub, private_interfaces, clippy::manual_async_fn)]
-            impl #stub {
-                /// The id of the object this stub addresses.
-                pub fn object_id(&self) -> ::stead::__private::ObjectId {
-                    self.#core.id()
-                }
-
-                #(#stub_methods)*
-            }
-
+            // The generated code calls the user's methods: deprecating one
+            // is meant for its other callers (the stub method inherits it).
+            #[allow(deprecated)]
             impl ::stead::__private::DurableObject for #ident {
                 type Stub = #stub;
                 const NAME: &'static str = #name;
@@ -188,32 +199,66 @@ fn remote_types(func: &Function) -> Vec<&Type> {
 /// One remote method, with its id and fingerprint.
 struct Method<'a> {
     func: &'a Function,
-    /// The method id: its index in `METHODS`.
-    index: u32,
+    /// The name of the stub's associated `const` that holds the method id.
+    id: Ident,
+    /// The value of that `const`.
+    id_value: TokenStream,
+    /// The `const`'s path, for the dispatch patterns and the stub method.
+    id_path: TokenStream,
     fingerprint: u64,
     output: TokenStream,
 }
 
 impl<'a> Method<'a> {
     /// The remote methods, with their ids.
-    fn all(funcs: &[&'a Function]) -> Vec<Self> {
-        funcs.iter().enumerate().map(|(index, func)| Method::new(index, func)).collect()
+    ///
+    /// A method id is the method's index in `METHODS`. A method under
+    /// `#[cfg(..)]` has its table entry, stub method, dispatch arms and id
+    /// emitted under the same `cfg`, so where the `cfg` fails all of them
+    /// vanish together, and the methods after it must move down one slot.
+    /// The ids therefore cannot be written as literals: each one is a
+    /// constant expression that counts the methods before it which exist in
+    /// this build, `(number of unconditional ones) + cfg!(..) as u32 + ..`
+    /// with one `cfg!` per conditional one, so stub, table and dispatch agree
+    /// in every configuration without any placeholder entry in the table.
+    fn all(funcs: &[&'a Function], stub: &Ident) -> Vec<Self> {
+        let mut unconditional = 0u32;
+        let mut conditions = Vec::new();
+        let mut methods = Vec::with_capacity(funcs.len());
+        for (position, &func) in funcs.iter().enumerate() {
+            let id = Ident::new(&format!("__STEAD_METHOD_{position}"), Span::mixed_site());
+            let id_value = quote!(#unconditional #(+ (::core::cfg!(#conditions) as u32))*);
+            let id_path = quote!(#stub::#id);
+            match func.cfg_predicate() {
+                Some(predicate) => conditions.push(predicate),
+                None => unconditional = unconditional.saturating_add(1),
+            }
+            methods.push(Method::new(func, id, id_value, id_path));
+        }
+        methods
     }
 
-    fn new(index: usize, func: &'a Function) -> Self {
+    fn new(func: &'a Function, id: Ident, id_value: TokenStream, id_path: TokenStream) -> Self {
         let output = func.output().map_or_else(|| quote!(()), ToTokens::to_token_stream);
         let args: Vec<String> = func.args.iter().map(|arg| type_text(&arg.ty)).collect();
         let fingerprint = fingerprint(&func.sig.ident.to_string(), &args, &type_text(&output));
-        let index = u32::try_from(index).unwrap_or(u32::MAX);
-        Method { func, index, fingerprint, output }
+        Method { func, id, id_value, id_path, fingerprint, output }
+    }
+
+    /// The `const` that holds the method's id.
+    fn id_const(&self) -> TokenStream {
+        let (cfgs, id, value) = (&self.func.cfgs, &self.id, &self.id_value);
+        quote!(#(#cfgs)* #[doc(hidden)] const #id: u32 = #value;)
     }
 
     /// `Send + 'static` assertions on the method's types, at the user's types.
     fn assertions(&self) -> Vec<TokenStream> {
+        let (cfgs, allows) = (&self.func.cfgs, &self.func.allows);
         remote_types(self.func)
             .into_iter()
             .map(|ty| {
                 quote_spanned! {ty.span()=>
+                    #(#cfgs)* #(#allows)*
                     const _: () = ::stead::__private::assert_sendable::<#ty>();
                 }
             })
@@ -224,11 +269,15 @@ impl<'a> Method<'a> {
         let name = self.func.sig.ident.to_string();
         let fingerprint = self.fingerprint;
         let is_async = self.func.is_async();
-        quote!(::stead::__private::MethodInfo { name: #name, fingerprint: #fingerprint, is_async: #is_async })
+        let cfgs = &self.func.cfgs;
+        quote! {
+            #(#cfgs)*
+            ::stead::__private::MethodInfo { name: #name, fingerprint: #fingerprint, is_async: #is_async }
+        }
     }
 
     fn stub_method(&self) -> TokenStream {
-        let Method { func, index, fingerprint, output } = self;
+        let Method { func, fingerprint, output, .. } = self;
         let name = &func.sig.ident;
         let docs = if func.docs.is_empty() {
             let text =
@@ -248,9 +297,12 @@ impl<'a> Method<'a> {
             quote_spanned!(ty.span()=> #writer.push::<#ty>(&#name);)
         });
         let call = quote_spanned!(output.span()=> ::stead::__private::call::<#output>);
+        let (cfgs, allows, deprecations) = (&func.cfgs, &func.allows, &func.deprecations);
+        let id = &self.id_path;
         let core = core_field();
         quote! {
             #docs
+            #(#cfgs)* #(#allows)* #(#deprecations)*
             pub fn #name(&self, #(#params),*)
                 -> impl ::core::future::Future<Output = ::stead::__private::Result<#output>>
                        + ::core::marker::Send + 'static + use<>
@@ -258,24 +310,27 @@ impl<'a> Method<'a> {
                 #[allow(unused_mut)]
                 let mut #writer = ::stead::__private::ArgsWriter::new();
                 #(#pushes)*
-                #call(&self.#core, #index, #fingerprint, #writer)
+                #call(&self.#core, #id, #fingerprint, #writer)
             }
         }
     }
 
     fn dispatch_arm(&self) -> TokenStream {
-        let index = self.index;
+        let (cfgs, allows) = (&self.func.cfgs, &self.func.allows);
+        let id = &self.id_path;
         let body = self.dispatch_body();
-        quote!(#index => #body)
+        quote!(#(#cfgs)* #(#allows)* #id => #body)
     }
 
     /// The arm of `__dispatch_sync` (for a plain `fn`): the same body, in a
     /// closure so that its `?`s stop there.
     fn sync_dispatch_arm(&self) -> TokenStream {
-        let index = self.index;
+        let (cfgs, allows) = (&self.func.cfgs, &self.func.allows);
+        let id = &self.id_path;
         let body = self.dispatch_body();
         quote! {
-            #index => ::core::option::Option::Some(
+            #(#cfgs)* #(#allows)*
+            #id => ::core::option::Option::Some(
                 (|| -> ::stead::__private::Dispatched #body)()
             ),
         }
@@ -326,10 +381,12 @@ fn construct(constructor: &Fallible<'_>) -> TokenStream {
     }
 }
 
-/// `HAS_ALARM` and `__alarm`.
+/// `HAS_ALARM` and `__alarm`. A handler under `#[cfg(..)]` gets them
+/// twice: calling it where the `cfg` holds, and those of a type without a
+/// handler where it does not.
 fn alarm(handler: Option<&Fallible<'_>>) -> TokenStream {
     let Some(handler) = handler else {
-        return no_alarm();
+        return no_alarm(&TokenStream::new());
     };
     let func = handler.func;
     let name = &func.sig.ident;
@@ -340,23 +397,36 @@ fn alarm(handler: Option<&Fallible<'_>>) -> TokenStream {
     } else {
         quote!({ #call; ::core::result::Result::Ok(()) })
     };
+    let (only_if, otherwise) = match func.cfg_predicate() {
+        Some(predicate) => (quote!(#[cfg(#predicate)]), Some(no_alarm(&quote!(#[cfg(not(#predicate))])))),
+        None => (TokenStream::new(), None),
+    };
+    let allows = &func.allows;
     quote! {
+        #only_if
         const HAS_ALARM: bool = true;
 
+        #only_if
+        #(#allows)*
         fn __alarm(
             &mut self,
             info: ::stead::__private::AlarmInfo,
         ) -> ::stead::__private::BoxFuture<'_, ::core::result::Result<(), ::std::string::String>> {
             ::std::boxed::Box::pin(async move { #body })
         }
+
+        #otherwise
     }
 }
 
-/// `HAS_ALARM` and `__alarm` of a type without an alarm handler.
-fn no_alarm() -> TokenStream {
+/// `HAS_ALARM` and `__alarm` of a type without an alarm handler, each
+/// under `cfg` (empty, or a `#[cfg(..)]`).
+fn no_alarm(cfg: &TokenStream) -> TokenStream {
     quote! {
+        #cfg
         const HAS_ALARM: bool = false;
 
+        #cfg
         fn __alarm(
             &mut self,
             _: ::stead::__private::AlarmInfo,

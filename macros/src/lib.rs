@@ -31,6 +31,11 @@ use proc_macro::TokenStream;
 /// it generates `CounterStub` (one method per `pub` method, each queueing its
 /// request when called and returning a `Send + 'static` future of
 /// `stead::Result<R>`) and `impl stead::DurableObject for Counter`.
+///
+/// A remote method's `#[cfg(..)]`, `#[deprecated..]` and `#[allow(..)]`
+/// apply to its stub method too: a method compiled out is compiled out of
+/// the stub and the dispatch, and callers through the stub see the
+/// deprecation.
 #[proc_macro_attribute]
 pub fn durable_object(attr: TokenStream, item: TokenStream) -> TokenStream {
     let item = proc_macro2::TokenStream::from(item);
