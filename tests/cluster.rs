@@ -607,3 +607,22 @@ async fn misconfigured_clusters_fail_at_build_with_what_to_fix() {
     let Error::Config(message) = &unreadable else { panic!("{unreadable:?}") };
     assert!(message.contains("missing.pem"), "{message}");
 }
+
+#[tokio::test]
+async fn a_listen_address_already_in_use_is_a_transport_error_not_a_config_error() {
+    let dir = tempfile::tempdir().unwrap();
+    let identity = stead::tls::dev_identity(dir.path(), "ohio").unwrap();
+    // QUIC listens on UDP: hold the port with a UDP socket of our own.
+    let taken = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+    let addr = taken.local_addr().unwrap();
+    let err = Runtime::builder()
+        .in_memory()
+        .node("ohio")
+        .tls(identity)
+        .peer("ohio", addr)
+        .build()
+        .await
+        .unwrap_err();
+    let Error::Transport(message) = &err else { panic!("expected Transport, got {err:?}") };
+    assert!(message.contains(&addr.port().to_string()) || message.contains("in use"), "{message}");
+}

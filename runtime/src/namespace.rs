@@ -94,8 +94,8 @@ impl<T: DurableObject> Namespace<T> {
     /// stub's first call is the object's first call anywhere in the cluster.
     ///
     /// Like [`stub`](Self::stub) it does no I/O. Once an object lives on a
-    /// node it stays there: the hint of a later stub is ignored. Outside a
-    /// cluster the hint means nothing.
+    /// node it stays there: the target node of a later stub is ignored.
+    /// Outside a cluster the node means nothing.
     pub fn stub_at(&self, id: &ObjectId, node: &str) -> T::Stub {
         T::__stub(self.stub_core(id, Some(node.to_string())))
     }

@@ -172,3 +172,16 @@ pub(crate) async fn run_scheduler(objects: Weak<Objects>) {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_handler_error_is_reported_as_that_error_and_a_panic_as_a_panic() {
+        let error = AlarmFailure::Handler("the mail server said no".into()).to_string();
+        assert_eq!(error, "the alarm handler returned an error: the mail server said no");
+        let panic = AlarmFailure::Panicked("index out of bounds".into()).to_string();
+        assert_eq!(panic, "the alarm handler panicked: index out of bounds");
+    }
+}
