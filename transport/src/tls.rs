@@ -71,7 +71,13 @@ impl Identity {
 
 /// A development identity for `name`, issued by the throw-away CA kept in
 /// `dir` (created on first use). Every process that uses the same `dir`
-/// trusts every other; nothing else does. Not for production.
+/// trusts every other; nothing else does.
+///
+/// **For development and tests only.** Anyone who can read `dir` can mint
+/// identities of the cluster: the CA's private key (`ca.key.pem`) is written
+/// readable by its owner only (mode 0600), and the directory should be too.
+/// In production, issue certificates from a CA whose key stays offline and
+/// load them with [`Identity::from_pem_files`].
 pub fn dev_identity(dir: &Path, name: &str) -> Result<Identity, TlsError> {
     fs::create_dir_all(dir).map_err(|e| TlsError(format!("cannot create {}: {e}", dir.display())))?;
     let (ca_pem, ca_key) = dev_ca(dir)?;
@@ -115,11 +121,11 @@ fn dev_ca(dir: &Path) -> Result<(String, KeyPair), TlsError> {
     // presence means the pair is complete. A racing process that loses
     // `create_new` reads the winner's files instead.
     let staged = dir.join(format!("ca.{}.tmp", std::process::id()));
-    write_new(&staged, &key.serialize_pem())?;
+    write_new(&staged, &key.serialize_pem(), PRIVATE)?;
     match fs::hard_link(&staged, &key_path) {
         Ok(()) => {
             let _ = fs::remove_file(&staged);
-            write_new(&cert_path, &cert.pem())?;
+            write_new(&cert_path, &cert.pem(), PUBLIC)?;
             Ok((cert.pem(), key))
         }
         Err(_) => {
@@ -138,12 +144,23 @@ fn dev_ca(dir: &Path) -> Result<(String, KeyPair), TlsError> {
     }
 }
 
-fn write_new(path: &Path, text: &str) -> Result<(), TlsError> {
-    let mut file = fs::OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .open(path)
-        .map_err(|e| TlsError(format!("cannot create {}: {e}", path.display())))?;
+/// File modes: a private key is readable by its owner only; a certificate
+/// by everyone.
+const PRIVATE: u32 = 0o600;
+const PUBLIC: u32 = 0o644;
+
+/// Creates `path` (which must not exist) with `text`, with permissions
+/// `mode` from the start (on Unix), so that a key is never readable by
+/// others, not even for a moment.
+fn write_new(path: &Path, text: &str, mode: u32) -> Result<(), TlsError> {
+    let mut options = fs::OpenOptions::new();
+    options.write(true).create_new(true);
+    #[cfg(unix)]
+    std::os::unix::fs::OpenOptionsExt::mode(&mut options, mode);
+    #[cfg(not(unix))]
+    let _ = mode;
+    let mut file =
+        options.open(path).map_err(|e| TlsError(format!("cannot create {}: {e}", path.display())))?;
     file.write_all(text.as_bytes()).map_err(|e| TlsError(format!("cannot write {}: {e}", path.display())))
 }
 
@@ -195,4 +212,23 @@ pub(crate) fn client_crypto(
         .map_err(|e| TlsError(format!("the certificate or key is unusable: {e}")))?;
     config.alpn_protocols = alpn;
     Ok(config)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[cfg(unix)]
+    #[test]
+    fn the_development_ca_key_is_readable_by_its_owner_only() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = std::env::temp_dir().join(format!("stead-tls-mode-{}", std::process::id()));
+        let _ = fs::remove_dir_all(&dir);
+        dev_identity(&dir, "ohio").unwrap();
+        let mode = |file: &str| fs::metadata(dir.join(file)).unwrap().permissions().mode() & 0o777;
+        let (key, cert) = (mode("ca.key.pem"), mode("ca.pem"));
+        fs::remove_dir_all(&dir).unwrap();
+        assert_eq!(key, 0o600, "the CA's private key must not be readable by others");
+        assert_eq!(cert & 0o400, 0o400, "the certificate stays readable");
+    }
 }
