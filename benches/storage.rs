@@ -3,6 +3,10 @@
 //! call to an object whose database exists, next to opening that database
 //! and reading the key with rusqlite.
 //!
+//! Every write stores a value that differs from the one before (a counter in
+//! its first bytes): SQLite commits a rewrite of an unchanged row without
+//! writing or syncing its WAL, which would measure no durable work at all.
+//!
 //! `cargo bench --bench storage`
 
 #![allow(missing_docs)] // benchmark objects are measured, not documented
@@ -54,9 +58,16 @@ fn object_path(root: &Path, id: &ObjectId) -> PathBuf {
     root.join("objects").join("Writer").join(&hex[..2]).join(format!("{hex}.sqlite"))
 }
 
+/// The `n`th value written: 100 bytes, different from the one before.
+fn changed_value(n: u64) -> Vec<u8> {
+    let mut value = vec![7u8; 100];
+    value[..8].copy_from_slice(&n.to_le_bytes());
+    value
+}
+
 fn durable_write(c: &mut Criterion) {
     let tokio = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
-    let value = vec![7u8; 100];
+    let value = changed_value(0);
     let mut group = c.benchmark_group("durable_write");
     group.measurement_time(Duration::from_secs(4)).warm_up_time(Duration::from_secs(1)).sample_size(30);
     for (durability, synchronous, name) in
@@ -76,17 +87,27 @@ fn durable_write(c: &mut Criterion) {
             stub.write(value.clone()).await.unwrap().unwrap();
             stub
         });
+        let mut written = 0u64;
         group.bench_function(format!("stead_{name}"), |b| {
             b.iter_custom(|iters| {
-                let (stub, value) = (stub.clone(), value.clone());
-                in_task(&tokio, iters, move || stub.write(value.clone()))
+                let stub = stub.clone();
+                let first = written;
+                written += iters;
+                let mut n = first;
+                in_task(&tokio, iters, move || {
+                    n += 1;
+                    stub.write(changed_value(n))
+                })
             })
         });
 
         let raw_dir = tempfile::tempdir().unwrap();
         let conn = open_raw(&raw_dir.path().join("raw.sqlite"), synchronous);
+        let mut n = 0u64;
         group.bench_function(format!("rusqlite_{name}"), |b| {
             b.iter(|| {
+                n += 1;
+                let value = changed_value(n);
                 conn.execute_batch("BEGIN").unwrap();
                 conn.prepare_cached("INSERT OR REPLACE INTO _stead_kv (key, value) VALUES (?1, ?2)")
                     .unwrap()
