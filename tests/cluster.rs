@@ -127,6 +127,29 @@ impl CounterV2 {
     }
 }
 
+/// Large arguments and results.
+pub struct Blob {
+    received: u64,
+}
+
+#[durable_object]
+impl Blob {
+    pub async fn new(_ctx: Context) -> Self {
+        Blob { received: 0 }
+    }
+
+    /// Returns `len` bytes.
+    pub fn make(&self, len: u64) -> Vec<u8> {
+        vec![7; len as usize]
+    }
+
+    /// Takes `data`; returns how many bytes it has taken so far.
+    pub fn take(&mut self, data: Vec<u8>) -> u64 {
+        self.received += data.len() as u64;
+        self.received
+    }
+}
+
 /// A type no node hosts.
 pub struct Stranger;
 
@@ -175,7 +198,8 @@ async fn node_process() {
         .host::<Counter>()
         .host::<Log>()
         .host::<Register>()
-        .host::<Trigger>();
+        .host::<Trigger>()
+        .host::<Blob>();
     let _rt = with_peers(builder, &peers).build().await.unwrap();
     println!("ready");
     loop {
@@ -625,4 +649,64 @@ async fn a_listen_address_already_in_use_is_a_transport_error_not_a_config_error
         .unwrap_err();
     let Error::Transport(message) = &err else { panic!("expected Transport, got {err:?}") };
     assert!(message.contains(&addr.port().to_string()) || message.contains("in use"), "{message}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reply_over_the_frame_limit_fails_its_call_and_the_stub_keeps_working() {
+    let cluster = TestCluster::start();
+    let rt = cluster.client("client").await;
+    let blobs = rt.namespace::<Blob>();
+    let stub = blobs.stub_at(&blobs.id_from_name("big reply"), "seoul");
+    let too_big = 17 * 1024 * 1024;
+    let err = tokio::time::timeout(Duration::from_secs(30), stub.make(too_big))
+        .await
+        .expect("the caller of a reply too large to send waited forever")
+        .unwrap_err();
+    let Error::Codec(message) = &err else { panic!("expected Codec, got {err:?}") };
+    assert!(message.contains("frame"), "{message}");
+    assert_eq!(stub.make(10).await.unwrap(), vec![7; 10], "the stub keeps working");
+}
+
+// Eight workers on a small machine: idle workers steal the reader task
+// that a stub's pump spawns, so that it may start while the pump is still
+// registering the stub's first calls.
+#[tokio::test(flavor = "multi_thread", worker_threads = 8)]
+async fn the_first_calls_of_many_fresh_stubs_awaited_at_once_all_get_their_replies() {
+    let cluster = TestCluster::start();
+    let rt = cluster.client("client").await;
+    let counters = rt.namespace::<Counter>();
+    for round in 0..20 {
+        // Each stub's first call waits in its pump's queue until the stream
+        // opens; its caller polls no stream, so the stub's reader task must
+        // read its response.
+        let calls: Vec<_> = (0..100)
+            .map(|i| {
+                counters.stub_at(&counters.id_from_name(&format!("fresh {round} {i}")), "seoul").increment(1)
+            })
+            .collect();
+        let replies = tokio::time::timeout(Duration::from_secs(30), futures::future::join_all(calls))
+            .await
+            .unwrap_or_else(|_| panic!("round {round}: a first call never got its reply"));
+        for reply in replies {
+            assert_eq!(reply.unwrap().unwrap(), 1);
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn megabytes_of_pipelined_arguments_on_one_stub_all_arrive() {
+    let cluster = TestCluster::start();
+    let rt = cluster.client("client").await;
+    let blobs = rt.namespace::<Blob>();
+    let stub = blobs.stub_at(&blobs.id_from_name("flow control"), "seoul");
+    assert_eq!(stub.take(vec![1; 10]).await.unwrap(), 10, "the stream is open");
+    // 48 MiB in flight on one stream, far beyond its flow-control window:
+    // the stream blocks, and must be written on when the node reads on.
+    let mib = 1024 * 1024;
+    let calls: Vec<_> = (0..48).map(|_| stub.take(vec![1; mib])).collect();
+    let received = tokio::time::timeout(Duration::from_secs(60), futures::future::join_all(calls))
+        .await
+        .expect("pipelined calls under flow control never completed");
+    let last = received.into_iter().map(|r| r.unwrap()).max().unwrap();
+    assert_eq!(last, 10 + 48 * mib as u64);
 }

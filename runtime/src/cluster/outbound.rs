@@ -5,7 +5,13 @@
 //! is made: its sequence number and its place on the stream are fixed there,
 //! which keeps E-order, and no task is woken to carry it. What the stream
 //! cannot take at once (flow control) stays in a buffer that the pump
-//! writes out when the stream is ready again. Calls made before the stream
+//! writes out when the stream is ready again.
+//!
+//! A stream wakes one writer only: the last task that found it full. So
+//! once a write has blocked, callers only append to the buffer and the pump
+//! alone writes, with its own waker, until the buffer is empty; a caller's
+//! write (which registers no real waker) would otherwise replace the pump's,
+//! and nobody would be woken when the peer reads on. Calls made before the stream
 //! is open wait in the pump's queue; the pump moves them to the stream, in
 //! order, in the same critical section in which it opens it to callers.
 
@@ -40,6 +46,9 @@ struct State {
     buf: Vec<u8>,
     /// The last sequence number given to a request.
     seq: u64,
+    /// The stream took no more at the last write: the pump is waiting to
+    /// write `buf`, and callers must not write meanwhile.
+    blocked: bool,
     /// The stub is gone: the pump finishes the stream once `buf` is written.
     closing: bool,
 }
@@ -69,6 +78,11 @@ impl Outbound {
             return queue(call).map(|()| None);
         }
         let seq = state.push(call, inbound);
+        if state.blocked {
+            // The pump writes it, with everything before it, when the stream
+            // takes more.
+            return Ok(seq);
+        }
         match state.flush(&mut TaskContext::from_waker(Waker::noop())) {
             Flushed::Done => {}
             Flushed::Blocked => self.pump.notify_one(),
@@ -151,6 +165,8 @@ impl State {
         Some(seq)
     }
 
+    /// Writes what the stream takes of the buffer; `Blocked` (and the
+    /// stream then wakes the task of `cx`) when it takes no more.
     fn flush(&mut self, cx: &mut TaskContext<'_>) -> Flushed {
         let Some(send) = self.send.as_mut() else { return Flushed::Blocked };
         while !self.buf.is_empty() {
@@ -159,9 +175,13 @@ impl State {
                     self.buf.drain(..written);
                 }
                 Poll::Ready(Err(_)) => return Flushed::Failed,
-                Poll::Pending => return Flushed::Blocked,
+                Poll::Pending => {
+                    self.blocked = true;
+                    return Flushed::Blocked;
+                }
             }
         }
+        self.blocked = false;
         Flushed::Done
     }
 }

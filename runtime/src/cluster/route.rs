@@ -161,9 +161,14 @@ impl Pump {
         let hello = codec::encode(&Hello::Object { type_name: type_name.to_string(), id })?;
         write_frame(&mut send, &hello).await.map_err(|e| lost(e.to_string()))?;
 
-        self.inbound.open(FrameReader::new(recv, MAX_FRAME_LEN), |reader| host.spawn(reader));
+        // The calls queued so far are registered as waiting for their
+        // responses before the reader task starts: a reader that started
+        // first could find nothing waiting, go idle, and leave their
+        // responses unread (their callers poll no stream: they were queued
+        // before it existed).
         let queued = std::iter::from_fn(|| rx.try_recv().ok());
         self.outbound.open(send, &self.inbound, queued);
+        self.inbound.open(FrameReader::new(recv, MAX_FRAME_LEN), |reader| host.spawn(reader));
         // From now on callers write; the pump writes what they could not.
         loop {
             self.outbound.pump.notified().await;

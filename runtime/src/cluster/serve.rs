@@ -117,11 +117,35 @@ struct Responder {
 }
 
 impl Responder {
+    /// Writes `response`; one that cannot be encoded, or is too large for
+    /// a frame, is answered with a `Codec` error instead, so that its caller
+    /// never waits for a reply that will not come.
     async fn respond(&self, response: Response) {
-        let Ok(frame) = codec::encode(&response) else { return };
+        let seq = response.seq;
+        let frame = match codec::encode(&response) {
+            Ok(frame) if frame.len() <= MAX_FRAME_LEN => frame,
+            Ok(frame) => undeliverable(
+                seq,
+                format!(
+                    "the reply takes {} bytes encoded, more than the {MAX_FRAME_LEN} a frame may carry; \
+                     the call ran (its writes are committed), but its result is lost: return large \
+                     data in parts, over several calls",
+                    frame.len()
+                ),
+            ),
+            Err(err) => undeliverable(seq, format!("the reply could not be encoded: {err}")),
+        };
         // A failed write means the caller is gone: nobody is left to tell.
         let _ = write_frame(&mut *self.send.lock().await, &frame).await;
     }
+}
+
+/// A small frame that fails call `seq` with a `Codec` error saying why its
+/// reply cannot be sent.
+fn undeliverable(seq: u64, why: String) -> Vec<u8> {
+    let response = Response { seq, result: Err(Error::Codec(why)) };
+    // A response holding a short string always encodes.
+    codec::encode(&response).unwrap_or_default()
 }
 
 impl Drop for Responder {
