@@ -710,3 +710,23 @@ async fn megabytes_of_pipelined_arguments_on_one_stub_all_arrive() {
     let last = received.into_iter().map(|r| r.unwrap()).max().unwrap();
     assert_eq!(last, 10 + 48 * mib as u64);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_peer_that_does_not_answer_stalls_only_the_calls_to_it() {
+    let cluster = TestCluster::start();
+    // This client also knows "osaka", where nothing listens.
+    let mut peers = cluster.peers.clone();
+    peers.push(("osaka".to_string(), free_addrs(1)[0]));
+    let rt = client(&peers, &cluster.tls_dir(), "client").await;
+    let counters = rt.namespace::<Counter>();
+    let to_osaka = counters.stub_at(&counters.id_from_name("stranded"), "osaka");
+    let stalled = tokio::spawn(async move { to_osaka.get().await });
+    // Let the call to osaka reach its connection attempt.
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    assert!(!stalled.is_finished(), "the connection attempt to osaka ended early: {stalled:?}");
+    let to_seoul = counters.stub_at(&counters.id_from_name("reachable"), "seoul");
+    assert_eq!(to_seoul.increment(1).await.unwrap().unwrap(), 1);
+    assert!(!stalled.is_finished(), "the call to seoul waited for the attempt to reach osaka");
+    let err = stalled.await.unwrap().unwrap_err();
+    assert!(err.is_retryable(), "{err}");
+}

@@ -8,39 +8,48 @@ use stead_transport::{Connection, Endpoint};
 
 use crate::error::{Error, Result};
 
-/// The endpoint, the peers' addresses, and a connection to each peer.
+/// The endpoint, and each peer with its connection.
 pub(crate) struct Connections {
     pub(crate) endpoint: Endpoint,
-    peers: Vec<(String, SocketAddr)>,
-    live: tokio::sync::Mutex<HashMap<String, Connection>>,
+    peers: HashMap<String, Peer>,
+}
+
+/// A peer's address and its connection, made on first use. Each peer has
+/// its own lock, held across a connection attempt: callers of a peer that
+/// does not answer wait for that peer only.
+struct Peer {
+    addr: SocketAddr,
+    live: tokio::sync::Mutex<Option<Connection>>,
 }
 
 impl Connections {
-    pub(crate) fn new(endpoint: Endpoint, peers: Vec<(String, SocketAddr)>) -> Self {
-        Connections { endpoint, peers, live: tokio::sync::Mutex::new(HashMap::new()) }
+    pub(crate) fn new(endpoint: Endpoint, peers: &[(String, SocketAddr)]) -> Self {
+        let peers = peers
+            .iter()
+            .map(|(name, addr)| (name.clone(), Peer { addr: *addr, live: tokio::sync::Mutex::new(None) }))
+            .collect();
+        Connections { endpoint, peers }
     }
 
     /// Whether `name` is in the peer list.
     pub(crate) fn is_peer(&self, name: &str) -> bool {
-        self.peers.iter().any(|(peer, _)| peer == name)
+        self.peers.contains_key(name)
     }
 
     /// A live connection to node `name`, made if needed.
     pub(crate) async fn connect(&self, name: &str) -> Result<Connection> {
-        let addr = self
+        let peer = self
             .peers
-            .iter()
-            .find(|(peer, _)| peer == name)
-            .map(|(_, addr)| *addr)
+            .get(name)
             .ok_or_else(|| Error::Config(format!("there is no node `{name}` in the peer list")))?;
-        let mut connections = self.live.lock().await;
-        if let Some(conn) = connections.get(name)
+        let mut live = peer.live.lock().await;
+        if let Some(conn) = live.as_ref()
             && conn.close_reason().is_none()
         {
             return Ok(conn.clone());
         }
-        let conn = self.endpoint.connect(addr, name).await.map_err(|e| transport_to_error(name, e))?;
-        connections.insert(name.to_string(), conn.clone());
+        let conn = self.endpoint.connect(peer.addr, name).await.map_err(|e| transport_to_error(name, e))?;
+        *live = Some(conn.clone());
         Ok(conn)
     }
 }

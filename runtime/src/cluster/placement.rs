@@ -53,7 +53,7 @@ impl Cluster {
         let is_coordinator = config.node.as_deref() == Some(coordinator.as_str());
         let local_directory =
             if is_coordinator { Some(Arc::new(SqliteDirectory::open(data_dir)?)) } else { None };
-        let connections = Arc::new(Connections::new(endpoint, config.peers.clone()));
+        let connections = Arc::new(Connections::new(endpoint, &config.peers));
         let directory: Arc<dyn Directory> = match &local_directory {
             Some(local) => local.clone(),
             None => Arc::new(CoordinatorClient::new(connections.clone(), coordinator.clone())),
