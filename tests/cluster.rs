@@ -150,6 +150,20 @@ impl Blob {
     }
 }
 
+/// A method that never returns.
+pub struct Stuck;
+
+#[durable_object]
+impl Stuck {
+    pub async fn new(_ctx: Context) -> Self {
+        Stuck
+    }
+
+    pub async fn hang(&self) {
+        std::future::pending::<()>().await
+    }
+}
+
 /// A type no node hosts.
 pub struct Stranger;
 
@@ -199,7 +213,8 @@ async fn node_process() {
         .host::<Log>()
         .host::<Register>()
         .host::<Trigger>()
-        .host::<Blob>();
+        .host::<Blob>()
+        .host::<Stuck>();
     let _rt = with_peers(builder, &peers).build().await.unwrap();
     println!("ready");
     loop {
@@ -729,4 +744,24 @@ async fn a_peer_that_does_not_answer_stalls_only_the_calls_to_it() {
     assert!(!stalled.is_finished(), "the call to seoul waited for the attempt to reach osaka");
     let err = stalled.await.unwrap().unwrap_err();
     assert!(err.is_retryable(), "{err}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_remote_method_that_never_returns_gives_its_caller_timeout() {
+    let cluster = TestCluster::start();
+    let identity = stead::tls::dev_identity(&cluster.tls_dir(), "client").unwrap();
+    let builder = Runtime::builder()
+        .client()
+        .tls(identity)
+        .secret(SECRET)
+        .in_memory()
+        .call_timeout(Duration::from_millis(500));
+    let rt = with_peers(builder, &cluster.peers).build().await.unwrap();
+    let stuck = rt.namespace::<Stuck>();
+    let stub = stuck.stub_at(&stuck.id_from_name("stuck"), "seoul");
+    let err = tokio::time::timeout(Duration::from_secs(30), stub.hang())
+        .await
+        .expect("the remote caller waited forever")
+        .unwrap_err();
+    assert!(matches!(err, Error::Timeout(_)), "{err:?}");
 }

@@ -24,6 +24,8 @@ pub(crate) struct Config {
     pub(crate) mailbox_capacity: usize,
     /// The delay before the first retry of a failed alarm.
     pub(crate) alarm_retry_delay: Duration,
+    /// How long a caller waits for a reply (and for a stream to open).
+    pub(crate) call_timeout: Duration,
 }
 
 tokio::task_local! {

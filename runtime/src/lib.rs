@@ -65,8 +65,8 @@ pub use local::{AlarmInfo, MAX_ALARM_RETRIES};
 pub use namespace::Namespace;
 pub use object::DurableObject;
 pub use runtime::{
-    DEFAULT_ALARM_RETRY_DELAY, DEFAULT_IDLE_TIMEOUT, DEFAULT_MAILBOX_CAPACITY, DEFAULT_MAX_OPEN_DATABASES,
-    Runtime, RuntimeBuilder,
+    DEFAULT_ALARM_RETRY_DELAY, DEFAULT_CALL_TIMEOUT, DEFAULT_IDLE_TIMEOUT, DEFAULT_MAILBOX_CAPACITY,
+    DEFAULT_MAX_OPEN_DATABASES, Runtime, RuntimeBuilder,
 };
 pub use storage::{Durability, ListOptions, MAX_KEY_LEN, Storage};
 

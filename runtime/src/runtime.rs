@@ -31,6 +31,9 @@ pub const DEFAULT_MAILBOX_CAPACITY: usize = 4096;
 /// How many object databases may be open at once unless configured otherwise.
 pub const DEFAULT_MAX_OPEN_DATABASES: usize = 1024;
 
+/// How long a caller waits for a reply unless configured otherwise.
+pub const DEFAULT_CALL_TIMEOUT: Duration = Duration::from_secs(30);
+
 /// The delay before the first retry of a failed alarm unless configured otherwise.
 pub const DEFAULT_ALARM_RETRY_DELAY: Duration = Duration::from_secs(2);
 
@@ -64,6 +67,7 @@ pub struct RuntimeBuilder {
     durability: Durability,
     max_open_databases: usize,
     alarm_retry_delay: Duration,
+    call_timeout: Duration,
     hosts: Vec<(&'static str, MakeHostedType)>,
     cluster: ClusterConfig,
 }
@@ -125,6 +129,18 @@ impl RuntimeBuilder {
     /// 2 s); each further retry waits twice as long, up to 6 retries.
     pub fn alarm_retry_delay(mut self, delay: Duration) -> Self {
         self.alarm_retry_delay = delay;
+        self
+    }
+
+    /// How long a caller waits for the reply of a call (default 30 s), local
+    /// or remote; then the call fails with [`Error::Timeout`], which is
+    /// retryable. The clock starts when the caller first waits and the reply
+    /// is not there. The call itself is not cancelled: it may still run, or
+    /// have run, so retry only what is safe to repeat. Opening a stub's
+    /// stream (placing the object, connecting to its node) is bounded by the
+    /// same time.
+    pub fn call_timeout(mut self, timeout: Duration) -> Self {
+        self.call_timeout = timeout;
         self
     }
 
@@ -221,6 +237,9 @@ impl RuntimeBuilder {
         if self.idle_timeout.is_zero() {
             return Err(Error::Config("`idle_timeout` must be longer than zero".into()));
         }
+        if self.call_timeout.is_zero() {
+            return Err(Error::Config("`call_timeout` must be longer than zero".into()));
+        }
         if let Some(dir) = &data_dir {
             std::fs::create_dir_all(dir).map_err(|e| {
                 Error::Config(format!("cannot create the data directory {}: {e}", dir.display()))
@@ -259,6 +278,7 @@ impl RuntimeBuilder {
             idle_timeout: self.idle_timeout,
             mailbox_capacity: self.mailbox_capacity,
             alarm_retry_delay: self.alarm_retry_delay,
+            call_timeout: self.call_timeout,
         };
         let host = Host::new(config, handle, storage);
         let inner = Arc::new_cyclic(|runtime: &Weak<RuntimeInner>| {
@@ -349,6 +369,7 @@ impl Runtime {
             durability: Durability::default(),
             max_open_databases: DEFAULT_MAX_OPEN_DATABASES,
             alarm_retry_delay: DEFAULT_ALARM_RETRY_DELAY,
+            call_timeout: DEFAULT_CALL_TIMEOUT,
             hosts: Vec::new(),
             cluster: ClusterConfig::default(),
         }

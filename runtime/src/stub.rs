@@ -168,7 +168,7 @@ pub fn call<R: DeserializeOwned>(
     };
     PendingCall {
         state: match sent {
-            Ok(reply) => Pending::Waiting(reply),
+            Ok(reply) => Pending::Waiting(reply, Deadline { address: core.address.clone(), timer: None }),
             Err(err) => Pending::Failed(Some(err)),
         },
         decode: decode_reply::<R>,
@@ -183,7 +183,9 @@ fn decode_reply<R: DeserializeOwned>(bytes: &[u8]) -> Result<R> {
 ///
 /// Awaiting it may run the object's turn right in the awaiting task, when
 /// the object is idle (nothing is spawned then). Dropping it does not cancel
-/// the call: the object still runs it, the reply is discarded.
+/// the call: the object still runs it, the reply is discarded. A reply that
+/// has not come `call_timeout` after the caller started waiting fails the
+/// call with [`Error::Timeout`].
 #[must_use = "the call is already queued; await this future to learn its outcome"]
 pub struct PendingCall<R> {
     state: Pending,
@@ -191,8 +193,36 @@ pub struct PendingCall<R> {
 }
 
 enum Pending {
-    Waiting(Reply),
+    Waiting(Reply, Deadline),
     Failed(Option<Error>),
+}
+
+/// When a waiting call gives up: `call_timeout` after its caller first
+/// waited for it. The timer is made only then, so a call whose turn runs
+/// in the caller's first poll costs no timer.
+struct Deadline {
+    address: Arc<Address>,
+    timer: Option<Pin<Box<tokio::time::Sleep>>>,
+}
+
+impl Deadline {
+    /// Ready with the error once the time is up.
+    fn poll_expired(&mut self, cx: &mut TaskContext<'_>) -> Poll<Error> {
+        let address = &self.address;
+        let timeout = address.host.config().call_timeout;
+        let timer = self.timer.get_or_insert_with(|| {
+            // The object's runtime keeps time, whichever executor polls.
+            let _runtime = address.host.enter();
+            Box::pin(tokio::time::sleep(timeout))
+        });
+        timer.as_mut().poll(cx).map(|()| {
+            Error::Timeout(format!(
+                "`{}` object {} did not reply within {timeout:?} (`call_timeout`); the call may still \
+                 run, or have run: retry only what is safe to repeat",
+                address.type_name, address.id
+            ))
+        })
+    }
 }
 
 impl<R> Future for PendingCall<R> {
@@ -204,8 +234,15 @@ impl<R> Future for PendingCall<R> {
             Pending::Failed(err) => Poll::Ready(Err(err.take().unwrap_or_else(|| {
                 Error::Disconnected("this call's future was polled after it completed".into())
             }))),
-            Pending::Waiting(reply) => match Pin::new(reply).poll(cx) {
-                Poll::Pending => Poll::Pending,
+            Pending::Waiting(reply, deadline) => match Pin::new(reply).poll(cx) {
+                Poll::Pending => match deadline.poll_expired(cx) {
+                    Poll::Pending => Poll::Pending,
+                    Poll::Ready(err) => {
+                        // Dropping the reply does not cancel the call.
+                        this.state = Pending::Failed(None);
+                        Poll::Ready(Err(err))
+                    }
+                },
                 Poll::Ready(Ok(bytes)) => Poll::Ready((this.decode)(&bytes)),
                 Poll::Ready(Err(err)) => Poll::Ready(Err(err)),
             },

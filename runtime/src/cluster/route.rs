@@ -24,8 +24,8 @@ use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
 use std::task::Poll;
 
-use stead_transport::codec;
 use stead_transport::frame::{FrameReader, MAX_FRAME_LEN, write_frame};
+use stead_transport::{RecvStream, SendStream, codec};
 use tokio::sync::mpsc;
 
 use super::connections::connection_lost;
@@ -145,21 +145,18 @@ impl Pump {
     }
 
     async fn deliver(&self, rx: &mut mpsc::Receiver<Call>) -> Result<()> {
-        let Destination { host, cluster, hosted, target } = &self.destination;
-        let (type_name, id) = (self.inbound.type_name(), self.inbound.id());
-        let target = target
-            .clone()
-            .or_else(|| cluster.me.clone().filter(|_| hosted.is_some()))
-            .unwrap_or_else(|| cluster.coordinator().to_string());
-        let owner = cluster.locate(type_name, &id, &target).await?;
-        if cluster.me.as_deref() == Some(owner.as_str()) {
-            return self.deliver_locally(rx).await;
-        }
-        let conn = cluster.connection(&owner).await?;
-        let lost = |what: String| connection_lost(&conn, &owner, what);
-        let (mut send, recv) = conn.open_bi().await.map_err(|e| lost(e.to_string()))?;
-        let hello = codec::encode(&Hello::Object { type_name: type_name.to_string(), id })?;
-        write_frame(&mut send, &hello).await.map_err(|e| lost(e.to_string()))?;
+        let host = &self.destination.host;
+        // Placing, connecting and opening the stream are bounded like a call.
+        let timeout = host.config().call_timeout;
+        let opened = tokio::time::timeout(timeout, self.open()).await.unwrap_or_else(|_| {
+            Err(Error::Timeout(format!(
+                "could not reach `{}` object {} within {timeout:?} (`call_timeout`): placing it, or \
+                 connecting to its node, took too long; retry later",
+                self.inbound.type_name(),
+                self.inbound.id()
+            )))
+        })?;
+        let Some((send, recv)) = opened else { return self.deliver_locally(rx).await };
 
         // The calls queued so far are registered as waiting for their
         // responses before the reader task starts: a reader that started
@@ -185,6 +182,27 @@ impl Pump {
                 return Ok(());
             }
         }
+    }
+
+    /// Finds the object's owner (placing the object if it has none) and
+    /// opens a stream to it; `None` when the object lives here.
+    async fn open(&self) -> Result<Option<(SendStream, RecvStream)>> {
+        let Destination { cluster, hosted, target, .. } = &self.destination;
+        let (type_name, id) = (self.inbound.type_name(), self.inbound.id());
+        let target = target
+            .clone()
+            .or_else(|| cluster.me.clone().filter(|_| hosted.is_some()))
+            .unwrap_or_else(|| cluster.coordinator().to_string());
+        let owner = cluster.locate(type_name, &id, &target).await?;
+        if cluster.me.as_deref() == Some(owner.as_str()) {
+            return Ok(None);
+        }
+        let conn = cluster.connection(&owner).await?;
+        let lost = |what: String| connection_lost(&conn, &owner, what);
+        let (mut send, recv) = conn.open_bi().await.map_err(|e| lost(e.to_string()))?;
+        let hello = codec::encode(&Hello::Object { type_name: type_name.to_string(), id })?;
+        write_frame(&mut send, &hello).await.map_err(|e| lost(e.to_string()))?;
+        Ok(Some((send, recv)))
     }
 
     /// The object turned out to live here: hand the calls to its mailbox.

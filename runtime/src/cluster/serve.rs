@@ -162,7 +162,14 @@ async fn serve_object(
     send: SendStream,
     mut recv: RecvStream,
 ) {
-    let admitted = admit(objects, cluster, type_name, id).await;
+    let timeout = objects.host().config().call_timeout;
+    let admitted =
+        tokio::time::timeout(timeout, admit(objects, cluster, type_name, id)).await.unwrap_or_else(|_| {
+            Err(Error::Timeout(format!(
+                "could not confirm within {timeout:?} that `{type_name}` object {id} lives on this node (the \
+             directory did not answer); retry later"
+            )))
+        });
     let responder = Arc::new(Responder { send: tokio::sync::Mutex::new(send) });
     loop {
         let request = match read_frame(&mut recv, MAX_FRAME_LEN).await {
