@@ -22,6 +22,7 @@ const PEERS: &str = "STEAD_CLUSTER_PEERS";
 const TLS_DIR: &str = "STEAD_CLUSTER_TLS";
 const DATA_DIR: &str = "STEAD_CLUSTER_DATA";
 const OBJECT_ID: &str = "STEAD_CLUSTER_ID";
+const MAILBOX: &str = "STEAD_CLUSTER_MAILBOX";
 const SECRET: &str = "the cluster test secret, shared by every process";
 
 pub struct Counter {
@@ -150,6 +151,60 @@ impl Blob {
     }
 }
 
+/// A log whose turns wait a moment, so that its mailbox fills.
+pub struct SlowLog {
+    seen: Vec<u64>,
+}
+
+#[durable_object]
+impl SlowLog {
+    pub async fn new(_ctx: Context) -> Self {
+        SlowLog { seen: Vec::new() }
+    }
+
+    pub async fn record(&mut self, n: u64) -> usize {
+        tokio::task::yield_now().await;
+        self.seen.push(n);
+        self.seen.len()
+    }
+
+    pub fn seen(&self) -> Vec<u64> {
+        self.seen.clone()
+    }
+}
+
+/// Floods a `SlowLog` of its own node with pipelined calls (through the
+/// cluster route, relayed to the local mailbox).
+pub struct Flooder {
+    ctx: Context,
+}
+
+#[durable_object]
+impl Flooder {
+    pub async fn new(ctx: Context) -> Self {
+        Flooder { ctx }
+    }
+
+    /// Records 0..count in the log `log` (an id string); returns each
+    /// call's outcome, in issue order, as `Ok(len)` or `Err(retryable)`.
+    pub async fn flood(&mut self, log: String, count: u64) -> stead::Result<Vec<Result<usize, bool>>> {
+        let logs = self.ctx.namespace::<SlowLog>();
+        let stub = logs.stub(&logs.id_from_str(&log)?);
+        let mut calls = Vec::new();
+        for n in 0..count {
+            calls.push(stub.record(n));
+            if n % 8 == 0 {
+                tokio::task::yield_now().await;
+            }
+        }
+        let mut outcomes = Vec::new();
+        for call in calls {
+            outcomes.push(call.await.map_err(|err| err.is_retryable()));
+        }
+        Ok(outcomes)
+    }
+}
+
 /// A method that never returns.
 pub struct Stuck;
 
@@ -214,7 +269,13 @@ async fn node_process() {
         .host::<Register>()
         .host::<Trigger>()
         .host::<Blob>()
-        .host::<Stuck>();
+        .host::<Stuck>()
+        .host::<SlowLog>()
+        .host::<Flooder>();
+    let builder = match std::env::var(MAILBOX) {
+        Ok(capacity) => builder.mailbox_capacity(capacity.parse().unwrap()),
+        Err(_) => builder,
+    };
     let _rt = with_peers(builder, &peers).build().await.unwrap();
     println!("ready");
     loop {
@@ -321,14 +382,20 @@ struct TestCluster {
     dir: tempfile::TempDir,
     peers: Vec<(String, SocketAddr)>,
     nodes: Vec<Option<ChildGuard>>,
+    /// The nodes' mailbox capacity, when not the default.
+    mailbox: Option<usize>,
 }
 
 impl TestCluster {
     fn start() -> TestCluster {
+        TestCluster::start_with_mailbox(None)
+    }
+
+    fn start_with_mailbox(mailbox: Option<usize>) -> TestCluster {
         let dir = tempfile::tempdir().unwrap();
         let addrs = free_addrs(2);
         let peers = vec![("ohio".to_string(), addrs[0]), ("seoul".to_string(), addrs[1])];
-        let mut cluster = TestCluster { dir, peers, nodes: vec![None, None] };
+        let mut cluster = TestCluster { dir, peers, nodes: vec![None, None], mailbox };
         for i in 0..2 {
             cluster.start_node(i);
         }
@@ -345,16 +412,17 @@ impl TestCluster {
 
     fn start_node(&mut self, i: usize) {
         let name = self.peers[i].0.clone();
-        let node = ChildGuard::spawn(
-            "node_process",
-            &[
-                (ROLE, "node".into()),
-                (NAME, name.clone()),
-                (PEERS, self.peer_list()),
-                (TLS_DIR, self.tls_dir().display().to_string()),
-                (DATA_DIR, self.dir.path().join(&name).display().to_string()),
-            ],
-        );
+        let mut env = vec![
+            (ROLE, "node".into()),
+            (NAME, name.clone()),
+            (PEERS, self.peer_list()),
+            (TLS_DIR, self.tls_dir().display().to_string()),
+            (DATA_DIR, self.dir.path().join(&name).display().to_string()),
+        ];
+        if let Some(capacity) = self.mailbox {
+            env.push((MAILBOX, capacity.to_string()));
+        }
+        let node = ChildGuard::spawn("node_process", &env);
         node.wait_for("ready");
         self.nodes[i] = Some(node);
     }
@@ -764,4 +832,51 @@ async fn a_remote_method_that_never_returns_gives_its_caller_timeout() {
         .expect("the remote caller waited forever")
         .unwrap_err();
     assert!(matches!(err, Error::Timeout(_)), "{err:?}");
+}
+
+/// Checks a stub's call outcomes, in issue order: once one failed, none
+/// after it ran, and what ran is the log.
+fn assert_no_gap(outcomes: &[Result<usize, bool>], log: &[u64]) {
+    let first_failed = outcomes.iter().position(|r| r.is_err()).expect("the test must overload the mailbox");
+    for (n, later) in outcomes.iter().enumerate().skip(first_failed) {
+        let Err(retryable) = later else {
+            panic!("call {n} ran after call {first_failed} was refused: a gap")
+        };
+        assert!(retryable, "call {n} failed with an error that is not retryable");
+    }
+    let ran: Vec<u64> = (0..first_failed as u64).collect();
+    assert_eq!(log, ran, "the object ran exactly the calls before the first refusal");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn after_a_remote_call_is_refused_no_later_call_of_the_stub_runs() {
+    let cluster = TestCluster::start_with_mailbox(Some(2));
+    let rt = cluster.client("client").await;
+    let logs = rt.namespace::<SlowLog>();
+    let id = logs.unique_id();
+    let stub = logs.stub_at(&id, "seoul");
+    let calls: Vec<_> = (0..500).map(|n| stub.record(n)).collect();
+    let mut outcomes = Vec::new();
+    for call in calls {
+        outcomes.push(call.await.map_err(|err| err.is_retryable()));
+    }
+    let log = logs.stub(&id).seen().await.unwrap();
+    assert_no_gap(&outcomes, &log);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn after_a_relayed_call_is_refused_no_later_call_of_the_stub_runs() {
+    let cluster = TestCluster::start_with_mailbox(Some(2));
+    let rt = cluster.client("client").await;
+    let logs = rt.namespace::<SlowLog>();
+    let id = logs.unique_id();
+    // Place the log on seoul, then flood it from an object on seoul: its
+    // calls go through the cluster route and are relayed to the local
+    // mailbox.
+    assert_eq!(logs.stub_at(&id, "seoul").seen().await.unwrap(), Vec::<u64>::new());
+    let flooders = rt.namespace::<Flooder>();
+    let flooder = flooders.stub_at(&flooders.unique_id(), "seoul");
+    let outcomes = flooder.flood(id.to_string(), 500).await.unwrap().unwrap();
+    let log = logs.stub(&id).seen().await.unwrap();
+    assert_no_gap(&outcomes, &log);
 }

@@ -79,3 +79,40 @@ async fn calls_spawned_onto_other_tasks_keep_the_order_in_which_they_were_issued
     }
     assert_eq!(log.seen().await.unwrap(), (0..300).collect::<Vec<_>>());
 }
+
+/// Checks a stub's calls, in issue order: once one failed, none after it
+/// ran (no gap followed by a later success), and what ran is the log.
+fn assert_no_gap(results: &[stead::Result<usize>], log: &[u64]) {
+    let first_failed = results.iter().position(|r| r.is_err()).expect("the test must overload the mailbox");
+    for (n, later) in results.iter().enumerate().skip(first_failed) {
+        let Err(err) = later else { panic!("call {n} ran after call {first_failed} was refused: a gap") };
+        assert!(err.is_retryable(), "{err}");
+    }
+    let ran: Vec<u64> = (0..first_failed as u64).collect();
+    assert_eq!(log, ran, "the object ran exactly the calls before the first refusal");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn after_a_call_is_refused_no_later_call_of_the_stub_runs() {
+    let rt = Runtime::builder().in_memory().mailbox_capacity(2).host::<Log>().build().await.unwrap();
+    let ns = rt.namespace::<Log>();
+    let id = ns.unique_id();
+    let stub = ns.stub(&id);
+    // Issued while the object drains: some find its mailbox full, and
+    // room again after.
+    let mut calls = Vec::new();
+    for n in 0..500 {
+        calls.push(tokio::spawn(stub.record(n)));
+        if n % 8 == 0 {
+            tokio::task::yield_now().await;
+        }
+    }
+    let mut results = Vec::new();
+    for call in calls {
+        results.push(call.await.unwrap());
+    }
+    let log = ns.stub(&id).seen().await.unwrap();
+    assert_no_gap(&results, &log);
+    let later = stub.record(1_000).await.unwrap_err();
+    assert!(later.to_string().contains("make a new stub"), "{later}");
+}

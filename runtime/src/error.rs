@@ -72,6 +72,29 @@ impl Error {
         ))
     }
 
+    /// Whether this error breaks the order of the stub it came through: the
+    /// call was refused (`Overloaded`) or lost (`Disconnected`), so later
+    /// calls through the same stub must not run after the gap.
+    pub(crate) fn breaks_order(&self) -> bool {
+        matches!(self, Error::Overloaded(_) | Error::Disconnected(_))
+    }
+
+    /// The error for a call made after `self` broke its stub's order: the
+    /// same kind, saying why this call was not sent.
+    pub(crate) fn after_break(&self) -> Error {
+        let why = |earlier: &str| {
+            format!(
+                "this call was not run because an earlier call through the same stub failed ({earlier}); \
+                 the calls of a stub run in order, with no gaps, so every later call fails too: make a \
+                 new stub to go on"
+            )
+        };
+        match self {
+            Error::Overloaded(earlier) => Error::Overloaded(why(earlier)),
+            other => Error::Disconnected(why(&other.to_string())),
+        }
+    }
+
     /// Whether the same call may succeed if it is tried again later.
     ///
     /// `Overloaded`, `Disconnected`, `Unavailable` and `Timeout` are

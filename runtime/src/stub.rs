@@ -11,7 +11,7 @@
 use std::fmt;
 use std::future::Future;
 use std::pin::Pin;
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use std::task::{Context as TaskContext, Poll};
 
 use serde::Serialize;
@@ -38,6 +38,20 @@ struct Address {
     type_name: &'static str,
     host: Host,
     route: Route,
+    /// The first refusal or loss of a call through this stub (and its
+    /// clones): every later call fails with it, so that no call runs after a
+    /// gap in the stub's order.
+    broken: OnceLock<Error>,
+}
+
+impl Address {
+    /// Records that a call through this stub failed with `err`, if that
+    /// breaks the stub's order.
+    fn note(&self, err: &Error) {
+        if err.breaks_order() {
+            let _ = self.broken.set(err.clone());
+        }
+    }
 }
 
 enum Route {
@@ -69,7 +83,7 @@ impl StubCore {
             (None, Some(hosted)) => Route::Local(hosted),
             (None, None) => Route::NotHosted,
         };
-        StubCore { address: Arc::new(Address { id, type_name, host, route }) }
+        StubCore { address: Arc::new(Address { id, type_name, host, route, broken: OnceLock::new() }) }
     }
 
     /// The id of the object this stub addresses.
@@ -79,6 +93,18 @@ impl StubCore {
 
     /// Queues a call of method `method` with already encoded arguments.
     fn send(&self, method: u32, fingerprint: u64, args: Vec<u8>) -> Result<Reply> {
+        let address = &*self.address;
+        if let Some(earlier) = address.broken.get() {
+            return Err(earlier.after_break());
+        }
+        let sent = self.route(method, fingerprint, args);
+        if let Err(err) = &sent {
+            address.note(err);
+        }
+        sent
+    }
+
+    fn route(&self, method: u32, fingerprint: u64, args: Vec<u8>) -> Result<Reply> {
         let address = &*self.address;
         address.host.check_accepting()?;
         let (reply, receiver) = oneshot::channel();
@@ -244,7 +270,10 @@ impl<R> Future for PendingCall<R> {
                     }
                 },
                 Poll::Ready(Ok(bytes)) => Poll::Ready((this.decode)(&bytes)),
-                Poll::Ready(Err(err)) => Poll::Ready(Err(err)),
+                Poll::Ready(Err(err)) => {
+                    deadline.address.note(&err);
+                    Poll::Ready(Err(err))
+                }
             },
         }
     }

@@ -209,10 +209,20 @@ impl Pump {
     async fn deliver_locally(&self, rx: &mut mpsc::Receiver<Call>) -> Result<()> {
         let type_name = self.inbound.type_name();
         let hosted = self.destination.hosted.as_ref().ok_or_else(|| Error::not_hosted(type_name))?;
+        // The first refused call; the ones after it must not run after the
+        // gap.
+        let mut refused: Option<Error> = None;
         while let Some(call) = rx.recv().await {
+            if let Some(earlier) = &refused {
+                let _ = call.reply.send(Err(earlier.after_break()));
+                continue;
+            }
             if let Err((err, Message::Call(call))) =
                 hosted.send(self.inbound.id(), Message::Call(call), Driver::Task)
             {
+                if err.breaks_order() {
+                    refused = Some(err.clone());
+                }
                 let _ = call.reply.send(Err(err));
             }
         }

@@ -171,6 +171,8 @@ async fn serve_object(
             )))
         });
     let responder = Arc::new(Responder { send: tokio::sync::Mutex::new(send) });
+    // The first call of this stream that was refused, if any.
+    let mut refused: Option<Error> = None;
     loop {
         let request = match read_frame(&mut recv, MAX_FRAME_LEN).await {
             Ok(Some(bytes)) => match codec::decode::<Request>(&bytes) {
@@ -181,10 +183,16 @@ async fn serve_object(
             Err(_) => break,
         };
         let seq = request.seq;
-        let hosted = match &admitted {
-            Ok(hosted) => hosted,
-            Err(err) => {
+        let hosted = match (&admitted, &refused) {
+            (Ok(hosted), None) => hosted,
+            (Err(err), _) => {
                 responder.respond(Response { seq, result: Err(err.clone()) }).await;
+                continue;
+            }
+            // A call of this stream was refused: the ones after it must
+            // not run after the gap (the caller's stub is broken too).
+            (_, Some(earlier)) => {
+                responder.respond(Response { seq, result: Err(earlier.after_break()) }).await;
                 continue;
             }
         };
@@ -209,7 +217,12 @@ async fn serve_object(
                     }
                 }
             }
-            Err((err, _)) => responder.respond(Response { seq, result: Err(err) }).await,
+            Err((err, _)) => {
+                if err.breaks_order() {
+                    refused = Some(err.clone());
+                }
+                responder.respond(Response { seq, result: Err(err) }).await;
+            }
         }
     }
     // A frame that was too long, cut short or not a request: stop the stream.
