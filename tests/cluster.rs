@@ -242,11 +242,17 @@ fn parse_peers(text: &str) -> Vec<(String, SocketAddr)> {
         .collect()
 }
 
+/// Adds the peer list, and failure detection fit for one machine that may
+/// be busy with dozens of test processes (the defaults are made for links
+/// between regions: a 200 ms round trip).
 fn with_peers(mut builder: stead::RuntimeBuilder, peers: &[(String, SocketAddr)]) -> stead::RuntimeBuilder {
     for (name, addr) in peers {
         builder = builder.peer(name.clone(), *addr);
     }
     builder
+        .keep_alive(Duration::from_millis(250))
+        .peer_timeout(Duration::from_secs(3))
+        .connect_timeout(Duration::from_secs(3))
 }
 
 /// A node: hosts every test type until it is killed.
@@ -624,7 +630,16 @@ async fn oversized_frames_and_random_bytes_leave_the_node_serving_others() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_dead_node_makes_its_objects_unavailable_fast_and_a_restarted_node_serves_them_again() {
     let mut cluster = TestCluster::start();
-    let rt = cluster.client("client").await;
+    // This client notices a silent node after 500 ms (a connection's idle
+    // timeout is the shorter of its two sides').
+    let identity = stead::tls::dev_identity(&cluster.tls_dir(), "client").unwrap();
+    let builder = Runtime::builder().client().tls(identity).secret(SECRET).in_memory();
+    let rt = with_peers(builder, &cluster.peers)
+        .keep_alive(Duration::from_millis(100))
+        .peer_timeout(Duration::from_millis(500))
+        .build()
+        .await
+        .unwrap();
     let counters = rt.namespace::<Counter>();
     let id = counters.id_from_name("survivor");
     let used_before = counters.stub_at(&id, "seoul");
@@ -695,6 +710,16 @@ async fn misconfigured_clusters_fail_at_build_with_what_to_fix() {
         (
             Runtime::builder().in_memory().client().node("ohio").tls(identity()).peer("ohio", addr),
             "one or the other",
+        ),
+        (
+            Runtime::builder()
+                .in_memory()
+                .node("ohio")
+                .tls(identity())
+                .peer("ohio", addr)
+                .keep_alive(Duration::from_secs(5))
+                .peer_timeout(Duration::from_secs(1)),
+            "must be longer than `keep_alive`",
         ),
     ];
     for (builder, expected) in cases {

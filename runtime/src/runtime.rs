@@ -151,6 +151,32 @@ impl RuntimeBuilder {
         self
     }
 
+    /// How often an idle connection to a peer sends a keep-alive (default
+    /// 1 s). Must be shorter than [`peer_timeout`](Self::peer_timeout).
+    pub fn keep_alive(mut self, interval: Duration) -> Self {
+        self.cluster.liveness.keep_alive = interval;
+        self
+    }
+
+    /// How long a peer may stay silent before it counts as dead (default
+    /// 5 s): calls in flight to it then fail with `Disconnected`, and new
+    /// ones with `Unavailable`, both retryable. This is the cluster's
+    /// failure-detection time; QUIC also waits at least three probe
+    /// timeouts (a few round trips), so on a slow link it is the longer of
+    /// the two. The defaults survive a 200 ms round trip between regions;
+    /// on one machine or one rack, 500 ms with a 100 ms keep-alive notices a
+    /// dead node in well under a second.
+    pub fn peer_timeout(mut self, timeout: Duration) -> Self {
+        self.cluster.liveness.peer_timeout = timeout;
+        self
+    }
+
+    /// How long a connection attempt to a peer may take (default 5 s).
+    pub fn connect_timeout(mut self, timeout: Duration) -> Self {
+        self.cluster.liveness.connect_timeout = timeout;
+        self
+    }
+
     /// Makes this process a client of the cluster: it hosts nothing and
     /// calls objects on the nodes (Cloudflare's "Worker").
     pub fn client(mut self) -> Self {

@@ -22,24 +22,53 @@ const HIGHEST_ADVERTISED: u32 = 64;
 /// Application close code: the peer speaks another protocol version.
 pub const CLOSE_VERSION_MISMATCH: u32 = 2;
 
-/// How long a connection attempt may take.
-const CONNECT_TIMEOUT: Duration = Duration::from_millis(500);
+/// How an endpoint notices that a peer is gone.
+///
+/// A peer that sends nothing for `peer_timeout` is dead: its connection
+/// closes and calls in flight on it fail. Each side sends a keep-alive
+/// every `keep_alive` so that a live but idle peer is never taken for dead.
+/// QUIC also waits at least three probe timeouts (a few round trips), so on
+/// a slow link detection takes the longer of the two.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Liveness {
+    /// How often an idle connection sends a keep-alive (default 1 s).
+    pub keep_alive: Duration,
+    /// How long a silent peer is waited for before it counts as dead
+    /// (default 5 s).
+    pub peer_timeout: Duration,
+    /// How long a connection attempt may take (default 5 s).
+    pub connect_timeout: Duration,
+}
+
+impl Default for Liveness {
+    /// Settings that survive a 200 ms round trip between regions: a dead
+    /// peer is noticed about 5 s after it last sent something.
+    fn default() -> Self {
+        Liveness {
+            keep_alive: Duration::from_secs(1),
+            peer_timeout: Duration::from_secs(5),
+            connect_timeout: Duration::from_secs(5),
+        }
+    }
+}
 
 fn alpn(version: u32) -> Vec<u8> {
     format!("stead/{version}").into_bytes()
 }
 
-/// Transport settings: many streams in flight, and a dead peer noticed fast.
-fn transport_config() -> Arc<TransportConfig> {
+/// Transport settings: many streams in flight, and a dead peer noticed
+/// after `liveness.peer_timeout`.
+fn transport_config(liveness: &Liveness) -> Result<Arc<TransportConfig>, TransportError> {
     let mut config = TransportConfig::default();
     // One stream per stub-object pair, and thousands of stubs per process.
     config.max_concurrent_bidi_streams(VarInt::from_u32(65_536));
     config.max_concurrent_uni_streams(VarInt::from_u32(1_024));
-    // Keep-alives every 100 ms and a 500 ms idle timeout: a peer that died
-    // is noticed in under a second, so callers get `Unavailable` quickly.
-    config.keep_alive_interval(Some(Duration::from_millis(100)));
-    config.max_idle_timeout(Some(VarInt::from_u32(500).into()));
-    Arc::new(config)
+    config.keep_alive_interval(Some(liveness.keep_alive));
+    let idle = quinn::IdleTimeout::try_from(liveness.peer_timeout).map_err(|_| {
+        TransportError::Config(format!("a peer timeout of {:?} is too long", liveness.peer_timeout))
+    })?;
+    config.max_idle_timeout(Some(idle));
+    Ok(Arc::new(config))
 }
 
 /// A QUIC endpoint: a server when it listens, always a client.
@@ -47,34 +76,38 @@ fn transport_config() -> Arc<TransportConfig> {
 pub struct Endpoint {
     inner: QuinnEndpoint,
     version: u32,
+    connect_timeout: Duration,
 }
 
 impl Endpoint {
-    /// Binds an endpoint that presents `identity`; with `listen`, it also
-    /// accepts connections there.
+    /// Binds an endpoint that presents `identity`, with the default
+    /// [`Liveness`]; with `listen`, it also accepts connections there.
     pub fn bind(identity: &Identity, listen: Option<SocketAddr>) -> Result<Self, TransportError> {
-        Endpoint::bind_with_version(identity, listen, PROTOCOL_VERSION)
+        Endpoint::bind_with(identity, listen, Liveness::default(), PROTOCOL_VERSION)
     }
 
-    /// Like [`bind`](Self::bind) but speaking protocol `version`: only for
-    /// testing how nodes of different versions refuse each other.
-    #[doc(hidden)]
-    pub fn bind_with_version(
+    /// Like [`bind`](Self::bind), with the given liveness settings,
+    /// speaking protocol `version` (another version than
+    /// [`PROTOCOL_VERSION`] only to test how nodes of different versions
+    /// refuse each other).
+    pub fn bind_with(
         identity: &Identity,
         listen: Option<SocketAddr>,
+        liveness: Liveness,
         version: u32,
     ) -> Result<Self, TransportError> {
+        let transport = transport_config(&liveness)?;
         let client = client_crypto(identity, vec![alpn(version)])?;
         let client = QuicClientConfig::try_from(client).map_err(|e| TransportError::Tls(e.to_string()))?;
         let mut client = quinn::ClientConfig::new(Arc::new(client));
-        client.transport_config(transport_config());
+        client.transport_config(transport.clone());
         let mut endpoint = match listen {
             Some(addr) => {
                 let server = server_crypto(identity, (1..=HIGHEST_ADVERTISED).map(alpn).collect())?;
                 let server =
                     QuicServerConfig::try_from(server).map_err(|e| TransportError::Tls(e.to_string()))?;
                 let mut server = quinn::ServerConfig::with_crypto(Arc::new(server));
-                server.transport_config(transport_config());
+                server.transport_config(transport);
                 QuinnEndpoint::server(server, addr)
                     .map_err(|e| TransportError::Bind(format!("cannot listen on {addr}: {e}")))?
             }
@@ -82,7 +115,7 @@ impl Endpoint {
                 .map_err(|e| TransportError::Bind(format!("cannot open a client socket: {e}")))?,
         };
         endpoint.set_default_client_config(client);
-        Ok(Endpoint { inner: endpoint, version })
+        Ok(Endpoint { inner: endpoint, version, connect_timeout: liveness.connect_timeout })
     }
 
     /// The address the endpoint is bound to.
@@ -96,11 +129,12 @@ impl Endpoint {
             .inner
             .connect(addr, name)
             .map_err(|e| TransportError::Connect(format!("cannot connect to `{name}` at {addr}: {e}")))?;
-        match tokio::time::timeout(CONNECT_TIMEOUT, connecting).await {
+        match tokio::time::timeout(self.connect_timeout, connecting).await {
             Ok(Ok(conn)) => Ok(conn),
             Ok(Err(e)) => Err(connection_error(&format!("`{name}` at {addr}"), e)),
             Err(_) => Err(TransportError::Connect(format!(
-                "`{name}` at {addr} did not answer within {CONNECT_TIMEOUT:?}"
+                "`{name}` at {addr} did not answer within {:?} (the connect timeout)",
+                self.connect_timeout
             ))),
         }
     }

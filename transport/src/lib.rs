@@ -11,7 +11,7 @@ pub mod frame;
 pub mod tls;
 
 pub use codec::{CodecError, MAX_VALUE_SIZE};
-pub use endpoint::{CLOSE_VERSION_MISMATCH, Endpoint, PROTOCOL_VERSION, connection_error};
+pub use endpoint::{CLOSE_VERSION_MISMATCH, Endpoint, Liveness, PROTOCOL_VERSION, connection_error};
 pub use quinn::{Connection, RecvStream, SendStream, VarInt};
 pub use tls::{Identity, TlsError, dev_identity};
 
@@ -25,6 +25,9 @@ pub enum TransportError {
     /// The socket could not be bound.
     #[error("{0}")]
     Bind(String),
+    /// A setting is out of range.
+    #[error("{0}")]
+    Config(String),
     /// A connection could not be made or was lost.
     #[error("{0}")]
     Connect(String),

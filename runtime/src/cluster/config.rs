@@ -4,7 +4,7 @@
 use std::net::SocketAddr;
 use std::path::PathBuf;
 
-use stead_transport::Identity;
+use stead_transport::{Identity, Liveness};
 
 use crate::error::{Error, Result};
 
@@ -18,6 +18,8 @@ pub(crate) struct ClusterConfig {
     pub(crate) identity: Option<Identity>,
     pub(crate) identity_files: Option<(PathBuf, PathBuf, PathBuf)>,
     pub(crate) protocol_version: Option<u32>,
+    /// How dead peers are noticed.
+    pub(crate) liveness: Liveness,
 }
 
 impl ClusterConfig {
@@ -67,6 +69,16 @@ impl ClusterConfig {
             let names: Vec<_> = self.peers.iter().map(|(name, _)| name.as_str()).collect();
             return config(format!(
                 "this node, `{node}`, is not in the peer list {names:?}; add `.peer(\"{node}\", address)`"
+            ));
+        }
+        let Liveness { keep_alive, peer_timeout, connect_timeout } = self.liveness;
+        if keep_alive.is_zero() || connect_timeout.is_zero() {
+            return config("`keep_alive` and `connect_timeout` must be longer than zero".into());
+        }
+        if peer_timeout <= keep_alive {
+            return config(format!(
+                "`peer_timeout` ({peer_timeout:?}) must be longer than `keep_alive` ({keep_alive:?}), or \
+                 live but idle peers would be taken for dead; a few keep-alives per timeout is usual"
             ));
         }
         if self.identity.is_none() && self.identity_files.is_none() {

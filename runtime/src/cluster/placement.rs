@@ -47,7 +47,7 @@ impl Cluster {
             })
         });
         let version = config.protocol_version.unwrap_or(stead_transport::PROTOCOL_VERSION);
-        let endpoint = Endpoint::bind_with_version(identity, listen, version)
+        let endpoint = Endpoint::bind_with(identity, listen, config.liveness, version)
             .map_err(|e| Error::Transport(e.to_string()))?;
         let coordinator = config.peers[0].0.clone();
         let is_coordinator = config.node.as_deref() == Some(coordinator.as_str());
