@@ -23,6 +23,7 @@ const TLS_DIR: &str = "STEAD_CLUSTER_TLS";
 const DATA_DIR: &str = "STEAD_CLUSTER_DATA";
 const OBJECT_ID: &str = "STEAD_CLUSTER_ID";
 const MAILBOX: &str = "STEAD_CLUSTER_MAILBOX";
+const SHUTDOWN_AFTER: &str = "STEAD_CLUSTER_SHUTDOWN_AFTER_MS";
 const SECRET: &str = "the cluster test secret, shared by every process";
 
 pub struct Counter {
@@ -282,8 +283,18 @@ async fn node_process() {
         Ok(capacity) => builder.mailbox_capacity(capacity.parse().unwrap()),
         Err(_) => builder,
     };
-    let _rt = with_peers(builder, &peers).build().await.unwrap();
+    let rt = with_peers(builder, &peers).build().await.unwrap();
     println!("ready");
+    if let Ok(after) = std::env::var(SHUTDOWN_AFTER) {
+        tokio::time::sleep(Duration::from_millis(after.parse().unwrap())).await;
+        let started = Instant::now();
+        let result = rt.shutdown().await;
+        println!("shut down ok={} in {:?}", result.is_ok(), started.elapsed());
+        // Stay a moment: an object constructed now would print it.
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        println!("exiting");
+        std::process::exit(0);
+    }
     loop {
         tokio::time::sleep(Duration::from_secs(60)).await;
     }
@@ -417,6 +428,10 @@ impl TestCluster {
     }
 
     fn start_node(&mut self, i: usize) {
+        self.start_node_with(i, &[]);
+    }
+
+    fn start_node_with(&mut self, i: usize, extra: &[(&str, String)]) {
         let name = self.peers[i].0.clone();
         let mut env = vec![
             (ROLE, "node".into()),
@@ -428,6 +443,7 @@ impl TestCluster {
         if let Some(capacity) = self.mailbox {
             env.push((MAILBOX, capacity.to_string()));
         }
+        env.extend(extra.iter().cloned());
         let node = ChildGuard::spawn("node_process", &env);
         node.wait_for("ready");
         self.nodes[i] = Some(node);
@@ -904,4 +920,78 @@ async fn after_a_relayed_call_is_refused_no_later_call_of_the_stub_runs() {
     let outcomes = flooder.flood(id.to_string(), 500).await.unwrap().unwrap();
     let log = logs.stub(&id).seen().await.unwrap();
     assert_no_gap(&outcomes, &log);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shutdown_under_steady_remote_traffic_finishes_and_every_committed_call_got_its_reply() {
+    let mut cluster = TestCluster::start();
+    cluster.kill_node(1);
+    cluster.start_node_with(1, &[(SHUTDOWN_AFTER, "2000".into())]);
+    let rt = cluster.client("client").await;
+    let counters = rt.namespace::<Counter>();
+    // Eight callers, each incrementing its own counter on seoul one call
+    // after another until a call fails; one more making new objects.
+    let callers: Vec<_> = (0..8)
+        .map(|k| {
+            let stub = counters.stub_at(&counters.id_from_name(&format!("load {k}")), "seoul");
+            tokio::spawn(async move {
+                let mut replied = 0u64;
+                loop {
+                    match stub.increment(1).await {
+                        Ok(Ok(value)) => {
+                            replied += 1;
+                            assert_eq!(value, replied, "caller {k}");
+                        }
+                        Ok(Err(err)) => panic!("caller {k}: {err}"),
+                        Err(err) => {
+                            assert!(err.is_retryable(), "caller {k}: {err}");
+                            return replied;
+                        }
+                    }
+                }
+            })
+        })
+        .collect();
+    let creator = {
+        let counters = counters.clone();
+        tokio::spawn(async move {
+            let started = Instant::now();
+            while started.elapsed() < Duration::from_secs(4) {
+                let stub = counters.stub_at(&counters.unique_id(), "seoul");
+                if stub.increment(1).await.is_err() {
+                    tokio::time::sleep(Duration::from_millis(5)).await;
+                }
+            }
+        })
+    };
+    let shut_down = cluster.node(1).wait_for("shut down ok=");
+    assert!(shut_down.starts_with("true"), "shutdown did not finish cleanly: {shut_down}");
+    let mut replied = Vec::new();
+    for caller in callers {
+        replied.push(caller.await.unwrap());
+    }
+    creator.await.unwrap();
+    cluster.node(1).wait_for("exiting");
+    let lines = cluster.node(1).lines.lock().unwrap().clone();
+    let done = lines.iter().position(|l| l.contains("shut down ok=")).unwrap();
+    assert!(
+        !lines[done..].iter().any(|l| l.contains("constructed")),
+        "an object was constructed after shutdown returned: {:?}",
+        &lines[done..]
+    );
+
+    // Back with its storage: every committed increment was answered.
+    cluster.kill_node(1);
+    cluster.start_node(1);
+    let rt = cluster.client("checker").await;
+    let counters = rt.namespace::<Counter>();
+    assert!(replied.iter().sum::<u64>() > 0, "no caller got through before the shutdown");
+    for (k, replied) in replied.into_iter().enumerate() {
+        let stub = counters.stub(&counters.id_from_name(&format!("load {k}")));
+        let value = stub.get().await.unwrap();
+        assert_eq!(
+            value, replied,
+            "caller {k}: the object committed {value} increments, its caller got {replied} replies"
+        );
+    }
 }

@@ -26,6 +26,8 @@ pub(crate) struct Config {
     pub(crate) alarm_retry_delay: Duration,
     /// How long a caller waits for a reply (and for a stream to open).
     pub(crate) call_timeout: Duration,
+    /// How long `shutdown` may take.
+    pub(crate) shutdown_timeout: Duration,
 }
 
 tokio::task_local! {
@@ -108,15 +110,79 @@ impl Host {
     }
 }
 
-/// Whether the runtime takes calls, how many activations are running turns,
-/// and the coarse clock by which idleness is measured.
-#[derive(Default)]
+/// Whether the runtime takes calls, what is still in progress (turns,
+/// deliveries, replies to other processes), and the coarse clock by which
+/// idleness is measured.
 pub(crate) struct Lifecycle {
     closing: AtomicBool,
     closed: AtomicBool,
+    /// Told once `closed` is set (for served streams to finish).
+    closed_signal: tokio::sync::watch::Sender<bool>,
     busy: AtomicUsize,
+    /// Messages being delivered to a mailbox right now.
+    sending: AtomicUsize,
+    /// Calls from other processes whose reply is not written yet.
+    replying: AtomicUsize,
+    /// Streams of other processes being served.
+    serving: AtomicUsize,
     /// Eviction sweeps so far.
     sweeps: AtomicU64,
+}
+
+impl Default for Lifecycle {
+    fn default() -> Self {
+        Lifecycle {
+            closing: AtomicBool::new(false),
+            closed: AtomicBool::new(false),
+            closed_signal: tokio::sync::watch::Sender::new(false),
+            busy: AtomicUsize::new(0),
+            sending: AtomicUsize::new(0),
+            replying: AtomicUsize::new(0),
+            serving: AtomicUsize::new(0),
+            sweeps: AtomicU64::new(0),
+        }
+    }
+}
+
+/// Counts one thing in progress while it lives (see [`Lifecycle::sending`]
+/// and [`Lifecycle::replying`]).
+pub(crate) struct InProgress<'a>(&'a AtomicUsize);
+
+impl Drop for InProgress<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::SeqCst);
+    }
+}
+
+/// Like [`InProgress`], owning its host, for a task to keep.
+pub(crate) struct Tracked {
+    host: Host,
+    counter: fn(&Lifecycle) -> &AtomicUsize,
+}
+
+impl Tracked {
+    fn new(host: &Host, counter: fn(&Lifecycle) -> &AtomicUsize) -> Self {
+        counter(&host.inner.lifecycle).fetch_add(1, Ordering::SeqCst);
+        Tracked { host: host.clone(), counter }
+    }
+}
+
+impl Drop for Tracked {
+    fn drop(&mut self) {
+        (self.counter)(&self.host.inner.lifecycle).fetch_sub(1, Ordering::SeqCst);
+    }
+}
+
+impl Host {
+    /// Counts a call from another process until its reply is written.
+    pub(crate) fn replying(&self) -> Tracked {
+        Tracked::new(self, |lifecycle| &lifecycle.replying)
+    }
+
+    /// Counts a stream served to another process until it has ended.
+    pub(crate) fn serving(&self) -> Tracked {
+        Tracked::new(self, |lifecycle| &lifecycle.serving)
+    }
 }
 
 impl Lifecycle {
@@ -125,9 +191,37 @@ impl Lifecycle {
         self.closing.store(true, Ordering::SeqCst);
     }
 
-    /// Shutdown has finished.
+    /// Shutdown has run the queued turns: nothing is delivered to a mailbox
+    /// any more, and served streams are told to finish.
     pub(crate) fn close(&self) {
         self.closed.store(true, Ordering::SeqCst);
+        self.closed_signal.send_replace(true);
+    }
+
+    /// Resolves once [`close`](Self::close) has been called.
+    pub(crate) fn closed(&self) -> impl std::future::Future<Output = ()> + Send + 'static {
+        let mut signal = self.closed_signal.subscribe();
+        async move {
+            let _ = signal.wait_for(|closed| *closed).await;
+        }
+    }
+
+    /// Counts a delivery to a mailbox while the guard lives, so that
+    /// shutdown can wait for deliveries that began before it closed.
+    pub(crate) fn sending(&self) -> InProgress<'_> {
+        self.sending.fetch_add(1, Ordering::SeqCst);
+        InProgress(&self.sending)
+    }
+
+    /// Whether streams of other processes are still being served.
+    pub(crate) fn is_serving(&self) -> bool {
+        self.serving.load(Ordering::SeqCst) > 0
+    }
+
+    /// Whether turns, deliveries or replies to other processes are still
+    /// in progress.
+    pub(crate) fn is_settling(&self) -> bool {
+        self.is_busy() || self.sending.load(Ordering::SeqCst) > 0 || self.replying.load(Ordering::SeqCst) > 0
     }
 
     pub(crate) fn is_closing(&self) -> bool {

@@ -34,6 +34,9 @@ pub const DEFAULT_MAX_OPEN_DATABASES: usize = 1024;
 /// How long a caller waits for a reply unless configured otherwise.
 pub const DEFAULT_CALL_TIMEOUT: Duration = Duration::from_secs(30);
 
+/// How long `shutdown` may take unless configured otherwise.
+pub const DEFAULT_SHUTDOWN_TIMEOUT: Duration = Duration::from_secs(30);
+
 /// The delay before the first retry of a failed alarm unless configured otherwise.
 pub const DEFAULT_ALARM_RETRY_DELAY: Duration = Duration::from_secs(2);
 
@@ -68,6 +71,7 @@ pub struct RuntimeBuilder {
     max_open_databases: usize,
     alarm_retry_delay: Duration,
     call_timeout: Duration,
+    shutdown_timeout: Duration,
     hosts: Vec<(&'static str, MakeHostedType)>,
     cluster: ClusterConfig,
 }
@@ -148,6 +152,14 @@ impl RuntimeBuilder {
     /// listens for other nodes. `name` must be in the peer list.
     pub fn node(mut self, name: impl Into<String>) -> Self {
         self.cluster.node = Some(name.into());
+        self
+    }
+
+    /// How long [`Runtime::shutdown`] may take (default 30 s): past it,
+    /// shutdown closes the runtime anyway and reports
+    /// [`Error::Timeout`].
+    pub fn shutdown_timeout(mut self, timeout: Duration) -> Self {
+        self.shutdown_timeout = timeout;
         self
     }
 
@@ -263,8 +275,10 @@ impl RuntimeBuilder {
         if self.idle_timeout.is_zero() {
             return Err(Error::Config("`idle_timeout` must be longer than zero".into()));
         }
-        if self.call_timeout.is_zero() {
-            return Err(Error::Config("`call_timeout` must be longer than zero".into()));
+        if self.call_timeout.is_zero() || self.shutdown_timeout.is_zero() {
+            return Err(Error::Config(
+                "`call_timeout` and `shutdown_timeout` must be longer than zero".into(),
+            ));
         }
         if let Some(dir) = &data_dir {
             std::fs::create_dir_all(dir).map_err(|e| {
@@ -305,6 +319,7 @@ impl RuntimeBuilder {
             mailbox_capacity: self.mailbox_capacity,
             alarm_retry_delay: self.alarm_retry_delay,
             call_timeout: self.call_timeout,
+            shutdown_timeout: self.shutdown_timeout,
         };
         let host = Host::new(config, handle, storage);
         let inner = Arc::new_cyclic(|runtime: &Weak<RuntimeInner>| {
@@ -396,32 +411,58 @@ impl Runtime {
             max_open_databases: DEFAULT_MAX_OPEN_DATABASES,
             alarm_retry_delay: DEFAULT_ALARM_RETRY_DELAY,
             call_timeout: DEFAULT_CALL_TIMEOUT,
+            shutdown_timeout: DEFAULT_SHUTDOWN_TIMEOUT,
             hosts: Vec::new(),
             cluster: ClusterConfig::default(),
         }
     }
 
-    /// Stops the runtime gracefully.
+    /// Stops the runtime gracefully, within `shutdown_timeout`.
     ///
-    /// New calls from outside are refused with [`Error::Unavailable`]; calls
-    /// already queued, and calls that running turns make, still run. Once no
-    /// turn is left, every object is dropped and its storage closed.
+    /// 1. New calls are refused with [`Error::Unavailable`] (retryable),
+    ///    from this process and from others; calls that running turns make
+    ///    are still taken.
+    /// 2. The calls already queued run, and their replies are delivered,
+    ///    to other processes too.
+    /// 3. Every object is dropped, its storage closed, and the network
+    ///    endpoint closed.
+    ///
+    /// # Errors
+    /// [`Error::Timeout`] when steps 1 and 2 took longer than
+    /// `shutdown_timeout`; the runtime is closed all the same, and the turns
+    /// still running are abandoned.
     pub async fn shutdown(&self) -> Result<()> {
-        let host = self.inner.objects.host();
+        let host = self.host();
         let lifecycle = host.lifecycle();
-        lifecycle.begin_closing();
-        while lifecycle.is_busy() || host.watchdog().is_watching() {
+        let timeout = host.config().shutdown_timeout;
+        let deadline = tokio::time::Instant::now() + timeout;
+        let rescue = || {
             // Queued calls whose callers do not poll still run.
             host.watchdog().rescue_all();
-            tokio::time::sleep(Duration::from_millis(1)).await;
-        }
+            true
+        };
+        lifecycle.begin_closing();
+        let drained =
+            settle(deadline, || rescue() && !lifecycle.is_busy() && !host.watchdog().is_watching()).await;
+        // No delivery starts from now on; wait for those under way, their
+        // turns, and the replies to other processes.
         lifecycle.close();
+        let settled = drained && settle(deadline, || rescue() && !lifecycle.is_settling()).await;
+        // Served streams finish once their peers have every reply.
+        let flushed = settled && settle(deadline, || !lifecycle.is_serving()).await;
         host.watchdog().close();
         self.inner.objects.evict_idle(u64::MAX);
         if let Some(cluster) = &self.inner.cluster {
             cluster.endpoint().close();
         }
-        Ok(())
+        if flushed {
+            Ok(())
+        } else {
+            Err(Error::Timeout(format!(
+                "shutdown did not finish within {timeout:?} (`shutdown_timeout`): turns were still \
+                 running or replies still on their way; the runtime was closed anyway"
+            )))
+        }
     }
 
     /// Number of objects currently in memory, over all hosted types.
@@ -469,5 +510,19 @@ impl fmt::Debug for Runtime {
             .field("config", self.host().config())
             .field("hosted", &self.inner.objects.type_names().collect::<Vec<_>>())
             .finish_non_exhaustive()
+    }
+}
+
+/// Waits until `done` holds (checked every millisecond), or `deadline`;
+/// returns whether it held.
+async fn settle(deadline: tokio::time::Instant, mut done: impl FnMut() -> bool) -> bool {
+    loop {
+        if done() {
+            return true;
+        }
+        if tokio::time::Instant::now() >= deadline {
+            return false;
+        }
+        tokio::time::sleep(Duration::from_millis(1)).await;
     }
 }

@@ -9,6 +9,7 @@ use std::future::Future;
 use std::pin::Pin;
 use std::sync::{Arc, Weak};
 use std::task::{Context as TaskContext, Poll, Waker};
+use std::time::Duration;
 
 use stead_transport::frame::{MAX_FRAME_LEN, read_frame, write_frame};
 use stead_transport::{Endpoint, RecvStream, SendStream, codec};
@@ -148,6 +149,18 @@ fn undeliverable(seq: u64, why: String) -> Vec<u8> {
     codec::encode(&response).unwrap_or_default()
 }
 
+impl Responder {
+    /// Ends the stream at shutdown, once every reply is written: waits (at
+    /// most `grace`) until the peer has received all of it, so that closing
+    /// the endpoint does not drop replies of turns that committed.
+    async fn finish(&self, grace: Duration) {
+        let mut send = self.send.lock().await;
+        if send.finish().is_ok() {
+            let _ = tokio::time::timeout(grace, send.stopped()).await;
+        }
+    }
+}
+
 impl Drop for Responder {
     fn drop(&mut self) {
         let _ = self.send.get_mut().finish();
@@ -162,19 +175,27 @@ async fn serve_object(
     send: SendStream,
     mut recv: RecvStream,
 ) {
-    let timeout = objects.host().config().call_timeout;
+    let host = objects.host();
+    let _serving = host.serving();
+    let mut closed = std::pin::pin!(host.lifecycle().closed());
+    let timeout = host.config().call_timeout;
     let admitted =
         tokio::time::timeout(timeout, admit(objects, cluster, type_name, id)).await.unwrap_or_else(|_| {
             Err(Error::Timeout(format!(
                 "could not confirm within {timeout:?} that `{type_name}` object {id} lives on this node (the \
-             directory did not answer); retry later"
+                 directory did not answer); retry later"
             )))
         });
     let responder = Arc::new(Responder { send: tokio::sync::Mutex::new(send) });
     // The first call of this stream that was refused, if any.
     let mut refused: Option<Error> = None;
     loop {
-        let request = match read_frame(&mut recv, MAX_FRAME_LEN).await {
+        let frame = tokio::select! {
+            biased;
+            () = &mut closed => return responder.finish(host.config().shutdown_timeout).await,
+            frame = read_frame(&mut recv, MAX_FRAME_LEN) => frame,
+        };
+        let request = match frame {
             Ok(Some(bytes)) => match codec::decode::<Request>(&bytes) {
                 Ok(request) => request,
                 Err(_) => break,
@@ -183,6 +204,15 @@ async fn serve_object(
             Err(_) => break,
         };
         let seq = request.seq;
+        if host.lifecycle().is_closing() {
+            // Every later request is refused too: no gap in the order.
+            let err = Error::Unavailable(format!(
+                "the node is shutting down and takes no new calls; `{type_name}` object {id} is \
+                 reachable again once its node is back: retry later"
+            ));
+            responder.respond(Response { seq, result: Err(err) }).await;
+            continue;
+        }
         let hosted = match (&admitted, &refused) {
             (Ok(hosted), None) => hosted,
             (Err(err), _) => {
@@ -196,6 +226,8 @@ async fn serve_object(
                 continue;
             }
         };
+        // Shutdown waits until this call's reply is written.
+        let replying = host.replying();
         let (reply, receiver) = oneshot::channel();
         let call =
             Call { method: request.method, fingerprint: request.fingerprint, args: request.args, reply };
@@ -210,9 +242,10 @@ async fn serve_object(
                     Poll::Ready(result) => responder.respond(Response { seq, result }).await,
                     Poll::Pending => {
                         let responder = responder.clone();
-                        objects.host().spawn(async move {
+                        host.spawn(async move {
                             let result = reply.await;
                             responder.respond(Response { seq, result }).await;
+                            drop(replying);
                         });
                     }
                 }

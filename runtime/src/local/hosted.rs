@@ -86,8 +86,16 @@ impl HostedType {
         message: Message,
         driver: Driver,
     ) -> std::result::Result<Arc<Activation>, (Error, Message)> {
+        let lifecycle = self.info.host.lifecycle();
+        // Counted before `closed` is read: shutdown, having closed, waits
+        // for every delivery that read it open.
+        let _sending = lifecycle.sending();
+        if lifecycle.is_closed() {
+            let err = Error::Unavailable("the runtime has been shut down; it takes no more calls".into());
+            return Err((err, message));
+        }
         // While the runtime drains for shutdown, nobody may be left to poll.
-        let driver = if self.info.host.lifecycle().is_closing() { Driver::Task } else { driver };
+        let driver = if lifecycle.is_closing() { Driver::Task } else { driver };
         let mut message = message;
         loop {
             let activation = {
