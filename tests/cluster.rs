@@ -220,6 +220,20 @@ impl Stuck {
     }
 }
 
+/// A type only the node "seoul" hosts.
+pub struct SeoulOnly;
+
+#[durable_object]
+impl SeoulOnly {
+    pub async fn new(_ctx: Context) -> Self {
+        SeoulOnly
+    }
+
+    pub fn hello(&self) -> String {
+        "hello from seoul".into()
+    }
+}
+
 /// A type no node hosts.
 pub struct Stranger;
 
@@ -267,7 +281,7 @@ async fn node_process() {
     let peers = parse_peers(&std::env::var(PEERS).unwrap());
     let identity = stead::tls::dev_identity(Path::new(&std::env::var(TLS_DIR).unwrap()), &name).unwrap();
     let builder = Runtime::builder()
-        .node(name)
+        .node(name.clone())
         .tls(identity)
         .secret(SECRET)
         .data_dir(std::env::var(DATA_DIR).unwrap())
@@ -279,6 +293,7 @@ async fn node_process() {
         .host::<Stuck>()
         .host::<SlowLog>()
         .host::<Flooder>();
+    let builder = if name == "seoul" { builder.host::<SeoulOnly>() } else { builder };
     let builder = match std::env::var(MAILBOX) {
         Ok(capacity) => builder.mailbox_capacity(capacity.parse().unwrap()),
         Err(_) => builder,
@@ -994,4 +1009,73 @@ async fn shutdown_under_steady_remote_traffic_finishes_and_every_committed_call_
             "caller {k}: the object committed {value} increments, its caller got {replied} replies"
         );
     }
+}
+
+/// The directory's messages, as the wire carries them (the runtime's own
+/// types are private): a raw peer speaks them here.
+mod raw {
+    #[derive(serde::Serialize)]
+    pub enum Hello {
+        Object { type_name: String, id: stead::ObjectId },
+        Directory,
+    }
+
+    #[derive(serde::Serialize)]
+    pub enum DirectoryRequest {
+        Lookup { type_name: String, id: stead::ObjectId },
+        Claim { type_name: String, id: stead::ObjectId },
+    }
+
+    /// Asks the directory on `conn` and returns its answer.
+    pub async fn ask(
+        conn: &stead_transport::Connection,
+        request: &DirectoryRequest,
+    ) -> Result<Option<String>, stead::Error> {
+        use stead_transport::{codec, frame};
+        let (mut send, mut recv) = conn.open_bi().await.unwrap();
+        frame::write_frame(&mut send, &codec::encode(&Hello::Directory).unwrap()).await.unwrap();
+        frame::write_frame(&mut send, &codec::encode(request).unwrap()).await.unwrap();
+        let answer =
+            frame::read_frame(&mut recv, 64 * 1024).await.unwrap().expect("the directory answered nothing");
+        codec::decode(&answer).unwrap()
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn only_a_node_places_objects_and_only_on_itself() {
+    let cluster = TestCluster::start();
+    let rt = cluster.client("client").await;
+    let id = rt.namespace::<Counter>().unique_id();
+    // A process with a valid certificate of the cluster that names no node.
+    let identity = stead::tls::dev_identity(&cluster.tls_dir(), "prober").unwrap();
+    let endpoint = stead_transport::Endpoint::bind(&identity, None).unwrap();
+    let conn = endpoint.connect(cluster.peers[0].1, "ohio").await.unwrap();
+    let claim = raw::DirectoryRequest::Claim { type_name: "Counter".into(), id };
+    let err = raw::ask(&conn, &claim).await.unwrap_err();
+    assert!(err.to_string().contains("names no node"), "{err}");
+    let lookup = raw::DirectoryRequest::Lookup { type_name: "Counter".into(), id };
+    assert_eq!(raw::ask(&conn, &lookup).await.unwrap(), None, "a refused claim placed nothing");
+    // No rows with huge type names either.
+    let huge = raw::DirectoryRequest::Lookup { type_name: "x".repeat(64 * 1024 - 100), id };
+    assert!(raw::ask(&conn, &huge).await.is_err());
+
+    // The object is placed by the node its first call reaches, on itself.
+    let counters = rt.namespace::<Counter>();
+    assert_eq!(counters.stub_at(&id, "seoul").increment(1).await.unwrap().unwrap(), 1);
+    assert_eq!(raw::ask(&conn, &lookup).await.unwrap().as_deref(), Some("seoul"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_first_call_to_a_node_that_does_not_host_the_type_pins_nothing() {
+    let cluster = TestCluster::start();
+    let rt = cluster.client("client").await;
+    let ns = rt.namespace::<SeoulOnly>();
+    let id = ns.id_from_name("only in seoul");
+    // A client's call without a target goes to the coordinator, ohio,
+    // which does not host the type.
+    let err = ns.stub(&id).hello().await.unwrap_err();
+    assert!(matches!(err, Error::NotHosted(_)), "{err:?}");
+    // That placed nothing: seoul can still take the object.
+    assert_eq!(ns.stub_at(&id, "seoul").hello().await.unwrap(), "hello from seoul");
+    assert_eq!(ns.stub(&id).hello().await.unwrap(), "hello from seoul", "and everyone finds it there");
 }

@@ -38,17 +38,22 @@ pub(crate) struct Response {
     pub(crate) result: Result<Vec<u8>, Error>,
 }
 
-/// Asks the coordinator to place an object on node `target` unless it is
-/// placed already.
+/// A question to the coordinator's directory.
 #[derive(Debug, Serialize, Deserialize)]
-pub(crate) struct Place {
-    pub(crate) type_name: String,
-    pub(crate) id: ObjectId,
-    pub(crate) target: String,
+pub(crate) enum DirectoryRequest {
+    /// Where does this object live, if anywhere? (Anyone may ask.)
+    Lookup { type_name: String, id: ObjectId },
+    /// Place this object on the asking node, unless it lives somewhere
+    /// already. Only a node may claim, and only for itself: the node is
+    /// the one its certificate names.
+    Claim { type_name: String, id: ObjectId },
 }
 
-/// The object's owner: the node it lives on.
-pub(crate) type Placed = Result<String, Error>;
+/// The object's owner, the node it lives on (none: not placed yet).
+pub(crate) type DirectoryAnswer = Result<Option<String>, Error>;
+
+/// The longest type name the directory keeps, in bytes.
+pub(crate) const MAX_TYPE_NAME: usize = 256;
 
 /// The longest `Hello` or directory frame a node reads.
 pub(crate) const MAX_CONTROL_FRAME: usize = 64 * 1024;

@@ -169,6 +169,23 @@ impl Endpoint {
         Ok(conn)
     }
 
+    /// Whether the peer of `conn` presented a certificate that names
+    /// `name` (a DNS subject alternative name): the certificate is the
+    /// identity of a node. (Every peer's certificate was already checked
+    /// against the cluster's CA at the handshake.)
+    pub fn certifies(conn: &Connection, name: &str) -> bool {
+        let Some(chain) = conn
+            .peer_identity()
+            .and_then(|identity| identity.downcast::<Vec<rustls::pki_types::CertificateDer<'static>>>().ok())
+        else {
+            return false;
+        };
+        let Some(leaf) = chain.first() else { return false };
+        let Ok(name) = rustls::pki_types::ServerName::try_from(name) else { return false };
+        webpki::EndEntityCert::try_from(leaf)
+            .is_ok_and(|cert| cert.verify_is_valid_for_subject_name(&name).is_ok())
+    }
+
     /// Closes every connection.
     pub fn close(&self) {
         self.inner.close(VarInt::from_u32(0), b"shutting down");

@@ -36,6 +36,12 @@ impl Connections {
         self.peers.contains_key(name)
     }
 
+    /// The node of the cluster that the peer of `conn` is, by its
+    /// certificate; none for a client (any other certificate of the CA).
+    pub(crate) fn node_of(&self, conn: &Connection) -> Option<&str> {
+        self.peers.keys().map(String::as_str).find(|name| Endpoint::certifies(conn, name))
+    }
+
     /// A live connection to node `name`, made if needed.
     pub(crate) async fn connect(&self, name: &str) -> Result<Connection> {
         let peer = self

@@ -1,16 +1,22 @@
 //! The directory: which node each object lives on.
 //!
-//! An object lives on exactly one node, decided by the first placement:
-//! "first writer wins". Callers cache the answer. The directory sits behind
+//! An object lives on exactly one node, its *owner*, decided by the first
+//! claim: "first writer wins". Only a node claims, and only for itself,
+//! when the first call to the object reaches it (and only for a type it
+//! hosts): a caller never writes the directory for someone else, so nobody
+//! can bind an object to a node that does not exist or does not host it.
+//! Callers only look the owner up, and cache it. The directory sits behind
 //! the narrow [`Directory`] trait so that a cluster can keep it in a store
 //! built for it.
 //!
 //! The embedded default keeps the directory in an SQLite database on the
-//! cluster's *coordinator* (the first node of the peer list): other nodes
-//! ask it over QUIC. It serves development and small clusters, and it is a
-//! single point of failure: while the coordinator is down, objects whose
-//! placement is not cached cannot be reached. Production clusters should use
-//! a replicated store (a PostgreSQL backend is planned).
+//! cluster's *coordinator* (the first node of the peer list): other
+//! processes ask it over QUIC, and it takes a claim only from a peer whose
+//! certificate names a node of the cluster, for that node. It serves
+//! development and small clusters, and it is a single point of failure:
+//! while the coordinator is down, objects whose owner is not cached cannot
+//! be reached. Production clusters should use a replicated store (a
+//! PostgreSQL backend is planned).
 
 use std::path::Path;
 use std::sync::{Arc, Mutex};
@@ -24,18 +30,21 @@ use crate::error::{Error, Result};
 use crate::id::ObjectId;
 use crate::local::BoxFuture;
 use crate::sync::lock;
-use crate::wire::{Hello, MAX_CONTROL_FRAME, Place, Placed};
+use crate::wire::{DirectoryAnswer, DirectoryRequest, Hello, MAX_CONTROL_FRAME, MAX_TYPE_NAME};
 
 /// Where objects live.
 pub trait Directory: Send + Sync + 'static {
-    /// Places object `id` of type `type_name` on node `target`, unless it
-    /// has been placed already; returns its owner, the node it lives on (the
-    /// first writer's target).
-    fn place<'a>(
+    /// The owner of object `id` of type `type_name`: the node it lives on,
+    /// if it has been placed.
+    fn lookup<'a>(&'a self, type_name: &'a str, id: &'a ObjectId) -> BoxFuture<'a, Result<Option<String>>>;
+
+    /// Places object `id` of type `type_name` on `node` (the node asking,
+    /// for itself), unless it lives somewhere already; returns its owner.
+    fn claim<'a>(
         &'a self,
         type_name: &'a str,
         id: &'a ObjectId,
-        target: &'a str,
+        node: &'a str,
     ) -> BoxFuture<'a, Result<String>>;
 }
 
@@ -61,36 +70,60 @@ impl SqliteDirectory {
         Ok(SqliteDirectory { conn: Mutex::new(conn) })
     }
 
-    pub(crate) fn place_now(&self, type_name: &str, id: &ObjectId, target: &str) -> Result<String> {
+    pub(crate) fn lookup_now(&self, type_name: &str, id: &ObjectId) -> Result<Option<String>> {
+        check_type_name(type_name)?;
         let conn = lock(&self.conn);
-        let id = id.as_bytes().as_slice();
-        let placed = conn
-            .prepare_cached(
-                "INSERT INTO placements (type, id, node) VALUES (?1, ?2, ?3) ON CONFLICT DO NOTHING",
-            )
-            .and_then(|mut stmt| stmt.execute(params![type_name, id, target]))
-            .and_then(|_| {
-                conn.prepare_cached("SELECT node FROM placements WHERE type = ?1 AND id = ?2")?
-                    .query_row(params![type_name, id], |row| row.get::<_, String>(0))
+        conn.prepare_cached("SELECT node FROM placements WHERE type = ?1 AND id = ?2")
+            .and_then(|mut stmt| {
+                stmt.query_row(params![type_name, id.as_bytes().as_slice()], |row| row.get::<_, String>(0))
                     .optional()
             })
-            .map_err(|e| Error::Storage(format!("the directory failed: {e}")))?;
-        placed.ok_or_else(|| Error::Storage("the directory lost a placement it had just written".into()))
+            .map_err(|e| Error::Storage(format!("the directory failed: {e}")))
     }
+
+    pub(crate) fn claim_now(&self, type_name: &str, id: &ObjectId, node: &str) -> Result<String> {
+        check_type_name(type_name)?;
+        {
+            let conn = lock(&self.conn);
+            conn.prepare_cached(
+                "INSERT INTO placements (type, id, node) VALUES (?1, ?2, ?3) ON CONFLICT DO NOTHING",
+            )
+            .and_then(|mut stmt| stmt.execute(params![type_name, id.as_bytes().as_slice(), node]))
+            .map_err(|e| Error::Storage(format!("the directory failed: {e}")))?;
+        }
+        self.lookup_now(type_name, id)?
+            .ok_or_else(|| Error::Storage("the directory lost a placement it had just written".into()))
+    }
+}
+
+/// Refuses type names no hosted type can have (the directory stores them).
+fn check_type_name(type_name: &str) -> Result<()> {
+    if type_name.is_empty() || type_name.len() > MAX_TYPE_NAME {
+        return Err(Error::Config(format!(
+            "a type name of {} bytes was refused: type names have 1 to {MAX_TYPE_NAME} bytes",
+            type_name.len()
+        )));
+    }
+    Ok(())
 }
 
 impl Directory for SqliteDirectory {
-    fn place<'a>(
+    fn lookup<'a>(&'a self, type_name: &'a str, id: &'a ObjectId) -> BoxFuture<'a, Result<Option<String>>> {
+        Box::pin(async move { self.lookup_now(type_name, id) })
+    }
+
+    fn claim<'a>(
         &'a self,
         type_name: &'a str,
         id: &'a ObjectId,
-        target: &'a str,
+        node: &'a str,
     ) -> BoxFuture<'a, Result<String>> {
-        Box::pin(async move { self.place_now(type_name, id, target) })
+        Box::pin(async move { self.claim_now(type_name, id, node) })
     }
 }
 
-/// The directory of a non-coordinator node: asks the coordinator.
+/// The directory of a process other than the coordinator: asks the
+/// coordinator, which knows who asks from its certificate.
 pub(super) struct CoordinatorClient {
     connections: Arc<Connections>,
     coordinator: String,
@@ -100,39 +133,48 @@ impl CoordinatorClient {
     pub(super) fn new(connections: Arc<Connections>, coordinator: String) -> Self {
         CoordinatorClient { connections, coordinator }
     }
+
+    async fn ask(&self, request: DirectoryRequest) -> Result<Option<String>> {
+        let conn = self.connections.connect(&self.coordinator).await?;
+        let unavailable = |what: &str| {
+            connection_lost(
+                &conn,
+                &self.coordinator,
+                format_args!("it did not answer the directory request: {what}"),
+            )
+        };
+        let (mut send, mut recv) = conn.open_bi().await.map_err(|e| unavailable(&e.to_string()))?;
+        let hello = codec::encode(&Hello::Directory)?;
+        let request = codec::encode(&request)?;
+        write_frame(&mut send, &hello).await.map_err(|e| unavailable(&e.to_string()))?;
+        write_frame(&mut send, &request).await.map_err(|e| unavailable(&e.to_string()))?;
+        let _ = send.finish();
+        let answer = read_frame(&mut recv, MAX_CONTROL_FRAME)
+            .await
+            .map_err(|e| unavailable(&e.to_string()))?
+            .ok_or_else(|| unavailable("the stream ended"))?;
+        codec::decode::<DirectoryAnswer>(&answer)?
+    }
 }
 
 impl Directory for CoordinatorClient {
-    fn place<'a>(
+    fn lookup<'a>(&'a self, type_name: &'a str, id: &'a ObjectId) -> BoxFuture<'a, Result<Option<String>>> {
+        Box::pin(self.ask(DirectoryRequest::Lookup { type_name: type_name.to_string(), id: *id }))
+    }
+
+    fn claim<'a>(
         &'a self,
         type_name: &'a str,
         id: &'a ObjectId,
-        target: &'a str,
+        node: &'a str,
     ) -> BoxFuture<'a, Result<String>> {
         Box::pin(async move {
-            let conn = self.connections.connect(&self.coordinator).await?;
-            let unavailable = |what: &str| {
-                connection_lost(
-                    &conn,
-                    &self.coordinator,
-                    format_args!("it did not answer a placement: {what}"),
-                )
-            };
-            let (mut send, mut recv) = conn.open_bi().await.map_err(|e| unavailable(&e.to_string()))?;
-            let hello = codec::encode(&Hello::Directory)?;
-            let place = codec::encode(&Place {
-                type_name: type_name.to_string(),
-                id: *id,
-                target: target.to_string(),
-            })?;
-            write_frame(&mut send, &hello).await.map_err(|e| unavailable(&e.to_string()))?;
-            write_frame(&mut send, &place).await.map_err(|e| unavailable(&e.to_string()))?;
-            let _ = send.finish();
-            let answer = read_frame(&mut recv, MAX_CONTROL_FRAME)
-                .await
-                .map_err(|e| unavailable(&e.to_string()))?
-                .ok_or_else(|| unavailable("the stream ended"))?;
-            codec::decode::<Placed>(&answer)?
+            // The coordinator takes the claimant from the certificate.
+            let owner =
+                self.ask(DirectoryRequest::Claim { type_name: type_name.to_string(), id: *id }).await?;
+            owner.ok_or_else(|| {
+                Error::Storage(format!("the coordinator did not record the claim of node `{node}`"))
+            })
         })
     }
 }

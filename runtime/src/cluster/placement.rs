@@ -82,18 +82,44 @@ impl Cluster {
         self.connections.connect(name).await
     }
 
-    /// The owner of object `id`: the node it lives on, placing it on
-    /// `target` if it has no owner yet. Cached after the first answer.
-    pub(crate) async fn locate(&self, type_name: &str, id: &ObjectId, target: &str) -> Result<String> {
-        let key = (type_name.to_string(), *id);
-        if let Some(owner) = lock(&self.placements).get(&key) {
-            return Ok(owner.clone());
+    /// Where calls to object `id` go: its owner, if it has one (cached
+    /// once known); else `target`, which claims the object when the first
+    /// call reaches it. A node that is its own target claims it here, so
+    /// that it never runs an object another node owns.
+    pub(crate) async fn route(&self, type_name: &str, id: &ObjectId, target: &str) -> Result<String> {
+        if let Some(owner) = self.cached(type_name, id) {
+            return Ok(owner);
+        }
+        if let Some(owner) = self.directory.lookup(type_name, id).await? {
+            self.cache(type_name, id, &owner);
+            return Ok(owner);
+        }
+        if self.me.as_deref() == Some(target) {
+            return self.claim(type_name, id).await;
         }
         if !self.connections.is_peer(target) {
             return Err(Error::Config(format!("there is no node `{target}` in the peer list")));
         }
-        let owner = self.directory.place(type_name, id, target).await?;
-        lock(&self.placements).insert(key, owner.clone());
+        Ok(target.to_string())
+    }
+
+    /// Claims object `id` for this node (which hosts its type), unless it
+    /// lives somewhere already; returns its owner.
+    pub(crate) async fn claim(&self, type_name: &str, id: &ObjectId) -> Result<String> {
+        if let Some(owner) = self.cached(type_name, id) {
+            return Ok(owner);
+        }
+        let me = self.me.as_deref().ok_or_else(|| Error::Config("a client hosts no objects".into()))?;
+        let owner = self.directory.claim(type_name, id, me).await?;
+        self.cache(type_name, id, &owner);
         Ok(owner)
+    }
+
+    fn cached(&self, type_name: &str, id: &ObjectId) -> Option<String> {
+        lock(&self.placements).get(&(type_name.to_string(), *id)).cloned()
+    }
+
+    fn cache(&self, type_name: &str, id: &ObjectId, owner: &str) {
+        lock(&self.placements).insert((type_name.to_string(), *id), owner.to_string());
     }
 }

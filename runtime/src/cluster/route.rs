@@ -193,7 +193,7 @@ impl Pump {
             .clone()
             .or_else(|| cluster.me.clone().filter(|_| hosted.is_some()))
             .unwrap_or_else(|| cluster.coordinator().to_string());
-        let owner = cluster.locate(type_name, &id, &target).await?;
+        let owner = cluster.route(type_name, &id, &target).await?;
         if cluster.me.as_deref() == Some(owner.as_str()) {
             return Ok(None);
         }

@@ -12,14 +12,14 @@ use std::task::{Context as TaskContext, Poll, Waker};
 use std::time::Duration;
 
 use stead_transport::frame::{MAX_FRAME_LEN, read_frame, write_frame};
-use stead_transport::{Endpoint, RecvStream, SendStream, codec};
+use stead_transport::{Connection, Endpoint, RecvStream, SendStream, codec};
 use tokio::sync::oneshot;
 
 use super::placement::Cluster;
 use crate::error::{Error, Result};
 use crate::id::ObjectId;
 use crate::local::{Call, Driver, HostedType, LocalReply, Message, Objects};
-use crate::wire::{Hello, MAX_CONTROL_FRAME, Place, Placed, Request, Response};
+use crate::wire::{DirectoryAnswer, DirectoryRequest, Hello, MAX_CONTROL_FRAME, Request, Response};
 
 /// QUIC error code for a stream closed because of a bad frame.
 const BAD_FRAME: u32 = 1;
@@ -55,7 +55,7 @@ pub(crate) async fn serve(objects: Weak<Objects>, cluster: Weak<Cluster>, endpoi
             };
             while let Ok((send, recv)) = conn.accept_bi().await {
                 let Some((objects, _)) = node.upgrade() else { return };
-                objects.host().spawn(serve_stream(node.clone(), send, recv));
+                objects.host().spawn(serve_stream(node.clone(), conn.clone(), send, recv));
             }
         });
     }
@@ -64,7 +64,7 @@ pub(crate) async fn serve(objects: Weak<Objects>, cluster: Weak<Cluster>, endpoi
 /// Serves one stream: reads its `Hello`, then what it announced. A bad
 /// frame stops the stream with an error code; nothing a peer sends can
 /// panic the node.
-async fn serve_stream(node: Node, mut send: SendStream, mut recv: RecvStream) {
+async fn serve_stream(node: Node, conn: Connection, mut send: SendStream, mut recv: RecvStream) {
     let hello = match read_frame(&mut recv, MAX_CONTROL_FRAME).await {
         Ok(Some(bytes)) => codec::decode::<Hello>(&bytes).ok(),
         _ => None,
@@ -74,7 +74,7 @@ async fn serve_stream(node: Node, mut send: SendStream, mut recv: RecvStream) {
         Some(Hello::Object { type_name, id }) => {
             serve_object(&objects, &cluster, &type_name, id, send, recv).await;
         }
-        Some(Hello::Directory) => serve_directory(&cluster, send, recv).await,
+        Some(Hello::Directory) => serve_directory(&cluster, &conn, send, recv).await,
         None => refuse(&mut send, &mut recv),
     }
 }
@@ -100,7 +100,9 @@ async fn admit(
     let hosted = objects.hosted(type_name).cloned().ok_or_else(|| Error::not_hosted(type_name))?;
     hosted.keys.verify(&id)?;
     let me = cluster.me.clone().ok_or_else(|| Error::Config("a client hosts no objects".into()))?;
-    let owner = cluster.locate(type_name, &id, &me).await?;
+    // The first call to an object that lives nowhere yet places it here:
+    // this node hosts its type, and claims it for itself.
+    let owner = cluster.claim(type_name, &id).await?;
     if owner != me {
         return Err(Error::Unavailable(format!(
             "`{type_name}` object {id} lives on node `{owner}`, not on `{me}`; the caller's directory cache is stale"
@@ -262,19 +264,34 @@ async fn serve_object(
     let _ = recv.stop(quinn_code(BAD_FRAME));
 }
 
-async fn serve_directory(cluster: &Cluster, mut send: SendStream, mut recv: RecvStream) {
-    let place = match read_frame(&mut recv, MAX_CONTROL_FRAME).await {
-        Ok(Some(bytes)) => codec::decode::<Place>(&bytes).ok(),
+async fn serve_directory(cluster: &Cluster, conn: &Connection, mut send: SendStream, mut recv: RecvStream) {
+    let request = match read_frame(&mut recv, MAX_CONTROL_FRAME).await {
+        Ok(Some(bytes)) => codec::decode::<DirectoryRequest>(&bytes).ok(),
         _ => None,
     };
-    let Some(place) = place else { return refuse(&mut send, &mut recv) };
-    let placed: Placed = match &cluster.local_directory {
-        Some(directory) => directory.place_now(&place.type_name, &place.id, &place.target),
-        None => {
-            Err(Error::Config("this node is not the coordinator; the peer lists of the nodes differ".into()))
+    let Some(request) = request else { return refuse(&mut send, &mut recv) };
+    let answer: DirectoryAnswer = match (&cluster.local_directory, request) {
+        (None, _) => Err(Error::Config(
+            "this node is not the coordinator; the peer lists of the processes differ".into(),
+        )),
+        (Some(directory), DirectoryRequest::Lookup { type_name, id }) => {
+            directory.lookup_now(&type_name, &id)
+        }
+        (Some(directory), DirectoryRequest::Claim { type_name, id }) => {
+            match cluster.connections.node_of(conn) {
+                Some(node) => directory.claim_now(&type_name, &id, node).map(Some),
+                None => {
+                    tracing::warn!(peer = %conn.remote_address(), "refused a claim from a peer that is no node");
+                    Err(Error::Config(
+                        "only a node places objects, and only on itself: this peer's certificate names no \
+                         node of the cluster"
+                            .into(),
+                    ))
+                }
+            }
         }
     };
-    if let Ok(frame) = codec::encode(&placed) {
+    if let Ok(frame) = codec::encode(&answer) {
         let _ = write_frame(&mut send, &frame).await;
     }
     let _ = send.finish();
