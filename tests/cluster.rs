@@ -641,13 +641,10 @@ async fn oversized_frames_and_random_bytes_leave_the_node_serving_others() {
     assert!(recv.read(&mut buf).await.is_err() || recv.read(&mut buf).await.unwrap_or(None).is_none());
 
     // A valid hello, then a frame that is not a request: that stream stops.
-    #[derive(serde::Serialize)]
-    enum Hello {
-        Object { type_name: String, id: stead::ObjectId },
-    }
     let rt = cluster.client("client").await;
     let id = rt.namespace::<Counter>().unique_id();
-    let hello = stead_transport::codec::encode(&Hello::Object { type_name: "Counter".into(), id }).unwrap();
+    let hello =
+        stead_transport::codec::encode(&raw::Hello::Object { type_name: "Counter".into(), id }).unwrap();
     let (mut send, mut recv) = conn.open_bi().await.unwrap();
     stead_transport::frame::write_frame(&mut send, &hello).await.unwrap();
     stead_transport::frame::write_frame(&mut send, &garbage[..100]).await.unwrap();
@@ -1015,19 +1012,19 @@ async fn shutdown_under_steady_remote_traffic_finishes_and_every_committed_call_
 /// types are private): a raw peer speaks them here.
 mod raw {
     #[derive(serde::Serialize)]
-    pub enum Hello {
+    pub(crate) enum Hello {
         Object { type_name: String, id: stead::ObjectId },
         Directory,
     }
 
     #[derive(serde::Serialize)]
-    pub enum DirectoryRequest {
+    pub(crate) enum DirectoryRequest {
         Lookup { type_name: String, id: stead::ObjectId },
         Claim { type_name: String, id: stead::ObjectId },
     }
 
     /// Asks the directory on `conn` and returns its answer.
-    pub async fn ask(
+    pub(crate) async fn ask(
         conn: &stead_transport::Connection,
         request: &DirectoryRequest,
     ) -> Result<Option<String>, stead::Error> {
