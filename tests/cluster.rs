@@ -424,10 +424,16 @@ impl TestCluster {
     }
 
     fn start_with_mailbox(mailbox: Option<usize>) -> TestCluster {
+        TestCluster::start_with_peers(2, mailbox)
+    }
+
+    /// A cluster of `n` nodes ("ohio", "seoul", "osaka") of which the first
+    /// two are started.
+    fn start_with_peers(n: usize, mailbox: Option<usize>) -> TestCluster {
         let dir = tempfile::tempdir().unwrap();
-        let addrs = free_addrs(2);
-        let peers = vec![("ohio".to_string(), addrs[0]), ("seoul".to_string(), addrs[1])];
-        let mut cluster = TestCluster { dir, peers, nodes: vec![None, None], mailbox };
+        let names = ["ohio", "seoul", "osaka"];
+        let peers: Vec<_> = names[..n].iter().map(|name| name.to_string()).zip(free_addrs(n)).collect();
+        let mut cluster = TestCluster { dir, peers, nodes: (0..n).map(|_| None).collect(), mailbox };
         for i in 0..2 {
             cluster.start_node(i);
         }
@@ -626,6 +632,7 @@ async fn oversized_frames_and_random_bytes_leave_the_node_serving_others() {
     let identity = stead::tls::dev_identity(&cluster.tls_dir(), "prober").unwrap();
     let endpoint = stead_transport::Endpoint::bind(&identity, None).unwrap();
     let conn = endpoint.connect(cluster.peers[1].1, "seoul").await.unwrap();
+    raw::join(&conn, &cluster.peers, SECRET).await.unwrap();
 
     // A frame header claiming 1 GiB: the node stops the stream.
     let (mut send, mut recv) = conn.open_bi().await.unwrap();
@@ -849,11 +856,9 @@ async fn megabytes_of_pipelined_arguments_on_one_stub_all_arrive() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_peer_that_does_not_answer_stalls_only_the_calls_to_it() {
-    let cluster = TestCluster::start();
-    // This client also knows "osaka", where nothing listens.
-    let mut peers = cluster.peers.clone();
-    peers.push(("osaka".to_string(), free_addrs(1)[0]));
-    let rt = client(&peers, &cluster.tls_dir(), "client").await;
+    // The cluster has a third node, "osaka", that never started.
+    let cluster = TestCluster::start_with_peers(3, None);
+    let rt = cluster.client("client").await;
     let counters = rt.namespace::<Counter>();
     let to_osaka = counters.stub_at(&counters.id_from_name("stranded"), "osaka");
     let stalled = tokio::spawn(async move { to_osaka.get().await });
@@ -1015,6 +1020,13 @@ mod raw {
     pub(crate) enum Hello {
         Object { type_name: String, id: stead::ObjectId },
         Directory,
+        Cluster(ClusterView),
+    }
+
+    #[derive(serde::Serialize)]
+    pub(crate) struct ClusterView {
+        peers: Vec<(String, String)>,
+        secret: [u8; 8],
     }
 
     #[derive(serde::Serialize)]
@@ -1023,18 +1035,50 @@ mod raw {
         Claim { type_name: String, id: stead::ObjectId },
     }
 
+    fn send_and_read<T: serde::de::DeserializeOwned>(
+        conn: &stead_transport::Connection,
+        frames: Vec<Vec<u8>>,
+    ) -> impl std::future::Future<Output = T> + '_ {
+        use stead_transport::{codec, frame};
+        async move {
+            let (mut send, mut recv) = conn.open_bi().await.unwrap();
+            for payload in &frames {
+                frame::write_frame(&mut send, payload).await.unwrap();
+            }
+            let answer =
+                frame::read_frame(&mut recv, 64 * 1024).await.unwrap().expect("the node answered nothing");
+            codec::decode(&answer).unwrap()
+        }
+    }
+
+    /// Shows the node the view of the cluster every process of it has
+    /// (the first stream of a connection must): its peer list and the
+    /// fingerprint of the secret, derived as the runtime derives it.
+    pub(crate) async fn join(
+        conn: &stead_transport::Connection,
+        peers: &[(String, std::net::SocketAddr)],
+        secret: &str,
+    ) -> Result<(), stead::Error> {
+        let key = blake3::derive_key("stead 2026 cluster secret", secret.as_bytes());
+        let hash = blake3::derive_key("stead 2026 cluster secret fingerprint", &key);
+        let mut fingerprint = [0u8; 8];
+        fingerprint.copy_from_slice(&hash[..8]);
+        let view = ClusterView {
+            peers: peers.iter().map(|(name, addr)| (name.clone(), addr.to_string())).collect(),
+            secret: fingerprint,
+        };
+        let hello = stead_transport::codec::encode(&Hello::Cluster(view)).unwrap();
+        send_and_read(conn, vec![hello]).await
+    }
+
     /// Asks the directory on `conn` and returns its answer.
     pub(crate) async fn ask(
         conn: &stead_transport::Connection,
         request: &DirectoryRequest,
     ) -> Result<Option<String>, stead::Error> {
-        use stead_transport::{codec, frame};
-        let (mut send, mut recv) = conn.open_bi().await.unwrap();
-        frame::write_frame(&mut send, &codec::encode(&Hello::Directory).unwrap()).await.unwrap();
-        frame::write_frame(&mut send, &codec::encode(request).unwrap()).await.unwrap();
-        let answer =
-            frame::read_frame(&mut recv, 64 * 1024).await.unwrap().expect("the directory answered nothing");
-        codec::decode(&answer).unwrap()
+        use stead_transport::codec;
+        send_and_read(conn, vec![codec::encode(&Hello::Directory).unwrap(), codec::encode(request).unwrap()])
+            .await
     }
 }
 
@@ -1047,6 +1091,7 @@ async fn only_a_node_places_objects_and_only_on_itself() {
     let identity = stead::tls::dev_identity(&cluster.tls_dir(), "prober").unwrap();
     let endpoint = stead_transport::Endpoint::bind(&identity, None).unwrap();
     let conn = endpoint.connect(cluster.peers[0].1, "ohio").await.unwrap();
+    raw::join(&conn, &cluster.peers, SECRET).await.unwrap();
     let claim = raw::DirectoryRequest::Claim { type_name: "Counter".into(), id };
     let err = raw::ask(&conn, &claim).await.unwrap_err();
     assert!(err.to_string().contains("names no node"), "{err}");
@@ -1075,4 +1120,34 @@ async fn a_first_call_to_a_node_that_does_not_host_the_type_pins_nothing() {
     // That placed nothing: seoul can still take the object.
     assert_eq!(ns.stub_at(&id, "seoul").hello().await.unwrap(), "hello from seoul");
     assert_eq!(ns.stub(&id).hello().await.unwrap(), "hello from seoul", "and everyone finds it there");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn processes_of_different_clusters_refuse_each_other_naming_the_difference() {
+    let cluster = TestCluster::start();
+    // Another secret (as when a process forgot `.secret(..)` and made its own).
+    let identity = stead::tls::dev_identity(&cluster.tls_dir(), "stranger-secret").unwrap();
+    let builder =
+        Runtime::builder().client().tls(identity).secret("another secret, not this cluster's").in_memory();
+    let rt = with_peers(builder, &cluster.peers).build().await.unwrap();
+    let counters = rt.namespace::<Counter>();
+    let err = counters.stub_at(&counters.unique_id(), "seoul").get().await.unwrap_err();
+    let Error::Config(message) = &err else { panic!("expected Config, got {err:?}") };
+    assert!(message.contains("secrets differ"), "{message}");
+
+    // Another peer list: the nodes' coordinator would not be its coordinator.
+    let mut peers = cluster.peers.clone();
+    peers.reverse();
+    let identity = stead::tls::dev_identity(&cluster.tls_dir(), "stranger-peers").unwrap();
+    let builder = Runtime::builder().client().tls(identity).secret(SECRET).in_memory();
+    let rt = with_peers(builder, &peers).build().await.unwrap();
+    let counters = rt.namespace::<Counter>();
+    let err = counters.stub_at(&counters.unique_id(), "seoul").get().await.unwrap_err();
+    let Error::Config(message) = &err else { panic!("expected Config, got {err:?}") };
+    assert!(message.contains("peer lists differ") && message.contains("ohio="), "{message}");
+
+    // The nodes keep serving their own cluster.
+    let rt = cluster.client("client").await;
+    let counters = rt.namespace::<Counter>();
+    assert_eq!(counters.stub_at(&counters.unique_id(), "seoul").increment(3).await.unwrap().unwrap(), 3);
 }

@@ -293,7 +293,7 @@ impl RuntimeBuilder {
         }
         let secret = secret::resolve(self.secret.as_deref(), data_dir.as_deref())?;
         let cluster = if self.cluster.is_set() {
-            Some(Cluster::start(&self.cluster, data_dir.as_deref())?)
+            Some(Cluster::start(&self.cluster, data_dir.as_deref(), &secret)?)
         } else {
             None
         };

@@ -20,7 +20,50 @@ pub(crate) enum Hello {
     Object { type_name: String, id: ObjectId },
     /// One directory request follows (to the coordinator).
     Directory,
+    /// The first stream of every connection: the caller's view of the
+    /// cluster, checked against the node's before anything else is served.
+    Cluster(ClusterView),
 }
+
+/// What every process of a cluster must agree on.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub(crate) struct ClusterView {
+    /// The peer list, in order: `(name, address)`.
+    pub(crate) peers: Vec<(String, String)>,
+    /// A one-way fingerprint of the cluster secret.
+    pub(crate) secret: [u8; 8],
+}
+
+impl ClusterView {
+    /// Why `theirs` (a peer's view) is not this cluster, naming the
+    /// difference; `None` when they agree.
+    pub(crate) fn difference(&self, theirs: &ClusterView) -> Option<String> {
+        let hex = |bytes: &[u8; 8]| bytes.iter().map(|b| format!("{b:02x}")).collect::<String>();
+        if self.secret != theirs.secret {
+            return Some(format!(
+                "the cluster secrets differ (fingerprint {} on the node, {} on the caller): give every \
+                 process the same `.secret(..)`, or copy one `data_dir/secret` file to every node",
+                hex(&self.secret),
+                hex(&theirs.secret)
+            ));
+        }
+        if self.peers != theirs.peers {
+            let list = |peers: &[(String, String)]| {
+                peers.iter().map(|(name, addr)| format!("{name}={addr}")).collect::<Vec<_>>().join(", ")
+            };
+            return Some(format!(
+                "the peer lists differ (the node has [{}], the caller [{}]): every process must list the \
+                 same nodes, at the same addresses, in the same order",
+                list(&self.peers),
+                list(&theirs.peers)
+            ));
+        }
+        None
+    }
+}
+
+/// The node's answer to a [`Hello::Cluster`].
+pub(crate) type ClusterAnswer = Result<(), Error>;
 
 /// A call of a remote method.
 #[derive(Debug, Serialize, Deserialize)]

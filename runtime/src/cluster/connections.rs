@@ -4,14 +4,19 @@
 use std::collections::HashMap;
 use std::net::SocketAddr;
 
-use stead_transport::{Connection, Endpoint};
+use stead_transport::frame::{read_frame, write_frame};
+use stead_transport::{Connection, Endpoint, codec};
 
 use crate::error::{Error, Result};
+use crate::wire::{ClusterAnswer, ClusterView, Hello, MAX_CONTROL_FRAME};
 
 /// The endpoint, and each peer with its connection.
 pub(crate) struct Connections {
     pub(crate) endpoint: Endpoint,
     peers: HashMap<String, Peer>,
+    /// This process's view of the cluster, shown to every peer it connects
+    /// to.
+    pub(crate) view: ClusterView,
 }
 
 /// A peer's address and its connection, made on first use. Each peer has
@@ -23,12 +28,12 @@ struct Peer {
 }
 
 impl Connections {
-    pub(crate) fn new(endpoint: Endpoint, peers: &[(String, SocketAddr)]) -> Self {
+    pub(crate) fn new(endpoint: Endpoint, peers: &[(String, SocketAddr)], view: ClusterView) -> Self {
         let peers = peers
             .iter()
             .map(|(name, addr)| (name.clone(), Peer { addr: *addr, live: tokio::sync::Mutex::new(None) }))
             .collect();
-        Connections { endpoint, peers }
+        Connections { endpoint, peers, view }
     }
 
     /// Whether `name` is in the peer list.
@@ -55,8 +60,26 @@ impl Connections {
             return Ok(conn.clone());
         }
         let conn = self.endpoint.connect(peer.addr, name).await.map_err(|e| transport_to_error(name, e))?;
+        self.agree(&conn, name).await?;
         *live = Some(conn.clone());
         Ok(conn)
+    }
+
+    /// Shows the node this process's view of the cluster, on the
+    /// connection's first stream; the node answers whether it agrees.
+    async fn agree(&self, conn: &Connection, name: &str) -> Result<()> {
+        let lost = |what: String| connection_lost(conn, name, what);
+        let (mut send, mut recv) = conn.open_bi().await.map_err(|e| lost(e.to_string()))?;
+        let hello = codec::encode(&Hello::Cluster(self.view.clone()))?;
+        write_frame(&mut send, &hello).await.map_err(|e| lost(e.to_string()))?;
+        let _ = send.finish();
+        let answer = read_frame(&mut recv, MAX_CONTROL_FRAME)
+            .await
+            .map_err(|e| lost(e.to_string()))?
+            .ok_or_else(|| lost("it closed the cluster check without an answer".into()))?;
+        codec::decode::<ClusterAnswer>(&answer)?.inspect_err(|_| {
+            conn.close(0u32.into(), b"not the same cluster");
+        })
     }
 }
 

@@ -14,6 +14,16 @@ use super::directory::{CoordinatorClient, Directory, SqliteDirectory};
 use crate::error::{Error, Result};
 use crate::id::ObjectId;
 use crate::sync::lock;
+use crate::wire::ClusterView;
+
+/// Eight bytes of a one-way hash of the cluster secret: enough to tell two
+/// secrets apart, nothing to learn the secret from.
+fn secret_fingerprint(secret: &[u8; 32]) -> [u8; 8] {
+    let hash = blake3::derive_key("stead 2026 cluster secret fingerprint", secret);
+    let mut fingerprint = [0u8; 8];
+    fingerprint.copy_from_slice(&hash[..8]);
+    fingerprint
+}
 
 /// The cluster as seen by one process.
 pub(crate) struct Cluster {
@@ -29,7 +39,13 @@ pub(crate) struct Cluster {
 
 impl Cluster {
     /// Binds the endpoint and opens the directory (no connection is made).
-    pub(crate) fn start(config: &ClusterConfig, data_dir: Option<&std::path::Path>) -> Result<Arc<Self>> {
+    /// Starts this process's part of the cluster; `secret` is the cluster
+    /// secret (only a fingerprint of it is ever shown to peers).
+    pub(crate) fn start(
+        config: &ClusterConfig,
+        data_dir: Option<&std::path::Path>,
+        secret: &[u8; 32],
+    ) -> Result<Arc<Self>> {
         config.validate()?;
         let identity = match (&config.identity, &config.identity_files) {
             (Some(identity), _) => identity.clone(),
@@ -53,7 +69,11 @@ impl Cluster {
         let is_coordinator = config.node.as_deref() == Some(coordinator.as_str());
         let local_directory =
             if is_coordinator { Some(Arc::new(SqliteDirectory::open(data_dir)?)) } else { None };
-        let connections = Arc::new(Connections::new(endpoint, &config.peers));
+        let view = ClusterView {
+            peers: config.peers.iter().map(|(name, addr)| (name.clone(), addr.to_string())).collect(),
+            secret: secret_fingerprint(secret),
+        };
+        let connections = Arc::new(Connections::new(endpoint, &config.peers, view));
         let directory: Arc<dyn Directory> = match &local_directory {
             Some(local) => local.clone(),
             None => Arc::new(CoordinatorClient::new(connections.clone(), coordinator.clone())),

@@ -19,7 +19,9 @@ use super::placement::Cluster;
 use crate::error::{Error, Result};
 use crate::id::ObjectId;
 use crate::local::{Call, Driver, HostedType, LocalReply, Message, Objects};
-use crate::wire::{DirectoryAnswer, DirectoryRequest, Hello, MAX_CONTROL_FRAME, Request, Response};
+use crate::wire::{
+    ClusterAnswer, DirectoryAnswer, DirectoryRequest, Hello, MAX_CONTROL_FRAME, Request, Response,
+};
 
 /// QUIC error code for a stream closed because of a bad frame.
 const BAD_FRAME: u32 = 1;
@@ -53,12 +55,61 @@ pub(crate) async fn serve(objects: Weak<Objects>, cluster: Weak<Cluster>, endpoi
                     return;
                 }
             };
+            // The first stream shows the caller's view of the cluster:
+            // nothing else is served to a process of another cluster.
+            let Ok((send, recv)) = conn.accept_bi().await else { return };
+            let Some((_, cluster)) = node.upgrade() else { return };
+            if !check_cluster(&cluster, &conn, send, recv).await {
+                return;
+            }
             while let Ok((send, recv)) = conn.accept_bi().await {
                 let Some((objects, _)) = node.upgrade() else { return };
                 objects.host().spawn(serve_stream(node.clone(), conn.clone(), send, recv));
             }
         });
     }
+}
+
+/// Reads the connection's first stream, the caller's view of the cluster,
+/// and answers; on a difference, the answer names it and the connection is
+/// closed. Returns whether the caller is of this cluster.
+async fn check_cluster(
+    cluster: &Cluster,
+    conn: &Connection,
+    mut send: SendStream,
+    mut recv: RecvStream,
+) -> bool {
+    let hello = match read_frame(&mut recv, MAX_CONTROL_FRAME).await {
+        Ok(Some(bytes)) => codec::decode::<Hello>(&bytes).ok(),
+        _ => None,
+    };
+    let answer: ClusterAnswer = match hello {
+        Some(Hello::Cluster(theirs)) => match cluster.connections.view.difference(&theirs) {
+            None => Ok(()),
+            Some(difference) => {
+                Err(Error::Config(format!("this process is not of the node's cluster: {difference}")))
+            }
+        },
+        _ => Err(Error::Incompatible(
+            "a connection must start by showing the caller's view of the cluster; the caller is not a \
+             stead process of this version"
+                .into(),
+        )),
+    };
+    let agreed = answer.is_ok();
+    if let Err(err) = &answer {
+        tracing::warn!(peer = %conn.remote_address(), %err, "refused a peer");
+    }
+    if let Ok(frame) = codec::encode(&answer) {
+        let _ = write_frame(&mut send, &frame).await;
+    }
+    let _ = send.finish();
+    if !agreed {
+        // Let the answer reach the caller before the connection closes.
+        let _ = tokio::time::timeout(Duration::from_secs(1), send.stopped()).await;
+        conn.close(0u32.into(), b"not the same cluster");
+    }
+    agreed
 }
 
 /// Serves one stream: reads its `Hello`, then what it announced. A bad
@@ -75,6 +126,8 @@ async fn serve_stream(node: Node, conn: Connection, mut send: SendStream, mut re
             serve_object(&objects, &cluster, &type_name, id, send, recv).await;
         }
         Some(Hello::Directory) => serve_directory(&cluster, &conn, send, recv).await,
+        // Only the first stream of a connection may show the cluster.
+        Some(Hello::Cluster(_)) => refuse(&mut send, &mut recv),
         None => refuse(&mut send, &mut recv),
     }
 }
