@@ -52,6 +52,24 @@ pub(crate) enum Error {
     #[error("cannot {doing} {path}: {source}")]
     Io { doing: &'static str, path: PathBuf, source: std::io::Error },
 
+    /// A node or client name that cannot name a cluster member.
+    #[error("`{name}` cannot name a {kind}: {reason}")]
+    BadName { kind: &'static str, name: String, reason: &'static str },
+
+    /// An output file exists: certificates and keys are never overwritten.
+    #[error(
+        "{0} already exists; move it away or choose another `--out` directory (files are never overwritten)"
+    )]
+    Exists(PathBuf),
+
+    /// The CA that should sign a certificate is missing or unusable.
+    #[error("{0}")]
+    Ca(String),
+
+    /// rcgen refused to make a certificate.
+    #[error("could not make the certificate: {0}")]
+    Certificate(#[from] rcgen::Error),
+
     /// Writing the command's output failed (a closed pipe is not reported).
     #[error("cannot write the output: {0}")]
     Output(#[from] std::io::Error),

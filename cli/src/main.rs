@@ -4,13 +4,15 @@
 //!   (type, id, size, alarm, last write, name), with filters;
 //! - `stead show <data_dir> <type> <id>` prints a stopped or evicted
 //!   object's keys and the sizes of their values, or runs a read-only SQL
-//!   query on its database (`--sql`).
+//!   query on its database (`--sql`);
+//! - `stead certs ca|node|client` issues a cluster's certificates.
 //!
 //! Databases are only ever opened read-only. An object that is in memory in
 //! a running node has its database locked by that node: the tool says so
 //! instead of reading it. Errors are one line on stderr and a non-zero exit
 //! status.
 
+mod certs;
 mod data_dir;
 mod error;
 mod format;
@@ -26,7 +28,7 @@ use clap::{Parser, Subcommand};
 
 use crate::error::Error;
 
-/// Inspect stead data directories.
+/// Inspect stead data directories and issue cluster certificates.
 #[derive(Parser)]
 #[command(name = "stead", version)]
 struct Cli {
@@ -43,6 +45,11 @@ enum Command {
     /// values), or runs a read-only SQL query on it. The object must not be
     /// active in a running node.
     Show(show::Args),
+    /// Issues a cluster's certificates: its CA, its nodes' and its clients'.
+    Certs {
+        #[command(subcommand)]
+        command: certs::Command,
+    },
 }
 
 fn main() -> ExitCode {
@@ -52,6 +59,7 @@ fn main() -> ExitCode {
     let result = match cli.command {
         Command::Objects(args) => objects::run(args, &mut out),
         Command::Show(args) => show::run(args, &mut out),
+        Command::Certs { command } => certs::run(command, &mut out),
     };
     match result.and_then(|()| Ok(out.flush()?)) {
         Ok(()) => ExitCode::SUCCESS,
