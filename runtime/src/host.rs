@@ -12,6 +12,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::time::Duration;
 
 use crate::error::{Error, Result};
+use crate::limits::Limits;
 use crate::local::watchdog::Watchdog;
 use crate::storage::StorageRoot;
 
@@ -28,6 +29,8 @@ pub(crate) struct Config {
     pub(crate) call_timeout: Duration,
     /// How long `shutdown` may take.
     pub(crate) shutdown_timeout: Duration,
+    /// The memory bounds.
+    pub(crate) limits: Limits,
 }
 
 tokio::task_local! {

@@ -33,6 +33,7 @@
 //! | what the lower layers get instead of `Runtime`: settings, lifecycle, storage root | `host.rs` |
 //! | ids and their MACs ([`ObjectId`]), the cluster secret | `id.rs`, `secret.rs` |
 //! | messages between nodes | `wire.rs` |
+//! | every memory bound, with its default ([`Limits`]) | `limits.rs` |
 //! | the one [`Error`] type | `error.rs` |
 //!
 //! Imports run downward: `storage/` imports none of `local/`, `cluster/`
@@ -44,6 +45,7 @@ mod context;
 mod error;
 mod host;
 mod id;
+mod limits;
 mod local;
 mod namespace;
 mod object;
@@ -61,6 +63,7 @@ pub use cluster::Directory;
 pub use context::Context;
 pub use error::{Error, Result};
 pub use id::ObjectId;
+pub use limits::Limits;
 pub use local::{AlarmInfo, MAX_ALARM_RETRIES};
 pub use namespace::Namespace;
 pub use object::DurableObject;

@@ -16,6 +16,7 @@ use crate::context::Context;
 use crate::error::{Error, Result};
 use crate::host::{Config, Host};
 use crate::id::IdKeys;
+use crate::limits::Limits;
 use crate::local::watchdog::Watchdog;
 use crate::local::{self, Constructor, HostedType, Objects};
 use crate::object::{DurableObject, construct_erased};
@@ -72,6 +73,7 @@ pub struct RuntimeBuilder {
     alarm_retry_delay: Duration,
     call_timeout: Duration,
     shutdown_timeout: Duration,
+    limits: Limits,
     hosts: Vec<(&'static str, MakeHostedType)>,
     cluster: ClusterConfig,
 }
@@ -152,6 +154,12 @@ impl RuntimeBuilder {
     /// listens for other nodes. `name` must be in the peer list.
     pub fn node(mut self, name: impl Into<String>) -> Self {
         self.cluster.node = Some(name.into());
+        self
+    }
+
+    /// The memory bounds (see [`Limits`] for each, with its default).
+    pub fn limits(mut self, limits: Limits) -> Self {
+        self.limits = limits;
         self
     }
 
@@ -275,6 +283,19 @@ impl RuntimeBuilder {
         if self.idle_timeout.is_zero() {
             return Err(Error::Config("`idle_timeout` must be longer than zero".into()));
         }
+        let limits = &self.limits;
+        if limits.mailbox_bytes == 0
+            || limits.max_connections == 0
+            || limits.max_streams_per_connection == 0
+            || limits.stream_window == 0
+            || limits.connection_window == 0
+            || limits.first_frame_timeout.is_zero()
+            || limits.stub_buffer_bytes == 0
+            || limits.stub_calls_in_flight == 0
+            || limits.placement_cache == 0
+        {
+            return Err(Error::Config(format!("every limit must be above zero: {limits:?}")));
+        }
         if self.call_timeout.is_zero() || self.shutdown_timeout.is_zero() {
             return Err(Error::Config(
                 "`call_timeout` and `shutdown_timeout` must be longer than zero".into(),
@@ -293,7 +314,7 @@ impl RuntimeBuilder {
         }
         let secret = secret::resolve(self.secret.as_deref(), data_dir.as_deref())?;
         let cluster = if self.cluster.is_set() {
-            Some(Cluster::start(&self.cluster, data_dir.as_deref(), &secret)?)
+            Some(Cluster::start(&self.cluster, data_dir.as_deref(), &secret, &self.limits)?)
         } else {
             None
         };
@@ -320,6 +341,7 @@ impl RuntimeBuilder {
             alarm_retry_delay: self.alarm_retry_delay,
             call_timeout: self.call_timeout,
             shutdown_timeout: self.shutdown_timeout,
+            limits: self.limits,
         };
         let host = Host::new(config, handle, storage);
         let inner = Arc::new_cyclic(|runtime: &Weak<RuntimeInner>| {
@@ -412,6 +434,7 @@ impl Runtime {
             alarm_retry_delay: DEFAULT_ALARM_RETRY_DELAY,
             call_timeout: DEFAULT_CALL_TIMEOUT,
             shutdown_timeout: DEFAULT_SHUTDOWN_TIMEOUT,
+            limits: Limits::default(),
             hosts: Vec::new(),
             cluster: ClusterConfig::default(),
         }

@@ -40,6 +40,27 @@ pub struct Liveness {
     pub connect_timeout: Duration,
 }
 
+/// How much one peer may make an endpoint hold: streams and the bytes
+/// received but not yet read.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Flow {
+    /// Streams a peer may have open on one connection at once (default
+    /// 4,096; a stub uses one per node it calls).
+    pub max_streams: u32,
+    /// Bytes a peer may send on one stream ahead of what was read (default
+    /// 1 MiB).
+    pub stream_window: u32,
+    /// Bytes a peer may send on one connection ahead of what was read
+    /// (default 16 MiB).
+    pub connection_window: u32,
+}
+
+impl Default for Flow {
+    fn default() -> Self {
+        Flow { max_streams: 4_096, stream_window: 1 << 20, connection_window: 16 << 20 }
+    }
+}
+
 impl Default for Liveness {
     /// Settings that survive a 200 ms round trip between regions: a dead
     /// peer is noticed about 5 s after it last sent something.
@@ -58,11 +79,13 @@ fn alpn(version: u32) -> Vec<u8> {
 
 /// Transport settings: many streams in flight, and a dead peer noticed
 /// after `liveness.peer_timeout`.
-fn transport_config(liveness: &Liveness) -> Result<Arc<TransportConfig>, TransportError> {
+fn transport_config(liveness: &Liveness, flow: &Flow) -> Result<Arc<TransportConfig>, TransportError> {
     let mut config = TransportConfig::default();
-    // One stream per stub-object pair, and thousands of stubs per process.
-    config.max_concurrent_bidi_streams(VarInt::from_u32(65_536));
-    config.max_concurrent_uni_streams(VarInt::from_u32(1_024));
+    // One stream per stub-object pair; no unidirectional streams at all.
+    config.max_concurrent_bidi_streams(VarInt::from_u32(flow.max_streams));
+    config.max_concurrent_uni_streams(VarInt::from_u32(0));
+    config.stream_receive_window(VarInt::from_u32(flow.stream_window));
+    config.receive_window(VarInt::from_u32(flow.connection_window));
     config.keep_alive_interval(Some(liveness.keep_alive));
     let idle = quinn::IdleTimeout::try_from(liveness.peer_timeout).map_err(|_| {
         TransportError::Config(format!("a peer timeout of {:?} is too long", liveness.peer_timeout))
@@ -83,20 +106,21 @@ impl Endpoint {
     /// Binds an endpoint that presents `identity`, with the default
     /// [`Liveness`]; with `listen`, it also accepts connections there.
     pub fn bind(identity: &Identity, listen: Option<SocketAddr>) -> Result<Self, TransportError> {
-        Endpoint::bind_with(identity, listen, Liveness::default(), PROTOCOL_VERSION)
+        Endpoint::bind_with(identity, listen, Liveness::default(), Flow::default(), PROTOCOL_VERSION)
     }
 
-    /// Like [`bind`](Self::bind), with the given liveness settings,
-    /// speaking protocol `version` (another version than
+    /// Like [`bind`](Self::bind), with the given liveness and flow
+    /// settings, speaking protocol `version` (another version than
     /// [`PROTOCOL_VERSION`] only to test how nodes of different versions
     /// refuse each other).
     pub fn bind_with(
         identity: &Identity,
         listen: Option<SocketAddr>,
         liveness: Liveness,
+        flow: Flow,
         version: u32,
     ) -> Result<Self, TransportError> {
-        let transport = transport_config(&liveness)?;
+        let transport = transport_config(&liveness, &flow)?;
         let client = client_crypto(identity, vec![alpn(version)])?;
         let client = QuicClientConfig::try_from(client).map_err(|e| TransportError::Tls(e.to_string()))?;
         let mut client = quinn::ClientConfig::new(Arc::new(client));

@@ -42,15 +42,22 @@ pub async fn read_frame(recv: &mut RecvStream, max: usize) -> Result<Option<Vec<
         Err(quinn::ReadExactError::ReadError(e)) => return Err(TransportError::Stream(e.to_string())),
     }
     let len = announced_len(len, max)?;
-    let mut payload = vec![0u8; len];
-    recv.read_exact(&mut payload).await.map_err(|e| match e {
-        quinn::ReadExactError::FinishedEarly(_) => {
-            TransportError::Malformed("the stream ended inside a frame".into())
-        }
-        quinn::ReadExactError::ReadError(e) => TransportError::Stream(e.to_string()),
-    })?;
+    // The buffer grows as the bytes arrive: a header alone, announcing
+    // megabytes that never come, reserves next to nothing.
+    let mut payload = Vec::with_capacity(len.min(FIRST_CHUNK));
+    while payload.len() < len {
+        let chunk = recv
+            .read_chunk(len - payload.len(), true)
+            .await
+            .map_err(|e| TransportError::Stream(e.to_string()))?
+            .ok_or_else(|| TransportError::Malformed("the stream ended inside a frame".into()))?;
+        payload.extend_from_slice(&chunk.bytes);
+    }
     Ok(Some(payload))
 }
+
+/// What a frame's buffer reserves before its bytes arrive.
+const FIRST_CHUNK: usize = 64 * 1024;
 
 /// The payload length a frame header announces, refused above `max`
 /// before anything is allocated for it.

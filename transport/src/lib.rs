@@ -11,7 +11,7 @@ pub mod frame;
 pub mod tls;
 
 pub use codec::{CodecError, MAX_VALUE_SIZE};
-pub use endpoint::{CLOSE_VERSION_MISMATCH, Endpoint, Liveness, PROTOCOL_VERSION, connection_error};
+pub use endpoint::{CLOSE_VERSION_MISMATCH, Endpoint, Flow, Liveness, PROTOCOL_VERSION, connection_error};
 pub use quinn::{Connection, RecvStream, SendStream, VarInt};
 pub use tls::{Identity, TlsError, dev_identity};
 

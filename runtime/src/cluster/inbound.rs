@@ -74,6 +74,11 @@ impl Inbound {
         lock(&self.state).pending.insert(seq, reply);
     }
 
+    /// How many calls wait for their responses.
+    pub(crate) fn in_flight(&self) -> usize {
+        lock(&self.state).pending.len()
+    }
+
     /// Fails every waiting call: the stream broke.
     pub(crate) fn fail_all(&self) {
         self.broken.store(true, Ordering::Release);

@@ -31,7 +31,6 @@ use crate::sync::lock;
 use crate::wire::Request;
 
 /// The sending side of one stub's stream.
-#[derive(Default)]
 pub(crate) struct Outbound {
     state: Mutex<State>,
     /// Wakes the pump: bytes are left to write, or the stub is gone.
@@ -40,6 +39,13 @@ pub(crate) struct Outbound {
 
 #[derive(Default)]
 struct State {
+    /// Bytes of requests the stub may hold unsent.
+    max_buffered: usize,
+    /// Calls the stub may have in flight (sent, not answered).
+    max_in_flight: usize,
+    /// The first call refused for a bound: every later call is refused
+    /// too, so that none runs after the gap.
+    refused: Option<Error>,
     /// The stream, once open to callers.
     send: Option<SendStream>,
     /// Frames the stream has not taken yet.
@@ -64,9 +70,19 @@ pub(crate) enum Flushed {
 }
 
 impl Outbound {
+    /// The sending side of a stub that may hold `max_buffered` bytes unsent
+    /// and have `max_in_flight` calls unanswered.
+    pub(crate) fn new(max_buffered: usize, max_in_flight: usize) -> Self {
+        Outbound {
+            state: Mutex::new(State { max_buffered, max_in_flight, ..State::default() }),
+            pump: Notify::new(),
+        }
+    }
+
     /// Sends `call` on the stream if it is open, returning its sequence
     /// number; otherwise hands it to `queue` (the pump's queue), under the
     /// same lock as the opening, so that no call can slip between the two.
+    /// A call beyond the stub's bounds is refused with `Overloaded`.
     pub(crate) fn send(
         &self,
         call: Call,
@@ -77,7 +93,7 @@ impl Outbound {
         if state.send.is_none() {
             return queue(call).map(|()| None);
         }
-        let seq = state.push(call, inbound);
+        let seq = state.push(call, inbound)?;
         if state.blocked {
             // The pump writes it, with everything before it, when the stream
             // takes more.
@@ -99,7 +115,9 @@ impl Outbound {
     pub(crate) fn open(&self, send: SendStream, inbound: &Inbound, queued: impl Iterator<Item = Call>) {
         let mut state = lock(&self.state);
         for call in queued {
-            state.push(call, inbound);
+            if let Err((err, call)) = state.push_or_refuse(call, inbound) {
+                let _ = call.reply.send(Err(err));
+            }
         }
         state.send = Some(send);
         drop(state);
@@ -136,8 +154,31 @@ impl Outbound {
 impl State {
     /// Encodes `call` into the buffer and records that it waits for its
     /// response, returning its sequence number; a call that cannot be sent
-    /// is answered with the error.
-    fn push(&mut self, call: Call, inbound: &Inbound) -> Option<u64> {
+    /// is answered with the error, and one beyond the stub's bounds is
+    /// refused (and every later one with it).
+    fn push(&mut self, call: Call, inbound: &Inbound) -> Result<Option<u64>> {
+        self.push_or_refuse(call, inbound).map_err(|(err, _)| err)
+    }
+
+    /// Like `push`, handing a refused call back with the error.
+    fn push_or_refuse(
+        &mut self,
+        call: Call,
+        inbound: &Inbound,
+    ) -> std::result::Result<Option<u64>, (Error, Call)> {
+        if let Some(earlier) = &self.refused {
+            return Err((earlier.after_break(), call));
+        }
+        if inbound.in_flight() >= self.max_in_flight {
+            return Err(self.refuse(
+                format!(
+                    "{} calls of this stub are unanswered, as many as `Limits::stub_calls_in_flight` \
+                     allows; the call was not sent, make a new stub and retry later",
+                    self.max_in_flight
+                ),
+                call,
+            ));
+        }
         let Call { method, fingerprint, args, reply } = call;
         let seq = self.seq + 1;
         let request = codec::encode(&Request { seq, method, fingerprint, args });
@@ -150,19 +191,39 @@ impl State {
                     frame.len()
                 ));
                 let _ = reply.send(Err(err));
-                return None;
+                return Ok(None);
             }
             Err(err) => {
                 let _ = reply.send(Err(Error::from(err)));
-                return None;
+                return Ok(None);
             }
         };
+        if !self.buf.is_empty() && self.buf.len().saturating_add(frame.len()) > self.max_buffered {
+            let call = Call { method, fingerprint, args: Vec::new(), reply };
+            return Err(self.refuse(
+                format!(
+                    "this stub holds {} bytes of requests its node has not taken yet, and \
+                     `Limits::stub_buffer_bytes` allows {}; the call was not sent, make a new stub and \
+                     retry later",
+                    self.buf.len(),
+                    self.max_buffered
+                ),
+                call,
+            ));
+        }
         self.seq = seq;
         let len = u32::try_from(frame.len()).unwrap_or(u32::MAX);
         self.buf.extend_from_slice(&len.to_le_bytes());
         self.buf.extend_from_slice(&frame);
         inbound.expect(seq, reply);
-        Some(seq)
+        Ok(Some(seq))
+    }
+
+    /// Refuses `call` for a bound, and every later call of the stub.
+    fn refuse(&mut self, why: String, call: Call) -> (Error, Call) {
+        let err = Error::Overloaded(why);
+        self.refused = Some(err.clone());
+        (err, call)
     }
 
     /// Writes what the stream takes of the buffer; `Blocked` (and the

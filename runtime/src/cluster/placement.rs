@@ -2,17 +2,18 @@
 //! objects live. The owner of each object is asked of the directory once
 //! and then cached.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 
-use stead_transport::{Connection, Endpoint, Identity};
+use stead_transport::{Connection, Endpoint, Flow, Identity};
 
 use super::config::ClusterConfig;
 use super::connections::Connections;
 use super::directory::{CoordinatorClient, Directory, SqliteDirectory};
 use crate::error::{Error, Result};
 use crate::id::ObjectId;
+use crate::limits::Limits;
 use crate::sync::lock;
 use crate::wire::ClusterView;
 
@@ -34,7 +35,7 @@ pub(crate) struct Cluster {
     directory: Arc<dyn Directory>,
     /// The coordinator's own directory, when this node is the coordinator.
     pub(crate) local_directory: Option<Arc<SqliteDirectory>>,
-    placements: Mutex<HashMap<(String, ObjectId), String>>,
+    placements: Mutex<Placements>,
 }
 
 impl Cluster {
@@ -45,6 +46,7 @@ impl Cluster {
         config: &ClusterConfig,
         data_dir: Option<&std::path::Path>,
         secret: &[u8; 32],
+        limits: &Limits,
     ) -> Result<Arc<Self>> {
         config.validate()?;
         let identity = match (&config.identity, &config.identity_files) {
@@ -63,7 +65,12 @@ impl Cluster {
             })
         });
         let version = config.protocol_version.unwrap_or(stead_transport::PROTOCOL_VERSION);
-        let endpoint = Endpoint::bind_with(identity, listen, config.liveness, version)
+        let flow = Flow {
+            max_streams: limits.max_streams_per_connection,
+            stream_window: limits.stream_window,
+            connection_window: limits.connection_window,
+        };
+        let endpoint = Endpoint::bind_with(identity, listen, config.liveness, flow, version)
             .map_err(|e| Error::Transport(e.to_string()))?;
         let coordinator = config.peers[0].0.clone();
         let is_coordinator = config.node.as_deref() == Some(coordinator.as_str());
@@ -84,7 +91,7 @@ impl Cluster {
             connections,
             directory,
             local_directory,
-            placements: Mutex::new(HashMap::new()),
+            placements: Mutex::new(Placements::new(limits.placement_cache)),
         }))
     }
 
@@ -136,10 +143,35 @@ impl Cluster {
     }
 
     fn cached(&self, type_name: &str, id: &ObjectId) -> Option<String> {
-        lock(&self.placements).get(&(type_name.to_string(), *id)).cloned()
+        lock(&self.placements).owners.get(&(type_name.to_string(), *id)).cloned()
     }
 
     fn cache(&self, type_name: &str, id: &ObjectId, owner: &str) {
         lock(&self.placements).insert((type_name.to_string(), *id), owner.to_string());
+    }
+}
+
+/// The owners a process remembers: at most `capacity`, the oldest
+/// forgotten first (a forgotten owner is looked up again when needed).
+struct Placements {
+    owners: HashMap<(String, ObjectId), String>,
+    /// Keys in the order they were remembered.
+    order: VecDeque<(String, ObjectId)>,
+    capacity: usize,
+}
+
+impl Placements {
+    fn new(capacity: usize) -> Self {
+        Placements { owners: HashMap::new(), order: VecDeque::new(), capacity }
+    }
+
+    fn insert(&mut self, key: (String, ObjectId), owner: String) {
+        if self.owners.insert(key.clone(), owner).is_none() {
+            self.order.push_back(key);
+        }
+        while self.owners.len() > self.capacity {
+            let Some(oldest) = self.order.pop_front() else { break };
+            self.owners.remove(&oldest);
+        }
     }
 }

@@ -76,11 +76,13 @@ impl ClusterRoute {
         id: ObjectId,
         target: Option<String>,
     ) -> Self {
-        let (tx, rx) = mpsc::channel(host.config().mailbox_capacity);
+        let config = host.config();
+        let (tx, rx) = mpsc::channel(config.mailbox_capacity);
+        let outbound = Outbound::new(config.limits.stub_buffer_bytes, config.limits.stub_calls_in_flight);
         ClusterRoute {
             tx,
             rx: Mutex::new(Some(rx)),
-            outbound: Arc::default(),
+            outbound: Arc::new(outbound),
             inbound: Arc::new(Inbound::new(type_name, id)),
             destination: Destination { host, cluster, hosted, target },
         }

@@ -7,6 +7,7 @@
 
 use std::future::Future;
 use std::pin::Pin;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Weak};
 use std::task::{Context as TaskContext, Poll, Waker};
 use std::time::Duration;
@@ -43,11 +44,21 @@ impl Node {
 /// Accepts connections until the endpoint closes or the runtime is gone.
 pub(crate) async fn serve(objects: Weak<Objects>, cluster: Weak<Cluster>, endpoint: Endpoint) {
     let node = Node { objects, cluster };
+    let connections = Arc::new(AtomicUsize::new(0));
     while let Some(incoming) = endpoint.accept().await {
         let Some((objects, _)) = node.upgrade() else { return };
+        let limits = objects.host().config().limits;
+        if connections.load(Ordering::SeqCst) >= limits.max_connections {
+            tracing::warn!(peer = %incoming.remote_address(), max = limits.max_connections, "refused a connection: too many");
+            incoming.refuse();
+            continue;
+        }
+        connections.fetch_add(1, Ordering::SeqCst);
+        let connected = Connected(connections.clone());
         let endpoint = endpoint.clone();
         let node = node.clone();
         objects.host().spawn(async move {
+            let _connected = connected;
             let conn = match endpoint.establish(incoming).await {
                 Ok(conn) => conn,
                 Err(err) => {
@@ -59,7 +70,7 @@ pub(crate) async fn serve(objects: Weak<Objects>, cluster: Weak<Cluster>, endpoi
             // nothing else is served to a process of another cluster.
             let Ok((send, recv)) = conn.accept_bi().await else { return };
             let Some((_, cluster)) = node.upgrade() else { return };
-            if !check_cluster(&cluster, &conn, send, recv).await {
+            if !check_cluster(&node, &cluster, &conn, send, recv).await {
                 return;
             }
             while let Ok((send, recv)) = conn.accept_bi().await {
@@ -70,19 +81,35 @@ pub(crate) async fn serve(objects: Weak<Objects>, cluster: Weak<Cluster>, endpoi
     }
 }
 
+/// Counts a connection from another process while it lives.
+struct Connected(Arc<AtomicUsize>);
+
+impl Drop for Connected {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::SeqCst);
+    }
+}
+
+/// Reads a stream's first frame, which must come within the limit's time.
+async fn first_frame(node: &Node, recv: &mut RecvStream) -> Option<Vec<u8>> {
+    let wait = node.objects.upgrade()?.host().config().limits.first_frame_timeout;
+    match tokio::time::timeout(wait, read_frame(recv, MAX_CONTROL_FRAME)).await {
+        Ok(Ok(Some(bytes))) => Some(bytes),
+        _ => None,
+    }
+}
+
 /// Reads the connection's first stream, the caller's view of the cluster,
 /// and answers; on a difference, the answer names it and the connection is
 /// closed. Returns whether the caller is of this cluster.
 async fn check_cluster(
+    node: &Node,
     cluster: &Cluster,
     conn: &Connection,
     mut send: SendStream,
     mut recv: RecvStream,
 ) -> bool {
-    let hello = match read_frame(&mut recv, MAX_CONTROL_FRAME).await {
-        Ok(Some(bytes)) => codec::decode::<Hello>(&bytes).ok(),
-        _ => None,
-    };
+    let hello = first_frame(node, &mut recv).await.and_then(|bytes| codec::decode::<Hello>(&bytes).ok());
     let answer: ClusterAnswer = match hello {
         Some(Hello::Cluster(theirs)) => match cluster.connections.view.difference(&theirs) {
             None => Ok(()),
@@ -116,10 +143,7 @@ async fn check_cluster(
 /// frame stops the stream with an error code; nothing a peer sends can
 /// panic the node.
 async fn serve_stream(node: Node, conn: Connection, mut send: SendStream, mut recv: RecvStream) {
-    let hello = match read_frame(&mut recv, MAX_CONTROL_FRAME).await {
-        Ok(Some(bytes)) => codec::decode::<Hello>(&bytes).ok(),
-        _ => None,
-    };
+    let hello = first_frame(&node, &mut recv).await.and_then(|bytes| codec::decode::<Hello>(&bytes).ok());
     let Some((objects, cluster)) = node.upgrade() else { return };
     match hello {
         Some(Hello::Object { type_name, id }) => {

@@ -42,8 +42,10 @@ impl Activation {
     /// Queues `message`, then does what the schedule says: nothing, tell the
     /// watchdog (the caller's poll will run the turn), or spawn a drain task.
     pub(super) fn push(self: &Arc<Self>, message: Message, driver: Driver) -> Result<(), Refused<Message>> {
-        let limit = message.limit(self.host().config().mailbox_capacity);
-        let pushed = self.schedule().push(message, limit, driver)?;
+        let config = self.host().config();
+        let bound = message.bound(config.mailbox_capacity, config.limits.mailbox_bytes);
+        let size = message.size();
+        let pushed = self.schedule().push(message, size, bound, driver)?;
         match pushed {
             Pushed::Queued => {}
             Pushed::Watch => {

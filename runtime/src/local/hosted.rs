@@ -116,11 +116,12 @@ impl HostedType {
                 Ok(()) => return Ok(activation),
                 Err(Refused::Evicted(returned)) => message = returned,
                 Err(Refused::Full(returned)) => {
+                    let config = self.info.host.config();
                     let err = Error::Overloaded(format!(
-                        "the mailbox of `{}` object {id} is full ({} calls waiting); the call was \
-                         not delivered, retry later or raise `RuntimeBuilder::mailbox_capacity`",
-                        self.info.name,
-                        self.info.host.config().mailbox_capacity
+                        "the mailbox of `{}` object {id} is full (at most {} calls or {} bytes of \
+                         arguments wait); the call was not delivered, retry later or raise \
+                         `RuntimeBuilder::mailbox_capacity` or `Limits::mailbox_bytes`",
+                        self.info.name, config.mailbox_capacity, config.limits.mailbox_bytes
                     ));
                     return Err((err, returned));
                 }

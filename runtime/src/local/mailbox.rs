@@ -30,14 +30,30 @@ pub(crate) enum Message {
 }
 
 impl Message {
-    /// The most messages that may wait before this one is refused: calls
-    /// are bounded by `capacity`, the runtime's own messages are not.
-    pub(crate) fn limit(&self, capacity: usize) -> Option<usize> {
+    /// What may already wait before this message is refused: calls are
+    /// bounded by `capacity` messages and `bytes` of arguments, the
+    /// runtime's own messages are not bounded.
+    pub(crate) fn bound(&self, capacity: usize, bytes: usize) -> Option<Bound> {
         match self {
-            Message::Call(_) => Some(capacity),
+            Message::Call(_) => Some(Bound { messages: capacity, bytes }),
             Message::Alarm(_) => None,
         }
     }
+
+    /// The bytes this message holds, as counted against [`Bound::bytes`].
+    pub(crate) fn size(&self) -> usize {
+        match self {
+            Message::Call(call) => call.args.len(),
+            Message::Alarm(_) => 0,
+        }
+    }
+}
+
+/// How much may wait in a mailbox before a message is refused.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Bound {
+    pub(crate) messages: usize,
+    pub(crate) bytes: usize,
 }
 
 /// A call of a remote method, with its arguments already encoded.
@@ -52,34 +68,50 @@ pub(crate) struct Call {
     pub(crate) reply: ReplySender,
 }
 
-/// A bounded FIFO of messages. Not synchronised: its owner locks it.
+/// A bounded FIFO of messages, by count and by bytes. Not synchronised:
+/// its owner locks it.
 pub(crate) struct Mailbox<M> {
-    queue: VecDeque<M>,
+    /// The messages, each with its size.
+    queue: VecDeque<(M, usize)>,
+    /// The sum of the sizes of the queued messages.
+    bytes: usize,
 }
 
 impl<M> Mailbox<M> {
     pub(crate) fn new() -> Self {
         // An empty VecDeque does not allocate: idle objects cost no queue memory.
-        Mailbox { queue: VecDeque::new() }
+        Mailbox { queue: VecDeque::new(), bytes: 0 }
     }
 
-    /// Queues `message`, or hands it back when `limit` messages already wait.
-    pub(crate) fn push(&mut self, message: M, limit: Option<usize>) -> std::result::Result<(), M> {
-        if limit.is_some_and(|limit| self.queue.len() >= limit) {
-            return Err(message);
+    /// Queues `message` of `size` bytes, or hands it back when what waits
+    /// already reaches `bound` (a message larger than the byte bound is
+    /// taken when nothing waits, so that it can run at all).
+    pub(crate) fn push(
+        &mut self,
+        message: M,
+        size: usize,
+        bound: Option<Bound>,
+    ) -> std::result::Result<(), M> {
+        if let Some(bound) = bound {
+            let over_bytes = !self.queue.is_empty() && self.bytes.saturating_add(size) > bound.bytes;
+            if self.queue.len() >= bound.messages || over_bytes {
+                return Err(message);
+            }
         }
-        self.queue.push_back(message);
+        self.bytes += size;
+        self.queue.push_back((message, size));
         Ok(())
     }
 
     /// The oldest message, if any.
     pub(crate) fn pop(&mut self) -> Option<M> {
-        let message = self.queue.pop_front();
+        let (message, size) = self.queue.pop_front()?;
+        self.bytes -= size;
         if self.queue.is_empty() && self.queue.capacity() > 64 {
             // A burst is over: give its memory back.
             self.queue = VecDeque::new();
         }
-        message
+        Some(message)
     }
 
     pub(crate) fn is_empty(&self) -> bool {

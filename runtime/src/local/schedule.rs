@@ -15,7 +15,7 @@
 //! protocol under every interleaving of two callers, a drain task and the
 //! watchdog.
 
-use super::mailbox::Mailbox;
+use super::mailbox::{Bound, Mailbox};
 
 /// Who runs a message's turn if nobody runs the object's turns yet.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -105,17 +105,19 @@ impl<M, I> Schedule<M, I> {
         }
     }
 
-    /// A sender queues `message` (refused beyond `limit` waiting messages).
+    /// A sender queues `message` of `size` bytes (refused when what waits
+    /// reaches `bound`).
     pub(crate) fn push(
         &mut self,
         message: M,
-        limit: Option<usize>,
+        size: usize,
+        bound: Option<Bound>,
         driver: Driver,
     ) -> Result<Pushed<I>, Refused<M>> {
         if self.evicted {
             return Err(Refused::Evicted(message));
         }
-        self.mailbox.push(message, limit).map_err(Refused::Full)?;
+        self.mailbox.push(message, size, bound).map_err(Refused::Full)?;
         if self.running {
             return Ok(Pushed::Queued);
         }
@@ -267,7 +269,7 @@ mod model {
 
         fn call(&self, message: u32, caller: Caller) {
             let pushed = self.with(|s, queued| {
-                let pushed = s.push(message, Some(8), Driver::Caller);
+                let pushed = s.push(message, 1, Some(Bound { messages: 8, bytes: 64 }), Driver::Caller);
                 queued.push(message);
                 pushed
             });
@@ -296,7 +298,7 @@ mod model {
         /// A message nobody awaits (an alarm): a drain task at once.
         fn send_to_task(&self, message: u32) {
             let pushed = self.with(|s, queued| {
-                let pushed = s.push(message, None, Driver::Task);
+                let pushed = s.push(message, 1, None, Driver::Task);
                 queued.push(message);
                 pushed
             });
