@@ -664,7 +664,8 @@ async fn oversized_frames_and_random_bytes_leave_the_node_serving_others() {
     let rt = cluster.client("client").await;
     let id = rt.namespace::<Counter>().unique_id();
     let hello =
-        stead_transport::codec::encode(&raw::Hello::Object { type_name: "Counter".into(), id }).unwrap();
+        stead_transport::codec::encode(&raw::Hello::Object { type_name: "Counter".into(), id, name: None })
+            .unwrap();
     let (mut send, mut recv) = conn.open_bi().await.unwrap();
     stead_transport::frame::write_frame(&mut send, &hello).await.unwrap();
     stead_transport::frame::write_frame(&mut send, &garbage[..100]).await.unwrap();
@@ -1031,7 +1032,7 @@ async fn shutdown_under_steady_remote_traffic_finishes_and_every_committed_call_
 mod raw {
     #[derive(serde::Serialize)]
     pub(crate) enum Hello {
-        Object { type_name: String, id: stead::ObjectId },
+        Object { type_name: String, id: stead::ObjectId, name: Option<String> },
         Directory,
         Cluster(ClusterView),
     }
@@ -1213,4 +1214,21 @@ async fn a_flood_of_large_calls_from_one_peer_leaves_the_node_within_its_memory_
     // of waiting arguments, plus the frames being read and the
     // connection's window; 384 MiB were sent.
     assert!(grew < 192 * mib as u64, "the node's peak memory grew by {} MiB", grew / mib as u64);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_name_of_an_object_made_by_a_client_is_kept_on_its_node() {
+    let mut cluster = TestCluster::start();
+    let rt = cluster.client("client").await;
+    let counters = rt.namespace::<Counter>();
+    let id = counters.id_from_name("visits of the home page");
+    assert_eq!(counters.stub_at(&id, "seoul").increment(1).await.unwrap().unwrap(), 1);
+    // The node holds the database while the object is active.
+    cluster.kill_node(1);
+    let hex = id.to_string();
+    let path = cluster.dir.path().join("seoul/objects/Counter").join(&hex[..2]).join(format!("{hex}.sqlite"));
+    let conn = stead::rusqlite::Connection::open(path).unwrap();
+    let name: String =
+        conn.query_row("SELECT value FROM _stead_meta WHERE name = 'name'", [], |row| row.get(0)).unwrap();
+    assert_eq!(name, "visits of the home page");
 }

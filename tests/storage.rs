@@ -409,3 +409,34 @@ async fn no_more_databases_are_open_than_the_cap() {
     }
     assert!(rt.open_databases() <= 4);
 }
+
+/// The name an object's database keeps, if any.
+fn stored_name(dir: &Path, id: &stead::ObjectId) -> Option<String> {
+    let hex = id.to_string();
+    let path = dir.join("objects").join("Store").join(&hex[..2]).join(format!("{hex}.sqlite"));
+    let conn = stead::rusqlite::Connection::open(path).unwrap();
+    conn.query_row("SELECT value FROM _stead_meta WHERE name = 'name'", [], |row| row.get(0)).ok()
+}
+
+#[tokio::test]
+async fn an_object_made_with_a_name_keeps_its_name_in_its_database() {
+    let dir = tempfile::tempdir().unwrap();
+    let rt = on_disk(dir.path()).await;
+    let ns = rt.namespace::<Store>();
+    let named = ns.id_from_name("alice's cart");
+    ns.stub(&named).put("k".into(), "v".into()).await.unwrap().unwrap();
+    let unnamed = ns.unique_id();
+    ns.stub(&unnamed).put("k".into(), "v".into()).await.unwrap().unwrap();
+    rt.shutdown().await.unwrap();
+    assert_eq!(stored_name(dir.path(), &named).as_deref(), Some("alice's cart"));
+    assert_eq!(stored_name(dir.path(), &unnamed), None);
+
+    // Known from the name alone, in a later process too.
+    let rt = on_disk(dir.path()).await;
+    let ns = rt.namespace::<Store>();
+    let id = ns.id_from_name("bob");
+    let parsed = ns.id_from_str(&id.to_string()).unwrap();
+    ns.stub(&parsed).put("k".into(), "v".into()).await.unwrap().unwrap();
+    rt.shutdown().await.unwrap();
+    assert_eq!(stored_name(dir.path(), &id).as_deref(), Some("bob"));
+}

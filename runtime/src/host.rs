@@ -12,6 +12,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::time::Duration;
 
 use crate::error::{Error, Result};
+use crate::id::ObjectId;
 use crate::limits::Limits;
 use crate::local::watchdog::Watchdog;
 use crate::storage::StorageRoot;
@@ -52,6 +53,7 @@ pub(crate) struct Host {
 
 struct HostInner {
     config: Config,
+    names: Names,
     lifecycle: Lifecycle,
     handle: tokio::runtime::Handle,
     storage: Arc<StorageRoot>,
@@ -62,6 +64,7 @@ impl Host {
     pub(crate) fn new(config: Config, handle: tokio::runtime::Handle, storage: StorageRoot) -> Self {
         let inner = HostInner {
             config,
+            names: Names::default(),
             lifecycle: Lifecycle::default(),
             handle,
             storage: Arc::new(storage),
@@ -72,6 +75,11 @@ impl Host {
 
     pub(crate) fn config(&self) -> &Config {
         &self.inner.config
+    }
+
+    /// The names of recently named objects.
+    pub(crate) fn names(&self) -> &Names {
+        &self.inner.names
     }
 
     pub(crate) fn storage(&self) -> &Arc<StorageRoot> {
@@ -259,5 +267,44 @@ impl Lifecycle {
     /// Counts one more eviction sweep and returns its number.
     pub(crate) fn next_sweep(&self) -> u64 {
         self.sweeps.fetch_add(1, Ordering::Relaxed) + 1
+    }
+}
+
+/// The names of objects whose ids this process made with `id_from_name`
+/// (or was told of, checked, by a caller): the first activation of such an
+/// object stores its name, so that it can be listed by name. At most
+/// [`Names::CAPACITY`] are kept, the oldest forgotten first.
+#[derive(Default)]
+pub(crate) struct Names {
+    inner: std::sync::Mutex<NamesInner>,
+}
+
+#[derive(Default)]
+struct NamesInner {
+    names: std::collections::HashMap<ObjectId, String>,
+    order: std::collections::VecDeque<ObjectId>,
+}
+
+impl Names {
+    /// How many names are kept.
+    pub(crate) const CAPACITY: usize = 65_536;
+
+    /// Remembers that object `id` is named `name`.
+    pub(crate) fn remember(&self, id: ObjectId, name: &str) {
+        let mut inner = crate::sync::lock(&self.inner);
+        if inner.names.contains_key(&id) {
+            return;
+        }
+        inner.names.insert(id, name.to_string());
+        inner.order.push_back(id);
+        while inner.order.len() > Names::CAPACITY {
+            let Some(oldest) = inner.order.pop_front() else { break };
+            inner.names.remove(&oldest);
+        }
+    }
+
+    /// The name of object `id`, if known.
+    pub(crate) fn get(&self, id: &ObjectId) -> Option<String> {
+        crate::sync::lock(&self.inner).names.get(id).cloned()
     }
 }

@@ -7,8 +7,12 @@ use std::time::Duration;
 /// [`RuntimeBuilder::limits`](crate::RuntimeBuilder::limits):
 ///
 /// ```
-/// let limits = stead_runtime::Limits { mailbox_bytes: 256 << 20, ..Default::default() };
+/// let mut limits = stead_runtime::Limits::default();
+/// limits.mailbox_bytes = 256 << 20;
 /// ```
+///
+/// (New bounds may be added in later releases, so the type is
+/// `#[non_exhaustive]`: start from the default and set what you need.)
 ///
 /// With the defaults, one authenticated peer can make a node hold at most
 /// about `max_streams_per_connection` × 64 KiB of frame buffers plus

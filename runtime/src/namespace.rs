@@ -67,8 +67,13 @@ impl<T: DurableObject> Namespace<T> {
 
     /// The id named `name`: the same name gives the same id, on every node of
     /// the cluster and after every restart (as long as the secret is kept).
+    ///
+    /// The name is kept: the object's first activation stores it, so that
+    /// it can be listed by name (`stead objects`).
     pub fn id_from_name(&self, name: &str) -> ObjectId {
-        self.keys.id_from_name(name)
+        let id = self.keys.id_from_name(name);
+        self.runtime.host().names().remember(id, name);
+        id
     }
 
     /// Parses an id from its text form (64 hex digits), checking that this

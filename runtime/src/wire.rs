@@ -16,8 +16,9 @@ use crate::id::ObjectId;
 /// The first frame of every stream.
 #[derive(Debug, Serialize, Deserialize)]
 pub(crate) enum Hello {
-    /// Calls to one object follow.
-    Object { type_name: String, id: ObjectId },
+    /// Calls to one object follow. `name` is the object's name when the
+    /// caller made its id with `id_from_name` (checked by the node).
+    Object { type_name: String, id: ObjectId, name: Option<String> },
     /// One directory request follows (to the coordinator).
     Directory,
     /// The first stream of every connection: the caller's view of the

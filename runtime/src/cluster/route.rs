@@ -202,7 +202,8 @@ impl Pump {
         let conn = cluster.connection(&owner).await?;
         let lost = |what: String| connection_lost(&conn, &owner, what);
         let (mut send, recv) = conn.open_bi().await.map_err(|e| lost(e.to_string()))?;
-        let hello = codec::encode(&Hello::Object { type_name: type_name.to_string(), id })?;
+        let name = self.destination.host.names().get(&id);
+        let hello = codec::encode(&Hello::Object { type_name: type_name.to_string(), id, name })?;
         write_frame(&mut send, &hello).await.map_err(|e| lost(e.to_string()))?;
         Ok(Some((send, recv)))
     }

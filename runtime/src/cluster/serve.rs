@@ -146,7 +146,13 @@ async fn serve_stream(node: Node, conn: Connection, mut send: SendStream, mut re
     let hello = first_frame(&node, &mut recv).await.and_then(|bytes| codec::decode::<Hello>(&bytes).ok());
     let Some((objects, cluster)) = node.upgrade() else { return };
     match hello {
-        Some(Hello::Object { type_name, id }) => {
+        Some(Hello::Object { type_name, id, name }) => {
+            if let (Some(name), Some(hosted)) = (name, objects.hosted(&type_name))
+                && hosted.keys.id_from_name(&name) == id
+            {
+                // A genuine name (it hashes to the id): kept for activation.
+                objects.host().names().remember(id, &name);
+            }
             serve_object(&objects, &cluster, &type_name, id, send, recv).await;
         }
         Some(Hello::Directory) => serve_directory(&cluster, &conn, send, recv).await,

@@ -222,6 +222,11 @@ impl Activation {
     }
 
     async fn construct(&self) -> Result<Instance> {
+        if let Some(name) = self.host().names().get(&self.id)
+            && let Err(err) = self.storage.record_name(&name)
+        {
+            tracing::warn!(object = %self.id, %err, "could not store the object's name");
+        }
         match catch_panic((self.info.construct)(self.id, self.storage.clone())).await {
             Ok(Ok(object)) => Ok(object),
             Ok(Err(message)) => Err(Error::ConstructorFailed(format!(

@@ -15,7 +15,8 @@
 //!
 //! # Layout
 //! `data_dir/objects/<type>/<first 2 hex digits of id>/<id>.sqlite`, in WAL
-//! mode. Key-value pairs live in the reserved table `_stead_kv`; the alarm in
+//! mode. Key-value pairs live in the reserved table `_stead_kv`; the alarm
+//! and the object's name (for an id made with `id_from_name`) in
 //! `_stead_meta`; the user's own tables sit beside them (names starting with
 //! `_stead_` are reserved). The database is opened on the first access and
 //! closed when the object is evicted, or earlier when too many are open.
@@ -416,6 +417,16 @@ impl Storage {
         })
     }
 
+    /// Stores the object's name, unless it has one (in the turn that
+    /// constructs it: the name is written with the turn's writes).
+    pub(crate) fn record_name(&self, name: &str) -> Result<()> {
+        self.with_conn("store the object's name", |conn| {
+            conn.prepare_cached("INSERT OR IGNORE INTO _stead_meta (name, value) VALUES ('name', ?1)")?
+                .execute([name])
+                .map(drop)
+        })
+    }
+
     pub(crate) fn alarm_millis(&self) -> Result<Option<i64>> {
         self.with_conn("read the alarm", |conn| {
             conn.prepare_cached("SELECT value FROM _stead_meta WHERE name = 'alarm'")?
@@ -574,7 +585,7 @@ impl fmt::Debug for Storage {
 /// Whether a database holds no keys, no alarm and no user tables.
 fn is_empty(conn: &Connection) -> bool {
     conn.query_row(
-        "SELECT (SELECT count(*) FROM _stead_kv) + (SELECT count(*) FROM _stead_meta)
+        "SELECT (SELECT count(*) FROM _stead_kv) + (SELECT count(*) FROM _stead_meta WHERE name != 'name')
               + (SELECT count(*) FROM sqlite_schema WHERE type = 'table' AND name NOT LIKE '\\_stead\\_%' ESCAPE '\\')",
         [],
         |row| row.get::<_, i64>(0),
