@@ -1189,7 +1189,7 @@ async fn a_flood_of_large_calls_from_one_peer_leaves_the_node_within_its_memory_
     let outcomes = tokio::time::timeout(Duration::from_secs(120), futures::future::join_all(calls))
         .await
         .expect("the flood's calls never completed");
-    let (mut refused, mut lost) = (0, 0);
+    let mut refused = 0;
     for outcome in outcomes {
         match outcome {
             Err(Error::Timeout(_)) => {}
@@ -1197,14 +1197,10 @@ async fn a_flood_of_large_calls_from_one_peer_leaves_the_node_within_its_memory_
                 assert!(err.is_retryable());
                 refused += 1;
             }
-            // Under this flood the flooder's stream is sometimes lost (about
-            // one run in seven on a 2-core machine; under investigation):
-            // its later calls then fail at once, which bounds it as well.
-            Err(Error::Disconnected(_)) => lost += 1,
             other => panic!("no call can run behind the stuck turn: {other:?}"),
         }
     }
-    assert!(refused > 0 || lost > 0, "384 MiB of arguments were all accepted into one mailbox");
+    assert!(refused > 0, "384 MiB of arguments were all accepted into one mailbox");
     // The node keeps serving others.
     let other = cluster.client("other").await;
     let counters = other.namespace::<Counter>();
