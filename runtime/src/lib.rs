@@ -27,7 +27,7 @@
 //! | eviction of idle objects | `local/eviction.rs` |
 //! | alarms: the alarm turn, retries, the scheduler ([`AlarmInfo`]) | `local/alarms.rs` |
 //! | **storage**: per-object SQLite, KV and SQL ([`Storage`]) | `storage/` |
-//! | the turn's transaction, [`Durability`] | `storage/mod.rs`, `storage/durability.rs` |
+//! | the turn's transaction, storage refused outside its object's turns, [`Durability`] | `storage/turn.rs`, `storage/durability.rs` |
 //! | the node's alarm index (alarms found after a restart) | `storage/alarm_index.rs` |
 //! | where databases live, the cap on open ones | `storage/database.rs`, `storage/pool.rs` |
 //! | what the lower layers get instead of `Runtime`: settings, lifecycle, storage root | `host.rs` |

@@ -71,7 +71,7 @@ impl Activation {
         match self.run_alarm(instance, due.retries).await {
             Ok(()) => {
                 if let Err(err) = storage.commit_turn() {
-                    *instance = None;
+                    self.discard(instance);
                     self.retry_alarm(&due, &AlarmFailure::Runtime(err));
                 }
             }
@@ -108,7 +108,7 @@ impl Activation {
             Ok(Err(message)) => AlarmFailure::Handler(message),
             Err(panic) => AlarmFailure::Panicked(panic),
         };
-        *instance = None;
+        self.discard(instance);
         Err(failure)
     }
 

@@ -11,7 +11,7 @@ use std::hash::{BuildHasherDefault, Hasher};
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use super::activation::Activation;
-use super::instance::{Constructor, MethodInfo, TypeInfo};
+use super::instance::{Constructor, MethodInfo, TypeInfo, discard};
 use super::mailbox::Message;
 use super::schedule::{Driver, Refused};
 use crate::error::Error;
@@ -125,17 +125,20 @@ impl HostedType {
     pub(crate) fn evict_idle(&self, idle_before: u64) {
         let mut evicted = Vec::new();
         for shard in self.shards.iter() {
-            lock(shard).retain(|_, activation| match activation.evict_if_idle(idle_before) {
+            lock(shard).retain(|_, activation| match activation.schedule().evict_if_idle(idle_before) {
                 Some(instance) => {
-                    evicted.push((instance, activation.storage().clone()));
+                    evicted.push((instance, activation.storage().clone(), activation.id));
                     false
                 }
                 None => true,
             });
         }
-        // Outside the table's locks: an instance's Drop is user code.
-        for (instance, storage) in evicted {
-            drop(instance);
+        // Outside the table's locks: an instance's Drop is user code (its
+        // panic is caught, so that it cannot end the eviction sweep).
+        for (instance, storage, id) in evicted {
+            if let Some(object) = instance {
+                discard(object, self.info.name, &id);
+            }
             storage.close();
         }
     }

@@ -10,8 +10,10 @@
 //! fsynced; with `Normal`, written to the OS (survives a process crash, not a
 //! power loss).
 //!
-//! Storage used outside a turn (from a task the object spawned) commits each
-//! operation on its own.
+//! Storage is reachable only from the object's own turns (see `turn.rs`):
+//! an access from a task or thread the object spawned, or from its `Drop`,
+//! fails with [`Error::Storage`] instead of slipping into, or beside, the
+//! turn that happens to run. A spawned task calls its object through a stub.
 //!
 //! # Layout
 //! `data_dir/objects/<type>/<first 2 hex digits of id>/<id>.sqlite`, in WAL
@@ -32,6 +34,7 @@ mod alarm_index;
 mod database;
 mod durability;
 mod pool;
+mod turn;
 
 use std::collections::BTreeMap;
 use std::fmt;
@@ -124,6 +127,12 @@ impl ListOptions {
 ///
 /// Every write of a turn is committed when the turn ends, before its reply
 /// is released, and rolled back if the turn panics (see the module docs).
+///
+/// # Errors
+/// Every method fails with [`Error::Storage`] when it is not called from a
+/// turn of its object (its constructor, a method, its alarm handler): from
+/// a task or thread the object spawned, or from its `Drop`. Such a task
+/// calls the object through its stub instead.
 #[derive(Clone)]
 pub struct Storage {
     inner: Arc<StorageInner>,
@@ -393,6 +402,8 @@ impl Storage {
             )));
         }
         let at = unix_millis(at);
+        // Refused outside a turn before anything is indexed.
+        self.check_access(&self.lock())?;
         // The node's index first: if the turn then commits, the alarm is
         // found after a crash; if it rolls back, the index entry is checked
         // against this storage when it fires, and dropped.
@@ -424,41 +435,6 @@ impl Storage {
         })
     }
 
-    /// Starts a turn: accesses from now on join one transaction.
-    pub(crate) fn begin_turn(&self) {
-        self.lock().turn = true;
-    }
-
-    /// Ends the turn by committing its transaction (the output gate).
-    pub(crate) fn commit_turn(&self) -> Result<()> {
-        let mut state = self.lock();
-        state.turn = false;
-        state.savepoints = 0;
-        if !std::mem::take(&mut state.txn) {
-            return Ok(());
-        }
-        let Some(conn) = state.conn.as_ref() else { return Ok(()) };
-        if let Err(err) = database::commit(conn) {
-            let _ = conn.execute_batch("ROLLBACK");
-            return Err(storage_error("commit the turn", err));
-        }
-        Ok(())
-    }
-
-    /// Ends the turn by rolling back its transaction.
-    pub(crate) fn rollback_turn(&self) {
-        let mut state = self.lock();
-        state.turn = false;
-        state.savepoints = 0;
-        if std::mem::take(&mut state.txn)
-            && let Some(conn) = state.conn.as_ref()
-            && !conn.is_autocommit()
-        {
-            // A failed rollback leaves nothing to undo: SQLite rolled back already.
-            let _ = conn.execute_batch("ROLLBACK");
-        }
-    }
-
     /// Closes the database for good: the object was evicted.
     pub(crate) fn close(&self) {
         let mut state = self.lock();
@@ -472,14 +448,7 @@ impl Storage {
 
     /// The open connection, inside the turn's transaction when in a turn.
     fn ready<'a>(&self, state: &'a mut State) -> Result<&'a Connection> {
-        if state.evicted {
-            return Err(Error::Storage(format!(
-                "the storage handle of `{}` object {} is no longer valid: the object was evicted \
-                 (a task kept its Context after the object left memory); reach the object \
-                 through a stub instead",
-                self.inner.type_name, self.inner.id
-            )));
-        }
+        self.check_access(state)?;
         if state.lent {
             return Err(Error::Storage(
                 "the storage is in use by an `sql` closure; use the connection it was given".into(),
@@ -502,8 +471,8 @@ impl Storage {
         Ok(conn)
     }
 
-    /// Runs `f` on the connection: in the turn's transaction, or (outside a
-    /// turn) in a transaction of its own.
+    /// Runs `f` on the connection: in the turn's transaction, or in a
+    /// transaction of its own (the runtime's reads after a turn ended).
     fn with_conn<R>(&self, doing: &str, f: impl FnOnce(&Connection) -> rusqlite::Result<R>) -> Result<R> {
         let mut state = self.lock();
         let conn = self.ready(&mut state)?;
