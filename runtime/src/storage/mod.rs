@@ -155,7 +155,7 @@ struct State {
     txn: bool,
     /// The connection is lent to an `sql` closure.
     lent: bool,
-    /// The object was evicted: this handle is dead.
+    /// The object left memory: this handle is dead.
     evicted: bool,
     /// Open savepoints of `transaction`.
     savepoints: u32,
@@ -435,8 +435,16 @@ impl Storage {
         })
     }
 
-    /// Closes the database for good: the object was evicted.
+    /// Closes the database (parks it, in memory); the next access opens it
+    /// again. Eviction closes it before the object may run another turn.
     pub(crate) fn close(&self) {
+        let mut state = self.lock();
+        self.inner.close_conn(&mut state);
+    }
+
+    /// The object left memory: this handle is dead from now on, and its
+    /// database closed.
+    pub(crate) fn retire(&self) {
         let mut state = self.lock();
         state.evicted = true;
         self.inner.close_conn(&mut state);
