@@ -33,6 +33,7 @@
 mod alarm_index;
 mod database;
 mod durability;
+mod group_commit;
 mod pool;
 mod turn;
 
@@ -427,6 +428,14 @@ impl Storage {
         })
     }
 
+    /// Steps the clock by which this runtime's alarms come due by `millis`
+    /// (negative: backwards), as an operator or NTP may step a node's clock.
+    /// For tests of the runtime only: not a stable API.
+    #[doc(hidden)]
+    pub fn step_alarm_clock_for_tests(&self, millis: i64) {
+        self.inner.root.alarms.step_clock(millis);
+    }
+
     pub(crate) fn alarm_millis(&self) -> Result<Option<i64>> {
         self.with_conn("read the alarm", |conn| {
             conn.prepare_cached("SELECT value FROM _stead_meta WHERE name = 'alarm'")?
@@ -470,6 +479,7 @@ impl Storage {
                 })?;
             state.conn = Some(conn);
             root.open.opened(self.inner.clone());
+            self.index_alarm_if_lost(state);
         }
         let conn = state.conn.as_ref().ok_or_else(|| Error::Storage("the database was not open".into()))?;
         if state.turn && !state.txn {
@@ -477,6 +487,30 @@ impl Storage {
             state.txn = true;
         }
         Ok(conn)
+    }
+
+    /// With [`Durability::Normal`], gives the object's alarm an entry in the
+    /// node's index if it has none: a power loss may have kept the commit
+    /// that set the alarm but not the unsynced entry written before it (see
+    /// `alarm_index.rs`). With `Full` the entry was synced first.
+    fn index_alarm_if_lost(&self, state: &State) {
+        let root = &self.inner.root;
+        if !self.inner.has_alarm || root.durability != Durability::Normal {
+            return;
+        }
+        let Some(conn) = state.conn.as_ref() else { return };
+        let at = conn
+            .prepare_cached("SELECT value FROM _stead_meta WHERE name = 'alarm'")
+            .and_then(|mut stmt| stmt.query_row([], |row| row.get::<_, i64>(0)).optional());
+        let indexed = match at {
+            Ok(Some(at)) => root.alarms.ensure(self.inner.type_name, &self.inner.id, at),
+            Ok(None) => Ok(()),
+            Err(err) => Err(storage_error("read the alarm", err)),
+        };
+        if let Err(err) = indexed {
+            // The object works on; its alarm may wait for a later activation.
+            tracing::warn!(%err, r#type = self.inner.type_name, object = %self.inner.id, "could not check the object's alarm against the node's index");
+        }
     }
 
     /// Runs `f` on the connection: in the turn's transaction, or in a
@@ -580,8 +614,8 @@ pub(crate) fn unix_millis(at: SystemTime) -> i64 {
     at.duration_since(UNIX_EPOCH).map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
 }
 
-/// Milliseconds since the epoch, now.
-pub(crate) fn now_millis() -> i64 {
+/// Milliseconds since the epoch, now (the system clock).
+fn now_millis() -> i64 {
     unix_millis(SystemTime::now())
 }
 
