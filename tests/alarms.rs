@@ -328,34 +328,36 @@ impl Crowd {
 }
 
 /// `n` objects of crowd `crowd` set alarms for the same time, and the clock
-/// jumps past it: every alarm runs, at most `MAX_ALARMS_IN_FLIGHT` at once.
-async fn a_crowd_of_alarms_due_at_once(rt: Runtime, crowd: usize, n: usize) {
+/// jumps past it: every alarm runs (within `patience`, only to end a hang),
+/// at most `MAX_ALARMS_IN_FLIGHT` at once.
+async fn a_crowd_of_alarms_due_at_once(rt: Runtime, crowd: usize, n: usize, patience: Duration) {
     let ns = rt.namespace::<Crowd>();
     for _ in 0..n {
         ns.stub(&ns.unique_id()).join(crowd).await.unwrap().unwrap();
     }
     ns.stub(&ns.unique_id()).step_clock(2 * 3_600_000).await.unwrap();
     let stats = &CROWDS[crowd];
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(600);
-    while stats.ran.load(Ordering::SeqCst) < n {
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "only {} of {n} alarms ran",
-            stats.ran.load(Ordering::SeqCst)
-        );
+    let deadline = tokio::time::Instant::now() + patience;
+    loop {
+        let most = stats.most.load(Ordering::SeqCst);
+        assert!(most <= stead::MAX_ALARMS_IN_FLIGHT, "{most} alarm handlers ran at once");
+        let ran = stats.ran.load(Ordering::SeqCst);
+        if ran == n {
+            return;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "only {ran} of {n} alarms ran");
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
-    let most = stats.most.load(Ordering::SeqCst);
-    assert!(most <= stead::MAX_ALARMS_IN_FLIGHT, "{most} alarm handlers ran at once");
 }
 
 #[tokio::test]
 async fn alarms_due_at_once_are_delivered_a_bounded_number_at_a_time() {
     let rt = Runtime::builder().in_memory().host::<Crowd>().build().await.unwrap();
-    a_crowd_of_alarms_due_at_once(rt, 0, 2_000).await;
+    a_crowd_of_alarms_due_at_once(rt, 0, 2_000, Duration::from_secs(120)).await;
 }
 
-/// Heavy: `cargo test --release --test alarms -- --ignored`.
+/// Heavy: `cargo test --release --test alarms -- --ignored` (a debug build
+/// on a busy 2-core machine delivers about 120 alarms a second).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 #[ignore = "heavy: 100,000 objects with a database file each"]
 async fn a_hundred_thousand_alarms_due_at_once_are_delivered_a_bounded_number_at_a_time() {
@@ -367,5 +369,5 @@ async fn a_hundred_thousand_alarms_due_at_once_are_delivered_a_bounded_number_at
         .build()
         .await
         .unwrap();
-    a_crowd_of_alarms_due_at_once(rt, 1, 100_000).await;
+    a_crowd_of_alarms_due_at_once(rt, 1, 100_000, Duration::from_secs(4 * 3600)).await;
 }

@@ -45,6 +45,7 @@ use std::path::Path;
 use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::{Mutex, MutexGuard};
 
+use rusqlite::types::Value;
 use rusqlite::{Connection, params};
 use tokio::sync::Notify;
 
@@ -72,8 +73,17 @@ enum Change {
     AddIfNone(AlarmDue),
     /// Removes an entry.
     Remove(AlarmDue),
-    /// Removes every entry of a type under bytes that are not an id.
-    RemoveMalformed { type_name: String, id: Vec<u8> },
+    /// Removes an entry whose values are not an entry's (as read).
+    RemoveMalformed(Malformed),
+}
+
+/// A row of the index that is not an entry: its id is not an object id,
+/// or its time or retry count is not a number in range (a damaged file).
+struct Malformed {
+    type_name: String,
+    id: Value,
+    at: Value,
+    retries: Value,
 }
 
 /// The node-level index of alarms.
@@ -207,8 +217,8 @@ impl AlarmIndex {
     }
 
     /// The earliest `limit` entries of `types` due at `bound` that are not
-    /// in flight, earliest first. Entries under bytes that are not an id are
-    /// removed (each warned about once: it is then gone).
+    /// in flight, earliest first. Rows that are not entries are removed
+    /// (each warned about once: it is then gone).
     fn scan(&self, types: &[&str], bound: i64, limit: usize, in_flight: &HashSet<AlarmDue>) -> Vec<AlarmDue> {
         let mut found = Vec::new();
         let mut malformed = Vec::new();
@@ -222,12 +232,13 @@ impl AlarmIndex {
                 }
             }
         }
-        for (type_name, id) in malformed {
+        for row in malformed {
             tracing::warn!(
-                r#type = type_name, id = ?id,
-                "the alarm index has an entry whose id is not an object id; it is removed"
+                r#type = row.type_name, id = ?row.id, at = ?row.at, retries = ?row.retries,
+                "the alarm index has an entry that is not one (its id, time or retry count is \
+                 malformed); it is removed"
             );
-            if let Err(err) = self.write(vec![Change::RemoveMalformed { type_name, id }]) {
+            if let Err(err) = self.write(vec![Change::RemoveMalformed(row)]) {
                 tracing::warn!(%err, "could not remove a malformed entry from the alarm index");
             }
         }
@@ -265,9 +276,11 @@ impl AlarmIndex {
                             "DELETE FROM alarms WHERE type = ?1 AND id = ?2 AND at = ?3 AND retries = ?4",
                         )?
                         .execute(params![due.type_name, due.id.as_bytes().as_slice(), due.at, due.retries])?,
-                    Change::RemoveMalformed { type_name, id } => conn
-                        .prepare_cached("DELETE FROM alarms WHERE type = ?1 AND id = ?2")?
-                        .execute(params![type_name, id])?,
+                    Change::RemoveMalformed(row) => conn
+                        .prepare_cached(
+                            "DELETE FROM alarms WHERE type = ?1 AND id IS ?2 AND at IS ?3 AND retries IS ?4",
+                        )?
+                        .execute(params![row.type_name, row.id, row.at, row.retries])?,
                 };
             }
             conn.execute_batch("COMMIT")
@@ -286,7 +299,8 @@ impl AlarmIndex {
 }
 
 /// Adds to `found` the earliest `limit` entries of `type_name` due at
-/// `bound` and not in flight, and to `malformed` those whose id is not one.
+/// `bound` and not in flight, and to `malformed` the rows met that are not
+/// entries.
 fn scan_type(
     conn: &Connection,
     type_name: &str,
@@ -294,7 +308,7 @@ fn scan_type(
     limit: usize,
     in_flight: &HashSet<AlarmDue>,
     found: &mut Vec<AlarmDue>,
-    malformed: &mut Vec<(String, Vec<u8>)>,
+    malformed: &mut Vec<Malformed>,
 ) -> rusqlite::Result<()> {
     let mut stmt =
         conn.prepare_cached("SELECT id, at, retries FROM alarms WHERE type = ?1 AND at <= ?2 ORDER BY at")?;
@@ -305,12 +319,20 @@ fn scan_type(
     while taken < limit
         && let Some(row) = rows.next()?
     {
-        let bytes: Vec<u8> = row.get(0)?;
-        let Some(id) = ObjectId::from_slice(&bytes) else {
-            malformed.push((type_name.to_string(), bytes));
+        // Read as plain values: a damaged row is removed, not an error that
+        // would stop every scan at it.
+        let (id, at, retries): (Value, Value, Value) = (row.get(0)?, row.get(1)?, row.get(2)?);
+        let entry = match (&id, &at, &retries) {
+            (Value::Blob(bytes), Value::Integer(at), Value::Integer(retries)) => ObjectId::from_slice(bytes)
+                .zip(u32::try_from(*retries).ok())
+                .map(|(id, retries)| (id, *at, retries)),
+            _ => None,
+        };
+        let Some((id, at, retries)) = entry else {
+            malformed.push(Malformed { type_name: type_name.to_string(), id, at, retries });
             continue;
         };
-        let due = AlarmDue { type_name: type_name.to_string(), id, at: row.get(1)?, retries: row.get(2)? };
+        let due = AlarmDue { type_name: type_name.to_string(), id, at, retries };
         if !in_flight.contains(&due) {
             found.push(due);
             taken += 1;
@@ -364,6 +386,25 @@ mod tests {
         index.schedule("Here", &id(2), 10, 0).unwrap();
         assert_eq!(index.next_due(&["Here"]), Some(10));
         assert_eq!(index.take_due(5, &["Here"], 8), []);
+    }
+
+    #[test]
+    fn rows_that_are_not_entries_are_removed_and_do_not_stop_the_others() {
+        let index = AlarmIndex::open(None, Durability::Full).unwrap();
+        index
+            .conn()
+            .execute_batch(
+                "INSERT INTO alarms VALUES ('T', x'0102', 1, 0);
+                 INSERT INTO alarms VALUES ('T', x'0303030303030303030303030303030303030303030303030303030303030303', 2, -1);
+                 INSERT INTO alarms VALUES ('T', 'text', 3, 0);
+                 INSERT INTO alarms VALUES ('T', x'0404040404040404040404040404040404040404040404040404040404040404', 2.5, 0);",
+            )
+            .unwrap();
+        index.schedule("T", &id(5), 9, 0).unwrap();
+        let taken = index.take_due(100, &["T"], 8);
+        assert_eq!(taken.iter().map(|due| due.id).collect::<Vec<_>>(), [id(5)]);
+        let left: i64 = index.conn().query_row("SELECT count(*) FROM alarms", [], |row| row.get(0)).unwrap();
+        assert_eq!(left, 1, "only the good entry is left");
     }
 
     #[test]
