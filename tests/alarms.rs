@@ -3,10 +3,12 @@
 
 #![allow(missing_docs)] // test objects are exercised, not documented
 
+use std::path::Path;
 use std::sync::Mutex;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, SystemTime};
 
-use stead::{AlarmInfo, Context, Error, ObjectId, Runtime, durable_object};
+use stead::{AlarmInfo, Context, Durability, Error, ObjectId, Runtime, durable_object};
 
 /// Every alarm run: which object, with what info, and whether it failed.
 static RUNS: Mutex<Vec<(ObjectId, AlarmInfo)>> = Mutex::new(Vec::new());
@@ -50,6 +52,16 @@ impl Reminder {
 
     pub fn cancel(&mut self) -> stead::Result<()> {
         self.ctx.storage().delete_alarm()
+    }
+
+    /// Sets the alarm to now, keeps the object busy long enough for the
+    /// scheduler to take the alarm, then steps the node's clock back.
+    pub async fn alarm_now_then_step_clock_back(&mut self, back_ms: i64) -> stead::Result<()> {
+        let storage = self.ctx.storage();
+        storage.set_alarm(SystemTime::now())?;
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        storage.step_alarm_clock_for_tests(-back_ms);
+        Ok(())
     }
 
     pub fn fired(&self) -> stead::Result<u32> {
@@ -192,4 +204,170 @@ async fn setting_an_alarm_without_a_handler_is_a_clear_error() {
     let ns = rt.namespace::<NoHandler>();
     let Err(Error::Config(message)) = ns.stub(&ns.unique_id()).try_alarm().await.unwrap() else { panic!() };
     assert!(message.contains("#[alarm]") && message.contains("NoHandler"), "{message}");
+}
+
+#[tokio::test]
+async fn an_alarm_taken_just_before_the_clock_steps_back_still_runs() {
+    let rt = runtime().await;
+    let ns = rt.namespace::<Reminder>();
+    let id = ns.unique_id();
+    let reminder = ns.stub(&id);
+    // The alarm's turn waits behind this call, which steps the clock back
+    // an hour once the scheduler has taken the alarm.
+    reminder.alarm_now_then_step_clock_back(3_600_000).await.unwrap().unwrap();
+    wait_for_runs(id, 1).await;
+    assert_eq!(reminder.fired().await.unwrap().unwrap(), 1);
+}
+
+/// The number of entries in the node's alarm index of `dir`.
+fn index_entries(dir: &Path) -> i64 {
+    let conn = stead::rusqlite::Connection::open(dir.join("alarms.sqlite")).unwrap();
+    conn.query_row("SELECT count(*) FROM alarms", [], |row| row.get(0)).unwrap()
+}
+
+#[tokio::test]
+async fn index_entries_whose_id_does_not_verify_are_removed_not_retried_forever() {
+    let dir = tempfile::tempdir().unwrap();
+    let build = |secret: &'static str| {
+        Runtime::builder().data_dir(dir.path()).secret(secret).host::<Reminder>().build()
+    };
+    let rt = build("the first secret of this cluster").await.unwrap();
+    let ns = rt.namespace::<Reminder>();
+    ns.stub(&ns.unique_id()).remind_in(200, 0).await.unwrap().unwrap();
+    rt.shutdown().await.unwrap();
+    drop(rt);
+    let conn = stead::rusqlite::Connection::open(dir.path().join("alarms.sqlite")).unwrap();
+    conn.execute("INSERT INTO alarms (type, id, at, retries) VALUES ('Reminder', x'0102', 0, 0)", [])
+        .unwrap();
+    drop(conn);
+    assert_eq!(index_entries(dir.path()), 2);
+
+    // Under another secret, the first entry's id no longer verifies; the
+    // second was never an id.
+    let rt = build("another secret, after a rotation").await.unwrap();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while index_entries(dir.path()) > 0 {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "entries that can never be delivered stay in the index"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    rt.shutdown().await.unwrap();
+}
+
+#[tokio::test]
+async fn with_normal_durability_an_alarm_whose_index_entry_was_lost_fires_once_its_object_is_used() {
+    let dir = tempfile::tempdir().unwrap();
+    let build =
+        || Runtime::builder().data_dir(dir.path()).durability(Durability::Normal).host::<Reminder>().build();
+    let rt = build().await.unwrap();
+    let ns = rt.namespace::<Reminder>();
+    let id = ns.unique_id();
+    ns.stub(&id).remind_in(300, 0).await.unwrap().unwrap();
+    rt.shutdown().await.unwrap();
+    drop(rt);
+    // A power loss kept the object's commit but not the index entry, which
+    // was not synced.
+    let conn = stead::rusqlite::Connection::open(dir.path().join("alarms.sqlite")).unwrap();
+    conn.execute("DELETE FROM alarms", []).unwrap();
+    drop(conn);
+
+    let rt = build().await.unwrap();
+    assert_eq!(rt.namespace::<Reminder>().stub(&id).fired().await.unwrap().unwrap(), 0);
+    wait_for_runs(id, 1).await;
+}
+
+/// Alarm handlers running now, the most that ever ran at once, and how many
+/// ran, for each of the crowd tests.
+struct CrowdStats {
+    running: AtomicUsize,
+    most: AtomicUsize,
+    ran: AtomicUsize,
+}
+
+static CROWDS: [CrowdStats; 2] = [const {
+    CrowdStats { running: AtomicUsize::new(0), most: AtomicUsize::new(0), ran: AtomicUsize::new(0) }
+}; 2];
+
+/// One of a crowd of objects whose alarms come due at once.
+pub struct Crowd {
+    ctx: Context,
+}
+
+#[durable_object]
+impl Crowd {
+    pub async fn new(ctx: Context) -> Self {
+        Crowd { ctx }
+    }
+
+    /// Joins crowd `crowd`, with an alarm an hour from now.
+    pub fn join(&mut self, crowd: usize) -> stead::Result<()> {
+        self.ctx.storage().put("crowd", &crowd)?;
+        self.ctx.storage().set_alarm(SystemTime::now() + Duration::from_secs(3600))
+    }
+
+    /// Steps the node's clock `ms` forward.
+    pub fn step_clock(&self, ms: i64) {
+        self.ctx.storage().step_alarm_clock_for_tests(ms);
+    }
+
+    #[alarm]
+    async fn alarm(&mut self, _info: AlarmInfo) -> Result<(), String> {
+        let crowd: usize = self.ctx.storage().get("crowd").map_err(|e| e.to_string())?.unwrap_or(0);
+        let stats = &CROWDS[crowd];
+        let now = stats.running.fetch_add(1, Ordering::SeqCst) + 1;
+        stats.most.fetch_max(now, Ordering::SeqCst);
+        // Stay in the handler a moment, so that alarm turns delivered
+        // together overlap.
+        tokio::time::sleep(Duration::from_millis(2)).await;
+        stats.running.fetch_sub(1, Ordering::SeqCst);
+        stats.ran.fetch_add(1, Ordering::SeqCst);
+        Ok(())
+    }
+}
+
+/// `n` objects of crowd `crowd` set alarms for the same time, and the clock
+/// jumps past it: every alarm runs (within `patience`, only to end a hang),
+/// at most `MAX_ALARMS_IN_FLIGHT` at once.
+async fn a_crowd_of_alarms_due_at_once(rt: Runtime, crowd: usize, n: usize, patience: Duration) {
+    let ns = rt.namespace::<Crowd>();
+    for _ in 0..n {
+        ns.stub(&ns.unique_id()).join(crowd).await.unwrap().unwrap();
+    }
+    ns.stub(&ns.unique_id()).step_clock(2 * 3_600_000).await.unwrap();
+    let stats = &CROWDS[crowd];
+    let deadline = tokio::time::Instant::now() + patience;
+    loop {
+        let most = stats.most.load(Ordering::SeqCst);
+        assert!(most <= stead::MAX_ALARMS_IN_FLIGHT, "{most} alarm handlers ran at once");
+        let ran = stats.ran.load(Ordering::SeqCst);
+        if ran == n {
+            return;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "only {ran} of {n} alarms ran");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+#[tokio::test]
+async fn alarms_due_at_once_are_delivered_a_bounded_number_at_a_time() {
+    let rt = Runtime::builder().in_memory().host::<Crowd>().build().await.unwrap();
+    a_crowd_of_alarms_due_at_once(rt, 0, 2_000, Duration::from_secs(120)).await;
+}
+
+/// Heavy: `cargo test --release --test alarms -- --ignored` (a debug build
+/// on a busy 2-core machine delivers about 120 alarms a second).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "heavy: 100,000 objects with a database file each"]
+async fn a_hundred_thousand_alarms_due_at_once_are_delivered_a_bounded_number_at_a_time() {
+    let dir = tempfile::tempdir().unwrap();
+    let rt = Runtime::builder()
+        .data_dir(dir.path())
+        .durability(Durability::Normal)
+        .host::<Crowd>()
+        .build()
+        .await
+        .unwrap();
+    a_crowd_of_alarms_due_at_once(rt, 1, 100_000, Duration::from_secs(4 * 3600)).await;
 }

@@ -1209,7 +1209,10 @@ async fn a_flood_of_large_calls_from_one_peer_leaves_the_node_within_its_memory_
     // The documented bound for this flood: `Limits::mailbox_bytes` (64 MiB)
     // of waiting arguments, plus the frames being read and the
     // connection's window; 384 MiB were sent.
-    println!("after 384 MiB of calls to a stuck object, the node's peak memory grew by {} MiB", grew / mib as u64);
+    println!(
+        "after 384 MiB of calls to a stuck object, the node's peak memory grew by {} MiB",
+        grew / mib as u64
+    );
     assert!(grew < 192 * mib as u64, "the node's peak memory grew by {} MiB", grew / mib as u64);
 
     // Then many connections, each with many streams whose frames announce

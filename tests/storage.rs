@@ -440,3 +440,148 @@ async fn an_object_made_with_a_name_keeps_its_name_in_its_database() {
     rt.shutdown().await.unwrap();
     assert_eq!(stored_name(dir.path(), &id).as_deref(), Some("bob"));
 }
+
+/// An argument that encodes but refuses to decode when it is 13.
+#[derive(Debug, Clone, Copy, serde::Serialize, serde::Deserialize)]
+#[serde(try_from = "u32", into = "u32")]
+pub struct Fussy(u32);
+
+impl TryFrom<u32> for Fussy {
+    type Error = String;
+
+    fn try_from(n: u32) -> Result<Self, String> {
+        if n == 13 { Err("13 is refused on arrival".into()) } else { Ok(Fussy(n)) }
+    }
+}
+
+impl From<Fussy> for u32 {
+    fn from(fussy: Fussy) -> u32 {
+        fussy.0
+    }
+}
+
+/// Counts its constructions in storage and keeps the count in memory.
+pub struct Counted {
+    ctx: Context,
+    constructions: u32,
+}
+
+#[durable_object]
+impl Counted {
+    pub async fn new(ctx: Context) -> Self {
+        let constructions = ctx.storage().get::<u32>("constructions").unwrap().unwrap_or(0) + 1;
+        ctx.storage().put("constructions", &constructions).unwrap();
+        Counted { ctx, constructions }
+    }
+
+    pub fn take(&mut self, fussy: Fussy) -> u32 {
+        fussy.0
+    }
+
+    /// The count in memory and the count in storage.
+    pub fn constructions(&self) -> stead::Result<(u32, u32)> {
+        Ok((self.constructions, self.ctx.storage().get("constructions")?.unwrap_or(0)))
+    }
+
+    /// Writes from a task of its own, and reports how that went.
+    pub fn write_from_a_task(&self) {
+        let ctx = self.ctx.clone();
+        let report = LATE_WRITE.get_or_init(|| tokio::sync::watch::channel(None).0).clone();
+        tokio::spawn(async move {
+            let outcome = ctx.storage().put("from-a-task", &1u32);
+            let _ = report.send(Some(outcome));
+        });
+    }
+
+    pub fn written_by_the_task(&self) -> stead::Result<Option<u32>> {
+        self.ctx.storage().get("from-a-task")
+    }
+}
+
+type Report = tokio::sync::watch::Sender<Option<stead::Result<()>>>;
+static LATE_WRITE: std::sync::OnceLock<Report> = std::sync::OnceLock::new();
+
+#[tokio::test]
+async fn arguments_that_fail_to_decode_after_the_constructor_ran_leave_memory_and_storage_in_step() {
+    let rt = Runtime::builder().in_memory().host::<Counted>().build().await.unwrap();
+    let ns = rt.namespace::<Counted>();
+    let counted = ns.stub(&ns.unique_id());
+    // The first call constructs the object, then its argument fails to decode.
+    let err = counted.take(Fussy(13)).await.unwrap_err();
+    assert!(matches!(&err, Error::Codec(m) if m.contains("13 is refused")), "{err:?}");
+    let (in_memory, in_storage) = counted.constructions().await.unwrap().unwrap();
+    assert_eq!(in_memory, in_storage, "the instance's memory and its storage disagree");
+    assert_eq!(counted.take(Fussy(7)).await.unwrap(), 7);
+}
+
+#[tokio::test]
+async fn storage_used_from_a_task_the_object_spawned_is_refused_with_a_clear_error() {
+    let rt = Runtime::builder().in_memory().host::<Counted>().build().await.unwrap();
+    let ns = rt.namespace::<Counted>();
+    let counted = ns.stub(&ns.unique_id());
+    let mut report = LATE_WRITE.get_or_init(|| tokio::sync::watch::channel(None).0).subscribe();
+    counted.write_from_a_task().await.unwrap();
+    let outcome = tokio::time::timeout(std::time::Duration::from_secs(10), report.wait_for(Option::is_some))
+        .await
+        .expect("the task never reported")
+        .unwrap()
+        .clone()
+        .unwrap();
+    let Err(Error::Storage(message)) = &outcome else { panic!("expected a Storage error, got {outcome:?}") };
+    assert!(message.contains("outside a turn") && message.contains("stub"), "{message}");
+    assert_eq!(counted.written_by_the_task().await.unwrap().unwrap(), None);
+}
+
+/// Panics when dropped after a turn that panicked.
+pub struct DropBomb {
+    ctx: Context,
+}
+
+#[durable_object]
+impl DropBomb {
+    pub async fn new(ctx: Context) -> Self {
+        DropBomb { ctx }
+    }
+
+    pub fn put(&mut self, key: String) -> stead::Result<()> {
+        self.ctx.storage().put(&key, "yes")
+    }
+
+    pub fn get(&self, key: String) -> stead::Result<Option<String>> {
+        self.ctx.storage().get(&key)
+    }
+
+    /// Writes, then panics; dropping the instance then panics too.
+    pub fn put_then_panic(&mut self, key: String) {
+        self.ctx.storage().put(&key, "doomed").unwrap();
+        panic!("the method panicked");
+    }
+}
+
+impl Drop for DropBomb {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            return;
+        }
+        panic!("the Drop panicked too");
+    }
+}
+
+#[tokio::test]
+async fn an_instance_whose_drop_panics_after_a_failed_turn_leaves_no_transaction_open() {
+    let dir = tempfile::tempdir().unwrap();
+    let rt = Runtime::builder().data_dir(dir.path()).host::<DropBomb>().build().await.unwrap();
+    let ns = rt.namespace::<DropBomb>();
+    let id = ns.unique_id();
+    let bomb = ns.stub(&id);
+    let err = bomb.put_then_panic("doomed".into()).await.unwrap_err();
+    assert!(matches!(&err, Error::Panicked(m) if m.contains("the method panicked")), "{err:?}");
+    bomb.put("kept".into()).await.unwrap().unwrap();
+    rt.shutdown().await.unwrap();
+    drop(rt);
+
+    let rt = Runtime::builder().data_dir(dir.path()).host::<DropBomb>().build().await.unwrap();
+    let bomb = rt.namespace::<DropBomb>().stub(&id);
+    assert_eq!(bomb.get("doomed".into()).await.unwrap().unwrap(), None, "the failed turn's write survived");
+    assert_eq!(bomb.get("kept".into()).await.unwrap().unwrap(), Some("yes".into()));
+}

@@ -15,7 +15,9 @@ use crate::storage::Storage;
 /// Keep it in the object's struct: it names the object ([`id`](Self::id)),
 /// reaches its storage, and lets it call other objects
 /// ([`namespace`](Self::namespace), defined in `namespace.rs`). Cloning is cheap and clones may be moved
-/// into spawned tasks.
+/// into spawned tasks; there, [`storage`](Self::storage) refuses every access
+/// (storage belongs to the object's turns), while calls through stubs work,
+/// the object's own included.
 #[derive(Clone)]
 pub struct Context {
     inner: Arc<ContextInner>,
@@ -41,7 +43,9 @@ impl Context {
     /// This object's durable storage.
     ///
     /// Writes made during a turn are committed before the turn's reply is
-    /// released, and rolled back if the turn panics. See [`Storage`].
+    /// released, and rolled back if the turn panics. Used outside the
+    /// object's turns (from a spawned task), every access fails. See
+    /// [`Storage`].
     pub fn storage(&self) -> Storage {
         self.inner.storage.clone()
     }

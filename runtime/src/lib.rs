@@ -27,8 +27,8 @@
 //! | eviction of idle objects | `local/eviction.rs` |
 //! | alarms: the alarm turn, retries, the scheduler ([`AlarmInfo`]) | `local/alarms.rs` |
 //! | **storage**: per-object SQLite, KV and SQL ([`Storage`]) | `storage/` |
-//! | the turn's transaction, [`Durability`] | `storage/mod.rs`, `storage/durability.rs` |
-//! | the node's alarm index (alarms found after a restart) | `storage/alarm_index.rs` |
+//! | the turn's transaction, storage refused outside its object's turns, [`Durability`] | `storage/turn.rs`, `storage/durability.rs` |
+//! | the node's alarm index (alarms found after a restart), its batched writes | `storage/alarm_index.rs`, `storage/group_commit.rs` |
 //! | where databases live, the cap on open ones | `storage/database.rs`, `storage/pool.rs` |
 //! | what the lower layers get instead of `Runtime`: settings, lifecycle, storage root | `host.rs` |
 //! | ids and their MACs ([`ObjectId`]), the cluster secret | `id.rs`, `secret.rs` |
@@ -64,7 +64,7 @@ pub use context::Context;
 pub use error::{Error, Result};
 pub use id::ObjectId;
 pub use limits::Limits;
-pub use local::{AlarmInfo, MAX_ALARM_RETRIES};
+pub use local::{AlarmInfo, MAX_ALARM_RETRIES, MAX_ALARMS_IN_FLIGHT};
 pub use namespace::Namespace;
 pub use object::DurableObject;
 pub use runtime::{

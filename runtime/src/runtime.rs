@@ -333,7 +333,7 @@ impl RuntimeBuilder {
             },
             durability: self.durability,
             open: OpenDatabases::new(if data_dir.is_some() { self.max_open_databases } else { usize::MAX }),
-            alarms: AlarmIndex::open(data_dir.as_deref())?,
+            alarms: AlarmIndex::open(data_dir.as_deref(), self.durability)?,
         };
         let config = Config {
             idle_timeout: self.idle_timeout,

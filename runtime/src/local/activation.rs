@@ -13,19 +13,25 @@
 //! release the reply. A panic in the constructor or the method drops the
 //! instance, rolls the writes back and answers the caller with `Panicked`;
 //! the next call constructs a fresh instance. Other objects are never
-//! affected. (An alarm's turn is in `alarms.rs`; queueing a message and
+//! affected. Memory is never ahead of or behind storage: whenever a turn's
+//! writes are rolled back after its method ran, the instance goes too; and
+//! when the method never ran (its arguments did not decode), the turn's
+//! writes are the constructor's, if it ran, and are committed with it.
+//! Dropping an instance runs the user's `Drop`, whose panic is caught. (An alarm's turn is in `alarms.rs`; queueing a message and
 //! doing what the schedule then says is in `drive.rs`.)
 //!
 //! Eviction: an activation idle for the runtime's `idle_timeout` is
-//! *evicted* (removed from its type's table, its instance dropped). A call
-//! that raced with the eviction finds the schedule evicted and makes a new
-//! activation.
+//! *closed* (its instance dropped, its database closed; see `hosted.rs`)
+//! while it stays in its type's table, so that a call arriving meanwhile
+//! waits in its mailbox and runs after the close, on the same activation.
+//! An activation closed with nothing waiting is *evicted*: removed from the
+//! table, its storage handle retired.
 
 use std::panic::AssertUnwindSafe;
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use super::instance::{
-    DispatchError, Dispatched, Instance, MethodInfo, TypeInfo, catch_panic, panic_message,
+    DispatchError, Dispatched, Instance, MethodInfo, TypeInfo, catch_panic, discard, panic_message,
 };
 use super::mailbox::{Call, Message, ReplySender};
 use super::schedule::Schedule;
@@ -42,6 +48,14 @@ pub(crate) struct Activation {
     pub(super) info: Arc<TypeInfo>,
     storage: Storage,
     schedule: Mutex<Schedule<Message, Instance>>,
+}
+
+/// How a call's turn passes the output gate.
+enum Ending {
+    /// Commit the turn's writes, then reply with this.
+    Commit(Result<Vec<u8>>),
+    /// Roll the turn's writes back, then fail the call with this.
+    RollBack(Error),
 }
 
 impl Activation {
@@ -65,11 +79,11 @@ impl Activation {
         lock(&self.schedule)
     }
 
-    /// Evicts the activation if nobody runs it, nothing waits, and it has
-    /// been idle since before sweep `idle_before`; returns its instance for
-    /// the caller to drop outside every lock.
-    pub(super) fn evict_if_idle(&self, idle_before: u64) -> Option<Option<Instance>> {
-        self.schedule().evict_if_idle(idle_before)
+    /// Drops an instance (the user's `Drop` runs; its panic is caught).
+    pub(super) fn discard(&self, instance: &mut Option<Instance>) {
+        if let Some(object) = instance.take() {
+            discard(object, self.info.name, &self.id);
+        }
     }
 
     /// One turn, owning what it needs, so that it can start in a caller's
@@ -80,16 +94,16 @@ impl Activation {
         instance: Option<Instance>,
         message: Message,
     ) -> Option<Instance> {
-        IN_TURN
-            .scope((), async move {
-                let mut instance = instance;
-                match message {
-                    Message::Call(call) => self.call(&mut instance, call).await,
-                    Message::Alarm(due) => self.alarm_turn(&mut instance, due).await,
-                }
-                instance
-            })
-            .await
+        let storage = self.storage.clone();
+        let turn = async move {
+            let mut instance = instance;
+            match message {
+                Message::Call(call) => self.call(&mut instance, call).await,
+                Message::Alarm(due) => self.alarm_turn(&mut instance, due).await,
+            }
+            instance
+        };
+        IN_TURN.scope((), storage.in_turn(turn)).await
     }
 
     /// One turn: a call of a remote method, then the output gate: the turn's
@@ -98,8 +112,8 @@ impl Activation {
     async fn call(&self, instance: &mut Option<Instance>, call: Call) {
         let Call { method, fingerprint, args, reply } = call;
         self.storage.begin_turn();
-        let outcome = self.run_method(instance, method, fingerprint, &args).await;
-        self.end_turn(instance, outcome, reply);
+        let ending = self.run_method(instance, method, fingerprint, &args).await;
+        self.end_turn(instance, ending, reply);
     }
 
     /// The same turn without a future, when it can be had: the instance
@@ -117,35 +131,41 @@ impl Activation {
         }
         let Call { method, args, reply, .. } = call;
         self.storage.begin_turn();
+        let storage = &self.storage;
         let dispatched = std::panic::catch_unwind(AssertUnwindSafe(|| {
-            IN_TURN.sync_scope((), || object.dispatch_sync(method, &args))
+            IN_TURN.sync_scope((), || storage.in_turn_sync(|| object.dispatch_sync(method, &args)))
         }));
-        let outcome = match dispatched {
+        let ending = match dispatched {
             Ok(Some(dispatched)) => self.dispatched(instance, method, Ok(dispatched)),
             // `is_async` said otherwise: generated code and table disagree.
-            Ok(None) => Err(Error::Incompatible(format!(
+            Ok(None) => Ending::RollBack(Error::Incompatible(format!(
                 "`{}` method {method} has no synchronous dispatch although its table entry says it is a \
                  plain fn; rebuild the crate that defines the type",
                 self.info.name
             ))),
             Err(payload) => self.dispatched(instance, method, Err(panic_message(payload.as_ref()))),
         };
-        self.end_turn(instance, outcome, reply);
+        self.end_turn(instance, ending, reply);
         Ok(())
     }
 
     /// The output gate: commits the turn's writes and releases the reply, or
     /// rolls them back if the turn failed.
-    fn end_turn(&self, instance: &mut Option<Instance>, mut outcome: Result<Vec<u8>>, reply: ReplySender) {
-        if outcome.is_ok() {
-            if let Err(err) = self.storage.commit_turn() {
-                // Memory may now be ahead of storage: start again from storage.
-                *instance = None;
-                outcome = Err(err);
+    fn end_turn(&self, instance: &mut Option<Instance>, ending: Ending, reply: ReplySender) {
+        let outcome = match ending {
+            Ending::Commit(outcome) => match self.storage.commit_turn() {
+                Ok(()) => outcome,
+                Err(err) => {
+                    // Memory may now be ahead of storage: start again from storage.
+                    self.discard(instance);
+                    outcome.and(Err(err))
+                }
+            },
+            Ending::RollBack(err) => {
+                self.storage.rollback_turn();
+                Err(err)
             }
-        } else {
-            self.storage.rollback_turn();
-        }
+        };
         // The caller may have stopped waiting; the turn counts all the same.
         let _ = reply.send(outcome);
     }
@@ -156,34 +176,43 @@ impl Activation {
         method: u32,
         fingerprint: u64,
         args: &[u8],
-    ) -> Result<Vec<u8>> {
-        self.method_info(method, fingerprint)?;
-        let object = self.instance(instance).await?;
+    ) -> Ending {
+        if let Err(err) = self.method_info(method, fingerprint) {
+            return Ending::RollBack(err);
+        }
+        let object = match self.instance(instance).await {
+            Ok(object) => object,
+            Err(err) => return Ending::RollBack(err),
+        };
         let dispatched = catch_panic(object.dispatch(method, args)).await;
         self.dispatched(instance, method, dispatched)
     }
 
-    /// What a method's dispatch (or its panic) means for the caller and the
-    /// instance.
+    /// What a method's dispatch (or its panic) means for the caller, the
+    /// turn's writes and the instance.
     fn dispatched(
         &self,
         instance: &mut Option<Instance>,
         method: u32,
         dispatched: std::result::Result<Dispatched, String>,
-    ) -> Result<Vec<u8>> {
+    ) -> Ending {
         match dispatched {
-            Ok(Ok(bytes)) => Ok(bytes),
-            Ok(Err(DispatchError::Arguments(err))) => Err(err),
+            Ok(Ok(bytes)) => Ending::Commit(Ok(bytes)),
+            // The method never ran, so the turn's writes (if any) are those
+            // of the constructor that ran for it, and the instance reflects
+            // them: committing keeps storage in step with memory, where a
+            // rollback would leave the instance ahead of its storage.
+            Ok(Err(DispatchError::Arguments(err))) => Ending::Commit(Err(err)),
             Ok(Err(DispatchError::Result(err))) => {
                 // The method ran but its result is lost: its writes are rolled
                 // back, so its in-memory state must go too.
-                *instance = None;
-                Err(err)
+                self.discard(instance);
+                Ending::RollBack(err)
             }
             Err(panic) => {
-                *instance = None;
+                self.discard(instance);
                 let name = self.info.methods.get(method as usize).map_or("?", |info| info.name);
-                Err(Error::Panicked(format!(
+                Ending::RollBack(Error::Panicked(format!(
                     "`{}::{name}` panicked on object {}: {panic}; the instance was dropped and the \
                      next call constructs a fresh one",
                     self.info.name, self.id

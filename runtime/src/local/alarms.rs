@@ -12,6 +12,18 @@
 //! a retry is indexed with exponential backoff: 2 s, 4 s, 8 s, ... up to
 //! [`MAX_ALARM_RETRIES`] retries, after which the alarm is dropped and a
 //! warning logged.
+//!
+//! An alarm is run when the entry that delivers it is at or after the alarm
+//! in storage, whatever the clock says by then: an entry is taken only once
+//! its time has come, so a clock stepped back between taking and running
+//! loses nothing. After the turn, the entry is removed and, in the same
+//! index transaction, whatever alarm the object still has gets an entry.
+//!
+//! At most [`MAX_ALARMS_IN_FLIGHT`] alarm turns are delivered and not yet
+//! finished at once; alarms that come due together beyond that wait, in
+//! order of their time, for earlier ones to finish. Entries whose id does
+//! not verify (minted under another secret, or damaged) are removed with a
+//! warning.
 
 use std::fmt;
 use std::sync::Weak;
@@ -23,10 +35,16 @@ use super::mailbox::Message;
 use super::objects::Objects;
 use super::schedule::Driver;
 use crate::error::Error;
-use crate::storage::{AlarmDue, now_millis};
+use crate::storage::AlarmDue;
 
 /// How many times a failing alarm handler is retried.
 pub const MAX_ALARM_RETRIES: u32 = 6;
+
+/// The most alarm turns delivered and not yet finished, over all objects of
+/// a runtime: alarms that come due together beyond this many wait until
+/// earlier ones finish (a batch at a time), so that a crowd of due alarms
+/// does not start a task and open a database for each at once.
+pub const MAX_ALARMS_IN_FLIGHT: usize = 256;
 
 /// The longest the scheduler sleeps without looking.
 const IDLE_POLL: Duration = Duration::from_millis(250);
@@ -66,34 +84,36 @@ impl Activation {
     /// One turn: an alarm index entry came due.
     pub(super) async fn alarm_turn(&self, instance: &mut Option<Instance>, due: AlarmDue) {
         let storage = self.storage();
-        let index = &self.host().storage().alarms;
         storage.begin_turn();
-        match self.run_alarm(instance, due.retries).await {
-            Ok(()) => {
-                if let Err(err) = storage.commit_turn() {
-                    *instance = None;
-                    self.retry_alarm(&due, &AlarmFailure::Runtime(err));
+        let retrying = match self.run_alarm(instance, &due).await {
+            Ok(()) => match storage.commit_turn() {
+                Ok(()) => false,
+                Err(err) => {
+                    self.discard(instance);
+                    self.retry_alarm(&due, &AlarmFailure::Runtime(err))
                 }
-            }
+            },
             Err(failure) => {
                 storage.rollback_turn();
-                self.retry_alarm(&due, &failure);
+                self.retry_alarm(&due, &failure)
             }
-        }
-        index.finish(&due);
-        // Keep the index in step with storage: a later alarm gets its entry.
-        if let Ok(Some(at)) = storage.alarm_millis()
-            && at > due.at
-        {
-            let _ = index.schedule(self.info.name, &self.id, at, 0);
-        }
+        };
+        // The entry is done. An alarm the object still has (set by the
+        // handler, moved later, or not run) gets an entry in the same index
+        // transaction, unless a retry was just indexed for it.
+        let next = if retrying { None } else { storage.alarm_millis().ok().flatten() };
+        self.host().storage().alarms.finish(&due, next);
     }
 
     /// Runs the handler if the object's own storage says the alarm is due.
-    async fn run_alarm(&self, instance: &mut Option<Instance>, retries: u32) -> Result<(), AlarmFailure> {
+    async fn run_alarm(&self, instance: &mut Option<Instance>, due: &AlarmDue) -> Result<(), AlarmFailure> {
         let storage = self.storage();
+        let now = self.host().storage().alarms.now();
         match storage.alarm_millis()? {
-            Some(at) if at <= now_millis() => {}
+            // Due by the entry, which was taken because its time had come:
+            // an alarm at or before it is due even if the clock has since
+            // stepped back.
+            Some(at) if at <= due.at.max(now) => {}
             // Not set, or moved later (the entry was stale): nothing to run.
             _ => return Ok(()),
         }
@@ -102,19 +122,21 @@ impl Activation {
         }
         let object = self.instance(instance).await?;
         storage.delete_alarm()?;
-        let info = AlarmInfo { retry_count: retries, is_retry: retries > 0 };
+        let info = AlarmInfo { retry_count: due.retries, is_retry: due.retries > 0 };
         let failure = match catch_panic(object.alarm(info)).await {
             Ok(Ok(())) => return Ok(()),
             Ok(Err(message)) => AlarmFailure::Handler(message),
             Err(panic) => AlarmFailure::Panicked(panic),
         };
-        *instance = None;
+        self.discard(instance);
         Err(failure)
     }
 
-    /// Indexes the next try of a failed alarm, or gives up after the last.
-    fn retry_alarm(&self, due: &AlarmDue, failure: &AlarmFailure) {
+    /// Indexes the next try of a failed alarm, or gives up after the last;
+    /// returns whether a retry is indexed.
+    fn retry_alarm(&self, due: &AlarmDue, failure: &AlarmFailure) -> bool {
         let storage = self.storage();
+        let index = &self.host().storage().alarms;
         let reason = failure.to_string();
         let retry = due.retries + 1;
         if retry > MAX_ALARM_RETRIES {
@@ -129,18 +151,24 @@ impl Activation {
                 }
                 Err(_) => storage.rollback_turn(),
             }
-            return;
+            return false;
         }
         let delay = backoff(self.host().config().alarm_retry_delay, retry);
-        let at = now_millis().saturating_add(i64::try_from(delay.as_millis()).unwrap_or(i64::MAX));
+        let at = index.now().saturating_add(i64::try_from(delay.as_millis()).unwrap_or(i64::MAX));
         tracing::info!(object = %self.id, r#type = self.info.name, reason, retry, "the alarm failed; retrying");
-        if let Err(err) = self.host().storage().alarms.schedule(self.info.name, &self.id, at, retry) {
-            tracing::warn!(%err, "could not index the alarm's retry");
+        match index.schedule(self.info.name, &self.id, at, retry) {
+            Ok(()) => true,
+            Err(err) => {
+                tracing::warn!(%err, "could not index the alarm's retry");
+                false
+            }
         }
     }
 }
 
-/// Delivers due alarms until the runtime is gone or shutting down.
+/// Delivers due alarms until the runtime is gone or shutting down: at most
+/// [`MAX_ALARMS_IN_FLIGHT`] alarm turns at a time, earliest first; the
+/// others are taken as those finish.
 pub(crate) async fn run_scheduler(objects: Weak<Objects>) {
     loop {
         let Some(live) = objects.upgrade() else { return };
@@ -149,23 +177,44 @@ pub(crate) async fn run_scheduler(objects: Weak<Objects>) {
             return;
         }
         let index = &host.storage().alarms;
-        for due in index.take_due(now_millis()) {
-            let Some(hosted) = live.hosted(&due.type_name) else {
-                // Another node's type (or one no longer hosted): left in the
-                // index, and in flight so it is not looked at again.
-                continue;
-            };
-            let id = due.id;
-            if let Err((err, _)) = hosted.send(id, Message::Alarm(due.clone()), Driver::Task) {
-                tracing::warn!(%err, object = %id, "could not deliver an alarm");
-                index.release(&due);
+        // Only this node's types: entries of types hosted elsewhere (or no
+        // longer hosted) are left alone.
+        let types: Vec<&str> = live.type_names().collect();
+        for due in index.take_due(index.now(), &types, MAX_ALARMS_IN_FLIGHT) {
+            let Some(hosted) = live.hosted(&due.type_name) else { continue };
+            match hosted.send(due.id, Message::Alarm(due.clone()), Driver::Task) {
+                Ok(_) => {}
+                Err((err @ Error::InvalidId(_), _)) => {
+                    // Minted under another secret, or damaged: it never will
+                    // verify, so retrying would only spin.
+                    tracing::warn!(
+                        %err, r#type = due.type_name, object = %due.id,
+                        "an alarm index entry names an id that does not verify; the entry is removed"
+                    );
+                    index.discard(&due);
+                }
+                // Not expected (alarms are not refused when a mailbox is
+                // full): left in flight, so that it is not retried in a loop,
+                // and delivered again after a restart.
+                Err((err, _)) => {
+                    tracing::warn!(%err, r#type = due.type_name, object = %due.id, "could not deliver an alarm");
+                }
             }
         }
-        let wait = index.next_due().map_or(IDLE_POLL, |at| {
-            Duration::from_millis(u64::try_from(at.saturating_sub(now_millis())).unwrap_or(0)).min(IDLE_POLL)
-        });
+        // With the most alarm turns in flight, wait for one to finish (its
+        // `finish` wakes us) rather than for the next due time, which has
+        // passed.
+        let wait = if index.in_flight() >= MAX_ALARMS_IN_FLIGHT {
+            IDLE_POLL
+        } else {
+            index.next_due(&types).map_or(IDLE_POLL, |at| {
+                Duration::from_millis(u64::try_from(at.saturating_sub(index.now())).unwrap_or(0))
+                    .min(IDLE_POLL)
+            })
+        };
         drop(live);
-        // Wake early when an alarm is set; poll now and then to notice shutdown.
+        // Wake early when an alarm is set or finishes; poll now and then to
+        // notice shutdown.
         tokio::select! {
             _ = host.storage().alarms.changed.notified() => {}
             _ = tokio::time::sleep(wait) => {}

@@ -5,6 +5,12 @@
 //! 5 ms, at most 15 s); its storage stays, and the next call constructs it
 //! again. Activations record the sweep count when they go idle, so a turn
 //! reads no clock.
+//!
+//! A sweep drops instances (the user's `Drop`, which may be slow, or panic:
+//! the panic is caught and logged) and closes databases (a checkpoint): it
+//! runs on tokio's blocking threads, so that neither holds up the turns of
+//! other objects. A call that reaches an object while it closes waits for
+//! the close (see `HostedType::evict_idle`).
 
 use std::sync::Weak;
 use std::time::Duration;
@@ -31,6 +37,8 @@ pub(crate) async fn evict_idle_objects(objects: Weak<Objects>) {
             return;
         }
         let idle_before = lifecycle.next_sweep().saturating_sub(ticks);
-        live.evict_idle(idle_before);
+        // A sweep that fails to finish (its thread panicked) is followed by
+        // the next one all the same.
+        let _ = tokio::task::spawn_blocking(move || live.evict_idle(idle_before)).await;
     }
 }

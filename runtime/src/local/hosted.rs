@@ -11,9 +11,10 @@ use std::hash::{BuildHasherDefault, Hasher};
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use super::activation::Activation;
+use super::drive::Drainer;
 use super::instance::{Constructor, MethodInfo, TypeInfo};
 use super::mailbox::Message;
-use super::schedule::{Driver, Refused};
+use super::schedule::{Closed, Driver, Refused};
 use crate::error::Error;
 use crate::host::Host;
 use crate::id::{IdKeys, ObjectId};
@@ -130,22 +131,41 @@ impl HostedType {
     }
 
     /// Evicts every activation idle since before sweep `idle_before` (see
-    /// `Lifecycle::sweep`) and drops their instances.
+    /// `Lifecycle::sweep`): drops its instance, closes its database, and
+    /// removes it from the table.
+    ///
+    /// An activation stays in the table while it closes, so that a call
+    /// that comes meanwhile is queued there instead of making a second
+    /// activation: a second one would open the database before the first
+    /// closed it (in memory it would start empty, a file would be locked, or
+    /// removed under it after `delete_all`). The queued calls run once the
+    /// close is done, on a fresh instance. Dropping and closing block (the
+    /// user's `Drop` may be slow): the sweep runs off the async workers.
     pub(crate) fn evict_idle(&self, idle_before: u64) {
-        let mut evicted = Vec::new();
+        let mut closing = Vec::new();
         for shard in self.shards.iter() {
-            lock(shard).retain(|_, activation| match activation.evict_if_idle(idle_before) {
-                Some(instance) => {
-                    evicted.push((instance, activation.storage().clone()));
-                    false
+            for activation in lock(shard).values() {
+                if let Some(instance) = activation.schedule().evict_if_idle(idle_before) {
+                    closing.push((activation.clone(), instance));
                 }
-                None => true,
-            });
+            }
         }
         // Outside the table's locks: an instance's Drop is user code.
-        for (instance, storage) in evicted {
-            drop(instance);
-            storage.close();
+        for (activation, mut instance) in closing {
+            activation.discard(&mut instance);
+            activation.storage().close();
+            let closed = {
+                let mut shard = self.shard(&activation.id);
+                let closed = activation.schedule().closed();
+                if let Closed::Evicted = closed {
+                    shard.remove(&activation.id);
+                    activation.storage().retire();
+                }
+                closed
+            };
+            if let Closed::Reopened(claim) = closed {
+                Drainer::new(activation, claim).spawn();
+            }
         }
     }
 

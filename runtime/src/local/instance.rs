@@ -94,6 +94,19 @@ pub(crate) async fn catch_panic<T>(mut future: BoxFuture<'_, T>) -> std::result:
     .await
 }
 
+/// Drops an instance, catching a panic of the user's `Drop` (logged as a
+/// warning): it runs where the runtime ends a turn or evicts an object, and
+/// a panic there must neither leave a turn's transaction open nor kill the
+/// task that dropped it (a caller's, a drain task, the eviction sweep).
+pub(crate) fn discard(object: Instance, type_name: &str, id: &ObjectId) {
+    if let Err(payload) = std::panic::catch_unwind(AssertUnwindSafe(|| drop(object))) {
+        tracing::warn!(
+            r#type = type_name, object = %id, panic = panic_message(payload.as_ref()),
+            "dropping an instance panicked; the panic was caught and the runtime went on"
+        );
+    }
+}
+
 /// The message of a panic's payload.
 pub(crate) fn panic_message(payload: &(dyn std::any::Any + Send)) -> String {
     if let Some(message) = payload.downcast_ref::<&str>() {

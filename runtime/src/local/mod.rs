@@ -28,8 +28,8 @@ mod objects;
 mod schedule;
 pub(crate) mod watchdog;
 
-pub use alarms::MAX_ALARM_RETRIES;
 pub(crate) use alarms::run_scheduler;
+pub use alarms::{MAX_ALARM_RETRIES, MAX_ALARMS_IN_FLIGHT};
 pub(crate) use drive::LocalReply;
 pub(crate) use eviction::evict_idle_objects;
 pub(crate) use hosted::HostedType;

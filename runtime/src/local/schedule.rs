@@ -6,14 +6,16 @@
 //! - a *holder* of the right to run turns pops messages and runs them: the
 //!   caller's reply future while it is polled, or a drain task;
 //! - the *watchdog* rescues messages whose callers never poll;
-//! - *eviction* removes an idle activation from memory.
+//! - *eviction* closes an idle activation (drops its instance, closes its
+//!   database) and then removes it from memory, unless messages came
+//!   meanwhile.
 //!
 //! Every change of state is one method of [`Schedule`], and each returns
 //! what its caller must do next, outside the lock: nothing, tell the
 //! watchdog, spawn a drain task, run turns, drop an instance. `drive.rs`
-//! carries those out; the model test at the end of this file checks the
-//! protocol under every interleaving of two callers, a drain task and the
-//! watchdog.
+//! and `hosted.rs` carry those out; the model tests at the end of this file
+//! check the protocol under every interleaving of two callers, a drain task
+//! and the watchdog, and of two callers and an eviction.
 
 use super::mailbox::{Bound, Mailbox};
 
@@ -29,17 +31,22 @@ pub(crate) enum Driver {
 
 /// The scheduling state of one activation: its mailbox, the right to run
 /// its turns, its instance between turns, whether the watchdog was told,
-/// and whether it was evicted.
+/// and whether it is being closed or was evicted.
 ///
 /// **Invariant** (whenever the lock is free): every queued message has
-/// exactly one party that will run it, and at most one turn runs at a time.
-/// Concretely:
+/// exactly one party that will run it, at most one turn runs at a time, and
+/// no turn runs while the activation is closing. Concretely:
 /// - at most one party holds the right to run turns (`running`); the holder
 ///   has the instance, pops until the mailbox is empty, and gives the right
 ///   back in the same critical section in which it found the mailbox empty;
-/// - if nobody holds the right and messages wait, each was pushed by a
-///   caller that will poll its reply, and `watched` is set: the watchdog
-///   knows (or its sender is about to tell it), in case no caller polls;
+/// - while `closing`, nobody holds the right and nobody may take it: the
+///   closer (eviction) has the instance, and when it has dropped it and
+///   closed the database it takes the right for a drain task if messages
+///   came meanwhile, or else marks the schedule evicted;
+/// - if nobody holds the right, the schedule is not closing, and messages
+///   wait, each was pushed by a caller that will poll its reply, and
+///   `watched` is set: the watchdog knows (or its sender is about to tell
+///   it), in case no caller polls;
 /// - an evicted schedule holds no message and takes none.
 pub(crate) struct Schedule<M, I> {
     mailbox: Mailbox<M>,
@@ -49,6 +56,8 @@ pub(crate) struct Schedule<M, I> {
     instance: Option<I>,
     /// The watchdog was told about waiting messages.
     watched: bool,
+    /// Being closed by eviction: takes messages, runs none until closed.
+    closing: bool,
     /// Evicted: no longer in its type's table, takes no messages.
     evicted: bool,
     /// The eviction sweep during which the right was last given back.
@@ -82,6 +91,19 @@ pub(crate) struct Claim<I> {
     pub(crate) instance: Option<I>,
 }
 
+/// What the closer must do once the instance is dropped and the database
+/// closed.
+#[must_use]
+pub(crate) enum Closed<I> {
+    /// Nothing came meanwhile: the schedule is evicted, and the closer
+    /// removes the activation from its table (in the same critical section
+    /// of the table's lock, so that no sender finds it evicted there).
+    Evicted,
+    /// Messages came meanwhile: the closer holds the right and must spawn a
+    /// drain task (whose first turn constructs a fresh instance).
+    Reopened(Claim<I>),
+}
+
 /// What a holder of the right must do when it stops running turns.
 #[must_use]
 pub(crate) enum Left {
@@ -100,6 +122,7 @@ impl<M, I> Schedule<M, I> {
             running: false,
             instance: None,
             watched: false,
+            closing: false,
             evicted: false,
             last_active: now,
         }
@@ -118,7 +141,8 @@ impl<M, I> Schedule<M, I> {
             return Err(Refused::Evicted(message));
         }
         self.mailbox.push(message, size, bound).map_err(Refused::Full)?;
-        if self.running {
+        if self.running || self.closing {
+            // The holder, or the closer when it is done, runs it.
             return Ok(Pushed::Queued);
         }
         Ok(match driver {
@@ -134,7 +158,7 @@ impl<M, I> Schedule<M, I> {
     /// A caller's poll, or a dropped reply, takes the right if messages
     /// wait and nobody holds it.
     pub(crate) fn claim(&mut self) -> Option<Claim<I>> {
-        if self.running || self.mailbox.is_empty() {
+        if self.running || self.closing || self.mailbox.is_empty() {
             return None;
         }
         Some(self.take_right())
@@ -172,14 +196,34 @@ impl<M, I> Schedule<M, I> {
     }
 
     /// Eviction: an activation that nobody runs, with an empty mailbox, and
-    /// idle since before sweep `idle_before` is evicted; returns its
-    /// instance, for the caller to drop outside the lock.
+    /// idle since before sweep `idle_before` starts closing; returns its
+    /// instance, for the caller to drop outside every lock before it closes
+    /// the database and calls [`closed`](Self::closed).
     pub(crate) fn evict_if_idle(&mut self, idle_before: u64) -> Option<Option<I>> {
-        if self.running || !self.mailbox.is_empty() || self.last_active >= idle_before {
+        if self.running
+            || self.closing
+            || self.evicted
+            || !self.mailbox.is_empty()
+            || self.last_active >= idle_before
+        {
             return None;
         }
-        self.evicted = true;
+        self.closing = true;
         Some(self.instance.take())
+    }
+
+    /// The closer has dropped the instance and closed the database: the
+    /// schedule is evicted, or, if messages came meanwhile, the closer takes
+    /// the right to run them.
+    pub(crate) fn closed(&mut self) -> Closed<I> {
+        debug_assert!(self.closing, "only the closer ends a close");
+        self.closing = false;
+        if self.mailbox.is_empty() {
+            self.evicted = true;
+            Closed::Evicted
+        } else {
+            Closed::Reopened(self.take_right())
+        }
     }
 
     fn take_right(&mut self) -> Claim<I> {
@@ -385,5 +429,156 @@ mod model {
     #[test]
     fn a_reply_dropped_unpolled_still_runs() {
         check(Caller::Keeps, Caller::Drops);
+    }
+
+    /// An object's entry in its type's table and the activations it has
+    /// had, as `hosted.rs` drives them: senders find or make the activation
+    /// and push; eviction closes one, then removes it or runs what came
+    /// meanwhile.
+    /// An activation, in the model: its schedule.
+    type Activation = Arc<Mutex<Schedule<u32, u32>>>;
+
+    struct Table {
+        /// The activation in the table, if any.
+        slot: Mutex<Option<Activation>>,
+        /// Messages in the order they were queued (recorded under the lock
+        /// of the schedule they were pushed to).
+        queued: Mutex<Vec<u32>>,
+        /// Messages in the order their turns ran.
+        ran: Mutex<Vec<u32>>,
+        /// Turns and closes of the object running right now: the database
+        /// is used by one of them at a time, over all activations.
+        busy: AtomicUsize,
+    }
+
+    impl Table {
+        fn new() -> Self {
+            Table {
+                slot: Mutex::new(None),
+                queued: Mutex::new(Vec::new()),
+                ran: Mutex::new(Vec::new()),
+                busy: AtomicUsize::new(0),
+            }
+        }
+
+        /// Runs turns while holding the right, until the mailbox is empty.
+        fn hold(&self, schedule: &Mutex<Schedule<u32, u32>>, claim: Claim<u32>) {
+            let mut instance = claim.instance;
+            while let Some(message) = schedule.lock().unwrap().pop_or_release(&mut instance, 1) {
+                assert_eq!(
+                    self.busy.fetch_add(1, Ordering::SeqCst),
+                    0,
+                    "a turn overlapped a turn or a close"
+                );
+                instance.get_or_insert(INSTANCE);
+                self.ran.lock().unwrap().push(message);
+                self.busy.fetch_sub(1, Ordering::SeqCst);
+            }
+        }
+
+        /// A caller that polls its reply: finds or makes the activation,
+        /// pushes, and runs turns if it gets the right.
+        fn call(&self, message: u32) {
+            let schedule = loop {
+                let schedule = self
+                    .slot
+                    .lock()
+                    .unwrap()
+                    .get_or_insert_with(|| Arc::new(Mutex::new(Schedule::new(0))))
+                    .clone();
+                let pushed = {
+                    let mut locked = schedule.lock().unwrap();
+                    let pushed =
+                        locked.push(message, 1, Some(Bound { messages: 8, bytes: 64 }), Driver::Caller);
+                    if pushed.is_ok() {
+                        self.queued.lock().unwrap().push(message);
+                    }
+                    pushed
+                };
+                match pushed {
+                    Ok(Pushed::Queued | Pushed::Watch) => break schedule,
+                    Ok(Pushed::Spawn(_)) | Err(Refused::Full(_)) => panic!("a caller's push never spawns"),
+                    // Evicted after we found it: the table no longer has it.
+                    Err(Refused::Evicted(_)) => continue,
+                }
+            };
+            let claim = schedule.lock().unwrap().claim();
+            if let Some(claim) = claim {
+                self.hold(&schedule, claim);
+            }
+        }
+
+        /// One eviction sweep of the object, as `HostedType::evict_idle`.
+        fn evict(&self) {
+            let found = {
+                let slot = self.slot.lock().unwrap();
+                slot.as_ref().and_then(|schedule| {
+                    let instance = schedule.lock().unwrap().evict_if_idle(u64::MAX)?;
+                    Some((schedule.clone(), instance))
+                })
+            };
+            let Some((schedule, _instance)) = found else { return };
+            // Dropping the instance and closing the database.
+            assert_eq!(self.busy.fetch_add(1, Ordering::SeqCst), 0, "a close overlapped a turn");
+            self.busy.fetch_sub(1, Ordering::SeqCst);
+            let closed = {
+                let mut slot = self.slot.lock().unwrap();
+                let closed = schedule.lock().unwrap().closed();
+                if let Closed::Evicted = closed {
+                    *slot = None;
+                }
+                closed
+            };
+            if let Closed::Reopened(claim) = closed {
+                self.hold(&schedule, claim);
+            }
+        }
+
+        /// Once every party has stopped: every message ran once, in queue
+        /// order, and nothing is left running, closing or waiting.
+        fn check_quiescent(&self) {
+            if let Some(schedule) = self.slot.lock().unwrap().as_ref() {
+                let schedule = schedule.lock().unwrap();
+                assert!(!schedule.running && !schedule.closing && !schedule.evicted);
+                assert!(schedule.mailbox.is_empty(), "a message was stranded");
+            }
+            assert_eq!(
+                *self.ran.lock().unwrap(),
+                *self.queued.lock().unwrap(),
+                "every message runs once, in order"
+            );
+        }
+    }
+
+    #[test]
+    fn calls_racing_an_eviction_run_after_its_close_and_never_beside_it() {
+        let mut builder = loom::model::Builder::new();
+        builder.preemption_bound.get_or_insert(2);
+        builder.check(|| {
+            let table = Arc::new(Table::new());
+            // An activation that has run a turn and gone idle.
+            table.call(1);
+            let parties = [
+                thread::spawn({
+                    let table = table.clone();
+                    move || table.call(2)
+                }),
+                thread::spawn({
+                    let table = table.clone();
+                    move || table.call(3)
+                }),
+                thread::spawn({
+                    let table = table.clone();
+                    move || {
+                        table.evict();
+                        table.evict();
+                    }
+                }),
+            ];
+            for party in parties {
+                party.join().unwrap();
+            }
+            table.check_quiescent();
+        });
     }
 }

@@ -10,8 +10,10 @@
 //! fsynced; with `Normal`, written to the OS (survives a process crash, not a
 //! power loss).
 //!
-//! Storage used outside a turn (from a task the object spawned) commits each
-//! operation on its own.
+//! Storage is reachable only from the object's own turns (see `turn.rs`):
+//! an access from a task or thread the object spawned, or from its `Drop`,
+//! fails with [`Error::Storage`] instead of slipping into, or beside, the
+//! turn that happens to run. A spawned task calls its object through a stub.
 //!
 //! # Layout
 //! `data_dir/objects/<type>/<first 2 hex digits of id>/<id>.sqlite`, in WAL
@@ -32,7 +34,9 @@
 mod alarm_index;
 mod database;
 mod durability;
+mod group_commit;
 mod pool;
+mod turn;
 
 use std::collections::BTreeMap;
 use std::fmt;
@@ -125,6 +129,12 @@ impl ListOptions {
 ///
 /// Every write of a turn is committed when the turn ends, before its reply
 /// is released, and rolled back if the turn panics (see the module docs).
+///
+/// # Errors
+/// Every method fails with [`Error::Storage`] when it is not called from a
+/// turn of its object (its constructor, a method, its alarm handler): from
+/// a task or thread the object spawned, or from its `Drop`. Such a task
+/// calls the object through its stub instead.
 #[derive(Clone)]
 pub struct Storage {
     inner: Arc<StorageInner>,
@@ -147,7 +157,7 @@ struct State {
     txn: bool,
     /// The connection is lent to an `sql` closure.
     lent: bool,
-    /// The object was evicted: this handle is dead.
+    /// The object left memory: this handle is dead.
     evicted: bool,
     /// Open savepoints of `transaction`.
     savepoints: u32,
@@ -394,6 +404,8 @@ impl Storage {
             )));
         }
         let at = unix_millis(at);
+        // Refused outside a turn before anything is indexed.
+        self.check_access(&self.lock())?;
         // The node's index first: if the turn then commits, the alarm is
         // found after a crash; if it rolls back, the index entry is checked
         // against this storage when it fires, and dropped.
@@ -427,6 +439,14 @@ impl Storage {
         })
     }
 
+    /// Steps the clock by which this runtime's alarms come due by `millis`
+    /// (negative: backwards), as an operator or NTP may step a node's clock.
+    /// For tests of the runtime only: not a stable API.
+    #[doc(hidden)]
+    pub fn step_alarm_clock_for_tests(&self, millis: i64) {
+        self.inner.root.alarms.step_clock(millis);
+    }
+
     pub(crate) fn alarm_millis(&self) -> Result<Option<i64>> {
         self.with_conn("read the alarm", |conn| {
             conn.prepare_cached("SELECT value FROM _stead_meta WHERE name = 'alarm'")?
@@ -435,43 +455,16 @@ impl Storage {
         })
     }
 
-    /// Starts a turn: accesses from now on join one transaction.
-    pub(crate) fn begin_turn(&self) {
-        self.lock().turn = true;
-    }
-
-    /// Ends the turn by committing its transaction (the output gate).
-    pub(crate) fn commit_turn(&self) -> Result<()> {
-        let mut state = self.lock();
-        state.turn = false;
-        state.savepoints = 0;
-        if !std::mem::take(&mut state.txn) {
-            return Ok(());
-        }
-        let Some(conn) = state.conn.as_ref() else { return Ok(()) };
-        if let Err(err) = database::commit(conn) {
-            let _ = conn.execute_batch("ROLLBACK");
-            return Err(storage_error("commit the turn", err));
-        }
-        Ok(())
-    }
-
-    /// Ends the turn by rolling back its transaction.
-    pub(crate) fn rollback_turn(&self) {
-        let mut state = self.lock();
-        state.turn = false;
-        state.savepoints = 0;
-        if std::mem::take(&mut state.txn)
-            && let Some(conn) = state.conn.as_ref()
-            && !conn.is_autocommit()
-        {
-            // A failed rollback leaves nothing to undo: SQLite rolled back already.
-            let _ = conn.execute_batch("ROLLBACK");
-        }
-    }
-
-    /// Closes the database for good: the object was evicted.
+    /// Closes the database (parks it, in memory); the next access opens it
+    /// again. Eviction closes it before the object may run another turn.
     pub(crate) fn close(&self) {
+        let mut state = self.lock();
+        self.inner.close_conn(&mut state);
+    }
+
+    /// The object left memory: this handle is dead from now on, and its
+    /// database closed.
+    pub(crate) fn retire(&self) {
         let mut state = self.lock();
         state.evicted = true;
         self.inner.close_conn(&mut state);
@@ -483,14 +476,7 @@ impl Storage {
 
     /// The open connection, inside the turn's transaction when in a turn.
     fn ready<'a>(&self, state: &'a mut State) -> Result<&'a Connection> {
-        if state.evicted {
-            return Err(Error::Storage(format!(
-                "the storage handle of `{}` object {} is no longer valid: the object was evicted \
-                 (a task kept its Context after the object left memory); reach the object \
-                 through a stub instead",
-                self.inner.type_name, self.inner.id
-            )));
-        }
+        self.check_access(state)?;
         if state.lent {
             return Err(Error::Storage(
                 "the storage is in use by an `sql` closure; use the connection it was given".into(),
@@ -504,6 +490,7 @@ impl Storage {
                 })?;
             state.conn = Some(conn);
             root.open.opened(self.inner.clone());
+            self.index_alarm_if_lost(state);
         }
         let conn = state.conn.as_ref().ok_or_else(|| Error::Storage("the database was not open".into()))?;
         if state.turn && !state.txn {
@@ -513,8 +500,32 @@ impl Storage {
         Ok(conn)
     }
 
-    /// Runs `f` on the connection: in the turn's transaction, or (outside a
-    /// turn) in a transaction of its own.
+    /// With [`Durability::Normal`], gives the object's alarm an entry in the
+    /// node's index if it has none: a power loss may have kept the commit
+    /// that set the alarm but not the unsynced entry written before it (see
+    /// `alarm_index.rs`). With `Full` the entry was synced first.
+    fn index_alarm_if_lost(&self, state: &State) {
+        let root = &self.inner.root;
+        if !self.inner.has_alarm || root.durability != Durability::Normal {
+            return;
+        }
+        let Some(conn) = state.conn.as_ref() else { return };
+        let at = conn
+            .prepare_cached("SELECT value FROM _stead_meta WHERE name = 'alarm'")
+            .and_then(|mut stmt| stmt.query_row([], |row| row.get::<_, i64>(0)).optional());
+        let indexed = match at {
+            Ok(Some(at)) => root.alarms.ensure(self.inner.type_name, &self.inner.id, at),
+            Ok(None) => Ok(()),
+            Err(err) => Err(storage_error("read the alarm", err)),
+        };
+        if let Err(err) = indexed {
+            // The object works on; its alarm may wait for a later activation.
+            tracing::warn!(%err, r#type = self.inner.type_name, object = %self.inner.id, "could not check the object's alarm against the node's index");
+        }
+    }
+
+    /// Runs `f` on the connection: in the turn's transaction, or in a
+    /// transaction of its own (the runtime's reads after a turn ended).
     fn with_conn<R>(&self, doing: &str, f: impl FnOnce(&Connection) -> rusqlite::Result<R>) -> Result<R> {
         let mut state = self.lock();
         let conn = self.ready(&mut state)?;
@@ -614,8 +625,8 @@ pub(crate) fn unix_millis(at: SystemTime) -> i64 {
     at.duration_since(UNIX_EPOCH).map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
 }
 
-/// Milliseconds since the epoch, now.
-pub(crate) fn now_millis() -> i64 {
+/// Milliseconds since the epoch, now (the system clock).
+fn now_millis() -> i64 {
     unix_millis(SystemTime::now())
 }
 

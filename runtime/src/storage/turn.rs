@@ -1,0 +1,119 @@
+//! The turn: who may touch an object's storage, and the turn's transaction
+//! (the output gate).
+//!
+//! An object's storage is reachable only from the object's own turns: its
+//! constructor, its methods and its alarm handler. The runtime runs each
+//! turn inside [`Storage::in_turn`], a task-local mark naming the storage;
+//! the mark follows the turn's future wherever it is polled (the caller's
+//! task, then maybe a drain task), and a task or thread that the object
+//! spawns does not inherit it. An access without the mark fails with
+//! [`Error::Storage`]: in a turn's transaction it would be committed or
+//! rolled back with whatever turn happened to be running, unseen by that
+//! turn's output gate; on its own it would commit beside the gate.
+//!
+//! Within a turn, the first access begins one transaction; the runtime
+//! commits it with [`Storage::commit_turn`] before the reply is released, or
+//! undoes it with [`Storage::rollback_turn`].
+
+use std::future::Future;
+use std::sync::Arc;
+
+use super::database::{self, storage_error};
+use super::{State, Storage};
+use crate::error::{Error, Result};
+
+tokio::task_local! {
+    /// The storage whose object's turn the current task is running (the
+    /// address of its shared part, which lives as long as the turn).
+    static TURN: usize;
+}
+
+impl Storage {
+    /// Runs `turn` as a turn of this storage's object: storage accesses
+    /// inside it are allowed.
+    pub(crate) fn in_turn<F: Future>(&self, turn: F) -> impl Future<Output = F::Output> + use<F> {
+        TURN.scope(self.mark(), turn)
+    }
+
+    /// [`in_turn`](Self::in_turn) for a turn without a future.
+    pub(crate) fn in_turn_sync<R>(&self, turn: impl FnOnce() -> R) -> R {
+        TURN.sync_scope(self.mark(), turn)
+    }
+
+    fn mark(&self) -> usize {
+        Arc::as_ptr(&self.inner) as usize
+    }
+
+    /// Fails unless the current task runs a turn of this storage's object
+    /// and the object is still in memory.
+    pub(super) fn check_access(&self, state: &State) -> Result<()> {
+        if state.evicted {
+            return Err(Error::Storage(format!(
+                "the storage handle of `{}` object {} is no longer valid: the object was evicted \
+                 (a task kept its Context after the object left memory); reach the object \
+                 through a stub instead",
+                self.inner.type_name, self.inner.id
+            )));
+        }
+        if TURN.try_with(|turn| *turn == self.mark()).unwrap_or(false) {
+            return Ok(());
+        }
+        Err(Error::Storage(format!(
+            "the storage of `{0}` object {1} was used outside a turn of the object (from a task or \
+             thread it spawned, or from its Drop); such an access would join, and could be lost \
+             with, whatever turn was running. Use storage in the object's constructor, methods and \
+             alarm handler; from a spawned task, call the object through its stub \
+             (`ctx.namespace::<{0}>().stub(&ctx.id())`)",
+            self.inner.type_name, self.inner.id
+        )))
+    }
+
+    /// Starts a turn: accesses from now on join one transaction.
+    pub(crate) fn begin_turn(&self) {
+        let mut state = self.lock();
+        // A turn never inherits another's writes, whatever became of that
+        // turn's end (the runtime always ends it; this is the last line).
+        if std::mem::take(&mut state.txn)
+            && let Some(conn) = state.conn.as_ref()
+            && !conn.is_autocommit()
+        {
+            tracing::warn!(
+                r#type = self.inner.type_name, object = %self.inner.id,
+                "a turn's transaction was still open when the next turn began; it was rolled back"
+            );
+            let _ = conn.execute_batch("ROLLBACK");
+        }
+        state.savepoints = 0;
+        state.turn = true;
+    }
+
+    /// Ends the turn by committing its transaction (the output gate).
+    pub(crate) fn commit_turn(&self) -> Result<()> {
+        let mut state = self.lock();
+        state.turn = false;
+        state.savepoints = 0;
+        if !std::mem::take(&mut state.txn) {
+            return Ok(());
+        }
+        let Some(conn) = state.conn.as_ref() else { return Ok(()) };
+        if let Err(err) = database::commit(conn) {
+            let _ = conn.execute_batch("ROLLBACK");
+            return Err(storage_error("commit the turn", err));
+        }
+        Ok(())
+    }
+
+    /// Ends the turn by rolling back its transaction.
+    pub(crate) fn rollback_turn(&self) {
+        let mut state = self.lock();
+        state.turn = false;
+        state.savepoints = 0;
+        if std::mem::take(&mut state.txn)
+            && let Some(conn) = state.conn.as_ref()
+            && !conn.is_autocommit()
+        {
+            // A failed rollback leaves nothing to undo: SQLite rolled back already.
+            let _ = conn.execute_batch("ROLLBACK");
+        }
+    }
+}
