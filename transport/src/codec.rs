@@ -90,23 +90,24 @@ pub fn decode_owned_prefix<T: DeserializeOwned + 'static>(bytes: &[u8]) -> Resul
     if TypeId::of::<T>() != TypeId::of::<Vec<u8>>() {
         return decode_prefix(bytes);
     }
-    let (len, header) = decode_prefix::<u64>(bytes)?;
+    // Errors name `T`, as on the ordinary path: the caller asked for a byte
+    // vector, not for the integer that starts it.
+    let refused = |why: String| CodecError {
+        message: format!("could not decode a value of type `{}`: {why}", std::any::type_name::<T>()),
+    };
+    let (len, header) =
+        bincode::serde::decode_from_slice::<u64, _>(bytes, config()).map_err(|e| refused(e.to_string()))?;
     let body = usize::try_from(len)
         .ok()
         .filter(|len| *len <= MAX_VALUE_SIZE)
         .and_then(|len| bytes.get(header..header.checked_add(len)?))
-        .ok_or_else(|| CodecError {
-            message: format!(
-                "could not decode a byte vector: it claims {len} bytes and {} are there",
-                bytes.len() - header
-            ),
-        })?;
+        .ok_or_else(|| refused(format!("it claims {len} bytes and {} are there", bytes.len() - header)))?;
     let mut decoded = Some(body.to_vec());
     let value = (&mut decoded as &mut dyn Any).downcast_mut::<Option<T>>().and_then(Option::take);
     // `T` is `Vec<u8>`, checked above, so the downcast cannot fail.
     value
         .map(|value| (value, header + body.len()))
-        .ok_or_else(|| CodecError { message: "a byte vector decoded as another type".into() })
+        .ok_or_else(|| refused("a byte vector decoded as another type".into()))
 }
 
 /// A bincode writer that appends to a vector (cheaper per write than going
