@@ -296,3 +296,36 @@ async fn random_text_is_an_id_or_an_invalid_id_error_saying_why() {
         .unwrap();
     rt.shutdown().await.unwrap();
 }
+
+/// Found while writing these tests (bincode's decoder has no depth limit): each level
+/// of a recursive type costs a frame of stack and as little as two bytes of
+/// input, so a 2 MB argument (well within a frame) overflowed the stack and
+/// aborted the process.
+#[test]
+fn deeply_nested_values_are_refused_without_overflowing_the_stack() {
+    // `Value::List` is variant 4: each [4, 1] opens a list holding one more.
+    let bytes: Vec<u8> = [4u8, 1].repeat(1_000_000);
+    let err = codec::decode::<Value>(&bytes).unwrap_err();
+    assert!(
+        err.message().contains("nests deeper than the decoder's stack budget (262144 bytes) allows"),
+        "{err}"
+    );
+    let mut args = ArgsReader::new("insert", &bytes);
+    assert!(format!("{:?}", args.read::<Value>().unwrap_err()).contains("nests deeper"));
+    // On a thread with a small stack too, such as a tokio worker's.
+    let on_small_stack = std::thread::Builder::new()
+        .stack_size(1024 * 1024)
+        .spawn(move || codec::decode::<Value>(&bytes).is_err())
+        .unwrap();
+    assert!(on_small_stack.join().unwrap());
+}
+
+#[test]
+fn values_nested_some_dozens_of_levels_deep_still_decode() {
+    let mut value = Value::Int(7);
+    for _ in 0..64 {
+        value = Value::List(vec![value]);
+    }
+    let bytes = codec::encode(&value).unwrap();
+    assert_eq!(codec::decode::<Value>(&bytes).unwrap(), value);
+}
