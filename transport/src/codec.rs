@@ -16,7 +16,11 @@
 //! [`MAX_VALUE_SIZE`] bytes, may not nest deeper than [`MAX_DECODE_STACK`]
 //! bytes of stack allow, and trailing bytes are an error, so a malformed or
 //! hostile buffer yields a [`CodecError`] rather than a panic, a stack
-//! overflow or a huge allocation.
+//! overflow or a huge allocation. One thing is not bounded: a sequence of
+//! values that encode as no bytes at all (`Vec<()>`, a set of unit structs)
+//! may claim up to 2^64 elements in 9 bytes, and decoding it takes that many
+//! steps. No message of stead's has such a sequence; argument and stored types
+//! should not have one either.
 
 use std::any::{Any, TypeId};
 
