@@ -282,6 +282,14 @@ async fn random_text_is_an_id_or_an_invalid_id_error_saying_why() {
                     prop_assert_eq!(id, genuine);
                     prop_assert_eq!(id.to_string(), text.to_ascii_lowercase());
                 }
+                Err(Error::InvalidId(message)) if message.len() > 1200 => {
+                    prop_assert!(
+                        false,
+                        "a message of {} bytes for {} bytes of text",
+                        message.len(),
+                        text.len()
+                    )
+                }
                 Err(Error::InvalidId(message)) => prop_assert!(
                     message.contains("an object id is 64 hex digits")
                         || message.contains("an object id is made of hex digits")
@@ -328,4 +336,26 @@ fn values_nested_some_dozens_of_levels_deep_still_decode() {
     }
     let bytes = codec::encode(&value).unwrap();
     assert_eq!(codec::decode::<Value>(&bytes).unwrap(), value);
+}
+
+/// Found while writing these tests: the message for a text of the wrong
+/// length quoted the whole text, so a client sending a megabyte of text as
+/// an id got (and a server logged) a megabyte of error, more with escapes.
+#[tokio::test]
+async fn a_huge_text_is_refused_with_a_short_message() {
+    let rt = Runtime::builder()
+        .in_memory()
+        .secret("a secret for the decoder tests")
+        .host::<Counter>()
+        .build()
+        .await
+        .unwrap();
+    let counters = rt.namespace::<Counter>();
+    for text in ["a".repeat(1 << 20), "\u{1}".repeat(1 << 20), "é".repeat(1 << 19)] {
+        let message = counters.id_from_str(&text).unwrap_err().to_string();
+        assert!(message.len() < 1200, "{} bytes", message.len());
+        let chars = text.chars().count();
+        assert!(message.contains(&format!("has {chars} characters")), "{message}");
+    }
+    rt.shutdown().await.unwrap();
 }
