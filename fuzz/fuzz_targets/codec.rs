@@ -49,15 +49,35 @@ enum Value {
 fuzz_target!(|input: Input| match input {
     Input::Bytes(bytes) => decode_everything(&bytes),
     Input::Value(value) => {
-        round_trip(&value);
-        round_trip(&vec![value.clone(), value]);
+        round_trip(&value, value.depth());
+        round_trip(&vec![value.clone(), value.clone()], value.depth() + 1);
     }
     Input::Arguments(first, second, third, fourth) => arguments(first, second, third, fourth),
     Input::Outcome(outcome) => {
         let outcome = outcome.map_err(|(kind, message)| error(kind, message));
-        round_trip(&outcome);
+        round_trip(&outcome, 1);
     }
 });
+
+impl Value {
+    /// How many levels deep the value nests.
+    fn depth(&self) -> usize {
+        1 + match self {
+            Value::List(items) => items.iter().map(Value::depth).max().unwrap_or(0),
+            Value::Map(items) => items.values().map(Value::depth).max().unwrap_or(0),
+            Value::Pair(a, b) => a.depth().max(b.depth()),
+            Value::Record { maybe, .. } => maybe.as_ref().map_or(0, |v| v.depth()),
+            _ => 0,
+        }
+    }
+}
+
+/// Whether `err` is the refusal of a value too deep for the decoder's stack
+/// budget, for a value `depth` levels deep: never below 64 levels (a debug
+/// build decodes those), always with its own message.
+fn refused_as_too_deep(err: &codec::CodecError, depth: usize) -> bool {
+    depth > 64 && err.message().contains("nests deeper than the decoder's stack budget")
+}
 
 fn decode_everything(bytes: &[u8]) {
     decodes::<()>(bytes);
@@ -133,13 +153,20 @@ fn decodes<T: DeserializeOwned + Serialize + Debug + 'static>(bytes: &[u8]) {
     }
 }
 
-/// Encodes `value` by every path and checks that it decodes back.
-fn round_trip<T: Serialize + DeserializeOwned + PartialEq + Debug + 'static>(value: &T) {
+/// Encodes `value` (`depth` levels deep) by every path and checks that it
+/// decodes back.
+fn round_trip<T: Serialize + DeserializeOwned + PartialEq + Debug + 'static>(value: &T, depth: usize) {
     let bytes = codec::encode(value).expect("encodes");
-    assert_eq!(&codec::decode::<T>(&bytes).expect("decodes"), value);
     let mut appended = vec![0xAB];
     codec::encode_owned_into(value, &mut appended).expect("encodes");
     assert_eq!(&appended[1..], &bytes[..]);
+    match codec::decode::<T>(&bytes) {
+        Ok(back) => assert_eq!(&back, value),
+        Err(err) => {
+            assert!(refused_as_too_deep(&err, depth), "{err}");
+            return;
+        }
+    }
     let (back, used) = codec::decode_owned_prefix::<T>(&appended[1..]).expect("decodes");
     assert_eq!((&back, used), (value, bytes.len()));
 }
@@ -156,7 +183,14 @@ fn arguments(first: u64, second: Vec<u8>, third: Value, fourth: String) {
     let mut args = ArgsReader::new("fuzzed", &buf);
     assert_eq!(args.read::<u64>().unwrap(), first);
     assert_eq!(args.read::<Vec<u8>>().unwrap(), second);
-    assert_eq!(args.read::<Value>().unwrap(), third);
+    match args.read::<Value>() {
+        Ok(value) => assert_eq!(value, third),
+        Err(err) => {
+            let too_deep = codec::decode::<Value>(&codec::encode(&third).unwrap()).unwrap_err();
+            assert!(refused_as_too_deep(&too_deep, third.depth()), "{err:?}");
+            return;
+        }
+    }
     assert_eq!(args.read::<String>().unwrap(), fourth);
     args.finish().unwrap();
     // One argument short: `finish` must refuse the extra bytes.
