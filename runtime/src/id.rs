@@ -151,7 +151,8 @@ fn parse_hex(text: &str) -> Result<ObjectId> {
     let len = text.chars().count();
     if len != HEX_LEN {
         return Err(Error::InvalidId(format!(
-            "an object id is {HEX_LEN} hex digits, but {text:?} has {len} characters"
+            "an object id is {HEX_LEN} hex digits, but {} has {len} characters",
+            quote_start(text)
         )));
     }
     if let Some((position, bad)) = text.chars().enumerate().find(|(_, c)| !c.is_ascii_hexdigit()) {
@@ -162,6 +163,17 @@ fn parse_hex(text: &str) -> Result<ObjectId> {
     }
     // Length and digits were checked above, so decoding cannot fail.
     decode_hex(text).map(ObjectId).ok_or_else(|| Error::InvalidId(format!("{text:?} is not hex")))
+}
+
+/// `text` quoted for an error message, cut after a hundred characters: the
+/// text may come from anyone, and a megabyte of it should not make a
+/// megabyte of error (or of log).
+fn quote_start(text: &str) -> String {
+    const SHOWN: usize = 100;
+    match text.char_indices().nth(SHOWN) {
+        Some((end, _)) => format!("{:?}...", &text[..end]),
+        None => format!("{text:?}"),
+    }
 }
 
 /// Decodes 64 hex digits (either case) into 32 bytes.

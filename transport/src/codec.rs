@@ -13,9 +13,14 @@
 //! lightly).
 //!
 //! Decoding never trusts its input: a value may not claim more than
-//! [`MAX_VALUE_SIZE`] bytes, and trailing bytes are an error, so a malformed or
-//! hostile buffer yields a [`CodecError`] rather than a panic or a huge
-//! allocation.
+//! [`MAX_VALUE_SIZE`] bytes, may not nest deeper than [`MAX_DECODE_STACK`]
+//! bytes of stack allow, and trailing bytes are an error, so a malformed or
+//! hostile buffer yields a [`CodecError`] rather than a panic, a stack
+//! overflow or a huge allocation. One thing is not bounded: a sequence of
+//! values that encode as no bytes at all (`Vec<()>`, a set of unit structs)
+//! may claim up to 2^64 elements in 9 bytes, and decoding it takes that many
+//! steps. No message of stead's has such a sequence; argument and stored types
+//! should not have one either.
 
 use std::any::{Any, TypeId};
 
@@ -25,6 +30,17 @@ use serde::de::DeserializeOwned;
 
 /// The largest value the codec decodes, in bytes (64 MiB).
 pub const MAX_VALUE_SIZE: usize = 64 * 1024 * 1024;
+
+/// The most stack one decoding may use, in bytes (256 KiB).
+///
+/// Each level of a nested value (a recursive type: a tree, a list of lists)
+/// takes a frame of the stack while it is decoded, and a thread that runs out
+/// of stack aborts the whole process. Hostile bytes need only one or two bytes
+/// per level, so without this budget an argument of a recursive type could
+/// stop a node. A value nested deeper than the budget allows is refused with a
+/// [`CodecError`]; that is some hundreds of levels in a debug build and more in
+/// a release build, while threads have at least 2 MiB (tokio's workers).
+pub const MAX_DECODE_STACK: usize = 256 * 1024;
 
 type Config = Configuration<LittleEndian, Varint, Limit<MAX_VALUE_SIZE>>;
 
@@ -90,23 +106,23 @@ pub fn decode_owned_prefix<T: DeserializeOwned + 'static>(bytes: &[u8]) -> Resul
     if TypeId::of::<T>() != TypeId::of::<Vec<u8>>() {
         return decode_prefix(bytes);
     }
-    let (len, header) = decode_prefix::<u64>(bytes)?;
+    // Errors name `T`, as on the ordinary path: the caller asked for a byte
+    // vector, not for the integer that starts it.
+    let refused = |why: String| CodecError {
+        message: format!("could not decode a value of type `{}`: {why}", std::any::type_name::<T>()),
+    };
+    let (len, header) = decode_named::<u64>(bytes, std::any::type_name::<T>())?;
     let body = usize::try_from(len)
         .ok()
         .filter(|len| *len <= MAX_VALUE_SIZE)
         .and_then(|len| bytes.get(header..header.checked_add(len)?))
-        .ok_or_else(|| CodecError {
-            message: format!(
-                "could not decode a byte vector: it claims {len} bytes and {} are there",
-                bytes.len() - header
-            ),
-        })?;
+        .ok_or_else(|| refused(format!("it claims {len} bytes and {} are there", bytes.len() - header)))?;
     let mut decoded = Some(body.to_vec());
     let value = (&mut decoded as &mut dyn Any).downcast_mut::<Option<T>>().and_then(Option::take);
     // `T` is `Vec<u8>`, checked above, so the downcast cannot fail.
     value
         .map(|value| (value, header + body.len()))
-        .ok_or_else(|| CodecError { message: "a byte vector decoded as another type".into() })
+        .ok_or_else(|| refused("a byte vector decoded as another type".into()))
 }
 
 /// A bincode writer that appends to a vector (cheaper per write than going
@@ -129,9 +145,85 @@ impl bincode::enc::write::Writer for Append<'_> {
 /// Decodes a value of type `T` from the start of `bytes`, returning it and
 /// the number of bytes it took.
 pub fn decode_prefix<T: DeserializeOwned>(bytes: &[u8]) -> Result<(T, usize), CodecError> {
-    bincode::serde::decode_from_slice(bytes, config()).map_err(|e| CodecError {
-        message: format!("could not decode a value of type `{}`: {e}", std::any::type_name::<T>()),
-    })
+    decode_named(bytes, std::any::type_name::<T>())
+}
+
+/// Decodes a `T` from the start of `bytes`, naming `type_name` in errors.
+fn decode_named<T: DeserializeOwned>(bytes: &[u8], type_name: &str) -> Result<(T, usize), CodecError> {
+    let mut reader = StackBoundReader::new(bytes);
+    match bincode::serde::decode_from_reader(&mut reader, config()) {
+        Ok(value) => Ok((value, bytes.len() - reader.bytes.len())),
+        Err(_) if reader.too_deep => Err(CodecError {
+            message: format!(
+                "could not decode a value of type `{type_name}`: it nests deeper than the \
+                 decoder's stack budget ({MAX_DECODE_STACK} bytes) allows; the bytes are corrupt or \
+                 hostile"
+            ),
+        }),
+        Err(e) => Err(CodecError { message: format!("could not decode a value of type `{type_name}`: {e}") }),
+    }
+}
+
+/// Reads a slice, like bincode's own slice reader, and refuses to read once
+/// the decoder has gone deeper than [`MAX_DECODE_STACK`] below where decoding
+/// started. Every level of a nested value reads at least its tag or length
+/// before going deeper, so checking at each read bounds the depth.
+struct StackBoundReader<'a> {
+    bytes: &'a [u8],
+    /// Where decoding started on the stack.
+    base: usize,
+    /// Whether a read was refused for going too deep.
+    too_deep: bool,
+}
+
+impl<'a> StackBoundReader<'a> {
+    #[inline(always)]
+    fn new(bytes: &'a [u8]) -> Self {
+        StackBoundReader { bytes, base: stack_position(), too_deep: false }
+    }
+
+    #[inline(always)]
+    fn over_budget(&mut self) -> bool {
+        // Stacks grow down on the platforms we run on; `abs_diff` is right
+        // either way.
+        self.too_deep |= self.base.abs_diff(stack_position()) > MAX_DECODE_STACK;
+        self.too_deep
+    }
+}
+
+/// The address of a local: where the stack is now.
+#[inline(always)]
+fn stack_position() -> usize {
+    let marker = 0u8;
+    std::hint::black_box(&marker) as *const u8 as usize
+}
+
+impl bincode::de::read::Reader for StackBoundReader<'_> {
+    #[inline(always)]
+    fn read(&mut self, bytes: &mut [u8]) -> Result<(), bincode::error::DecodeError> {
+        if self.over_budget() {
+            return Err(bincode::error::DecodeError::Other("the value is nested too deeply"));
+        }
+        let Some((read, rest)) = self.bytes.split_at_checked(bytes.len()) else {
+            return Err(bincode::error::DecodeError::UnexpectedEnd {
+                additional: bytes.len() - self.bytes.len(),
+            });
+        };
+        bytes.copy_from_slice(read);
+        self.bytes = rest;
+        Ok(())
+    }
+
+    #[inline(always)]
+    fn peek_read(&mut self, n: usize) -> Option<&[u8]> {
+        // Refusing to peek sends the decoder to `read`, which refuses.
+        if self.over_budget() { None } else { self.bytes.get(..n) }
+    }
+
+    #[inline(always)]
+    fn consume(&mut self, n: usize) {
+        self.bytes = self.bytes.get(n..).unwrap_or_default();
+    }
 }
 
 /// Decodes a value of type `T` that must fill `bytes` exactly.

@@ -119,13 +119,31 @@ impl FrameReader {
 
     /// A whole frame from the buffer, if one is there.
     fn take_frame(&mut self) -> Result<Option<Vec<u8>>, TransportError> {
-        let Some(header) = self.buf.first_chunk::<4>() else { return Ok(None) };
-        let len = announced_len(*header, self.max)?;
-        if self.buf.len() < 4 + len {
-            return Ok(None);
-        }
-        let frame = self.buf[4..4 + len].to_vec();
-        self.buf.drain(..4 + len);
+        let Some((payload, used)) = split_frame(&self.buf, self.max)? else { return Ok(None) };
+        let frame = payload.to_vec();
+        self.buf.drain(..used);
         Ok(Some(frame))
     }
+}
+
+/// The first frame in `buf`, which holds bytes read from a stream: its
+/// payload and the number of bytes it takes, header included; `None` while
+/// the frame is incomplete. A header announcing more than `max` bytes is an
+/// error at once, however few bytes follow it.
+///
+/// This is how [`FrameReader`] cuts frames out of what it has read, kept
+/// apart from the stream so that it can be tested (and fuzzed) on bytes alone.
+///
+/// ```
+/// use stead_transport::frame::split_frame;
+///
+/// let buf = [3, 0, 0, 0, b'a', b'b', b'c', 1];
+/// assert_eq!(split_frame(&buf, 16).unwrap(), Some((&b"abc"[..], 7)));
+/// assert_eq!(split_frame(&buf[..6], 16).unwrap(), None);
+/// assert!(split_frame(&[0xFF, 0xFF, 0xFF, 0xFF], 16).is_err());
+/// ```
+pub fn split_frame(buf: &[u8], max: usize) -> Result<Option<(&[u8], usize)>, TransportError> {
+    let Some((header, rest)) = buf.split_first_chunk::<4>() else { return Ok(None) };
+    let len = announced_len(*header, max)?;
+    Ok(rest.get(..len).map(|payload| (payload, 4 + len)))
 }
