@@ -107,6 +107,12 @@ impl Host {
         self.inner.handle.spawn(future);
     }
 
+    /// Runs `f` on one of the runtime's blocking threads (user `Drop`s may
+    /// be slow) and waits for it.
+    pub(crate) async fn run_blocking(&self, f: impl FnOnce() + Send + 'static) {
+        let _ = self.inner.handle.spawn_blocking(f).await;
+    }
+
     /// Fails when the runtime no longer takes this call: it is closed, or
     /// draining for shutdown and the call does not come from a turn.
     pub(crate) fn check_accepting(&self) -> Result<()> {

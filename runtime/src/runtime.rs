@@ -474,7 +474,9 @@ impl Runtime {
         // Served streams finish once their peers have every reply.
         let flushed = settled && settle(deadline, || !lifecycle.is_serving()).await;
         host.watchdog().close();
-        self.inner.objects.evict_idle(u64::MAX);
+        // Objects' `Drop`s are user code, maybe slow: not on a worker.
+        let objects = self.inner.objects.clone();
+        host.run_blocking(move || objects.evict_idle(u64::MAX)).await;
         if let Some(cluster) = &self.inner.cluster {
             cluster.endpoint().close();
         }
