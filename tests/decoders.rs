@@ -26,18 +26,34 @@ use stead_transport::frame::{MAX_FRAME_LEN, split_frame};
 mod common;
 
 /// The shape of the runtime's `Hello` (private to the runtime; the codec's
-/// format depends only on the shape). `Request`, `Response`, `Place` and
-/// `Placed` have the shapes of tuples, decoded as such below.
+/// format depends only on the shape). `Request` and `Response` have the
+/// shapes of tuples, the directory's answers of results, decoded as such
+/// below.
 #[derive(Debug, PartialEq, Serialize, Deserialize)]
 enum Hello {
-    Object { type_name: String, id: ObjectId },
+    Object { type_name: String, id: ObjectId, name: Option<String> },
     Directory,
+    Cluster(ClusterView),
+}
+
+/// The shape of the runtime's `ClusterView`.
+#[derive(Debug, PartialEq, Serialize, Deserialize)]
+struct ClusterView {
+    peers: Vec<(String, String)>,
+    secret: [u8; 8],
+}
+
+/// The shape of the runtime's `DirectoryRequest`.
+#[derive(Debug, PartialEq, Serialize, Deserialize)]
+enum DirectoryRequest {
+    Lookup { type_name: String, id: ObjectId },
+    Claim { type_name: String, id: ObjectId },
 }
 
 type Request = (u64, u32, u64, Vec<u8>);
 type Response = (u64, Result<Vec<u8>, Error>);
-type Place = (String, ObjectId, String);
-type Placed = Result<String, Error>;
+type DirectoryAnswer = Result<Option<String>, Error>;
+type ClusterAnswer = Result<(), Error>;
 
 /// A nested value like those users pass as arguments.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -110,8 +126,9 @@ proptest! {
         decodes::<Hello>(&bytes)?;
         decodes::<Request>(&bytes)?;
         decodes::<Response>(&bytes)?;
-        decodes::<Place>(&bytes)?;
-        decodes::<Placed>(&bytes)?;
+        decodes::<DirectoryRequest>(&bytes)?;
+        decodes::<DirectoryAnswer>(&bytes)?;
+        decodes::<ClusterAnswer>(&bytes)?;
     }
 
     #[test]

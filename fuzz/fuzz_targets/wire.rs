@@ -25,8 +25,16 @@ use stead_transport::codec;
 /// `wire::Hello`.
 #[derive(Debug, PartialEq, Serialize, Deserialize)]
 enum Hello {
-    Object { type_name: String, id: ObjectId },
+    Object { type_name: String, id: ObjectId, name: Option<String> },
     Directory,
+    Cluster(ClusterView),
+}
+
+/// `wire::ClusterView`.
+#[derive(Debug, PartialEq, Serialize, Deserialize)]
+struct ClusterView {
+    peers: Vec<(String, String)>,
+    secret: [u8; 8],
 }
 
 /// `wire::Request`.
@@ -45,23 +53,26 @@ struct Response {
     result: Result<Vec<u8>, Error>,
 }
 
-/// `wire::Place`.
+/// `wire::DirectoryRequest`.
 #[derive(Debug, PartialEq, Serialize, Deserialize)]
-struct Place {
-    type_name: String,
-    id: ObjectId,
-    target: String,
+enum DirectoryRequest {
+    Lookup { type_name: String, id: ObjectId },
+    Claim { type_name: String, id: ObjectId },
 }
 
-/// `wire::Placed`.
-type Placed = Result<String, Error>;
+/// `wire::DirectoryAnswer`.
+type DirectoryAnswer = Result<Option<String>, Error>;
+
+/// `wire::ClusterAnswer`.
+type ClusterAnswer = Result<(), Error>;
 
 fuzz_target!(|bytes: &[u8]| {
     check::<Hello>(bytes);
     check::<Request>(bytes);
     check::<Response>(bytes);
-    check::<Place>(bytes);
-    check::<Placed>(bytes);
+    check::<DirectoryRequest>(bytes);
+    check::<DirectoryAnswer>(bytes);
+    check::<ClusterAnswer>(bytes);
 });
 
 fn check<T: Serialize + DeserializeOwned + PartialEq + Debug>(bytes: &[u8]) {
