@@ -280,15 +280,20 @@ fn id_texts(genuine: String) -> impl Strategy<Value = String> {
     ]
 }
 
-#[tokio::test]
-async fn random_text_is_an_id_or_an_invalid_id_error_saying_why() {
-    let rt = Runtime::builder()
+/// The runtime whose namespace parses the ids under test.
+async fn decoder_runtime() -> Runtime {
+    Runtime::builder()
         .in_memory()
         .secret("a secret for the decoder tests")
         .host::<Counter>()
         .build()
         .await
-        .unwrap();
+        .unwrap()
+}
+
+#[tokio::test]
+async fn random_text_is_an_id_or_an_invalid_id_error_saying_why() {
+    let rt = decoder_runtime().await;
     let counters = rt.namespace::<Counter>();
     let genuine = counters.id_from_name("alice");
     let mut runner = TestRunner::new(Config { failure_persistence: None, ..Config::default() });
@@ -360,13 +365,7 @@ fn values_nested_some_dozens_of_levels_deep_still_decode() {
 /// an id got (and a server logged) a megabyte of error, more with escapes.
 #[tokio::test]
 async fn a_huge_text_is_refused_with_a_short_message() {
-    let rt = Runtime::builder()
-        .in_memory()
-        .secret("a secret for the decoder tests")
-        .host::<Counter>()
-        .build()
-        .await
-        .unwrap();
+    let rt = decoder_runtime().await;
     let counters = rt.namespace::<Counter>();
     for text in ["a".repeat(1 << 20), "\u{1}".repeat(1 << 20), "é".repeat(1 << 19)] {
         let message = counters.id_from_str(&text).unwrap_err().to_string();
