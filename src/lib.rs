@@ -5,6 +5,14 @@
 //! This facade re-exports the runtime (`stead-runtime`: ids, namespaces,
 //! activations, storage, alarms) and the `#[durable_object]` attribute
 //! (`stead-macros`). Everything a user names is at the crate root.
+//!
+//! # Cargo features
+//!
+//! - `prometheus` (off by default): `RuntimeBuilder::metrics_listen(addr)`
+//!   serves the runtime's metrics in the Prometheus text format (see
+//!   "Observability" above). Without it, metrics still go through the
+//!   `metrics` facade to any recorder the process installs, with
+//!   `RuntimeBuilder::record_metrics()`.
 
 pub use stead_runtime::*;
 

@@ -15,6 +15,7 @@ use crate::error::{Error, Result};
 use crate::id::ObjectId;
 use crate::limits::Limits;
 use crate::local::watchdog::Watchdog;
+use crate::observe::Observe;
 use crate::storage::StorageRoot;
 
 /// The settings the lower layers read.
@@ -58,10 +59,16 @@ struct HostInner {
     handle: tokio::runtime::Handle,
     storage: Arc<StorageRoot>,
     watchdog: Arc<Watchdog>,
+    observe: Observe,
 }
 
 impl Host {
-    pub(crate) fn new(config: Config, handle: tokio::runtime::Handle, storage: StorageRoot) -> Self {
+    pub(crate) fn new(
+        config: Config,
+        handle: tokio::runtime::Handle,
+        storage: StorageRoot,
+        observe: Observe,
+    ) -> Self {
         let inner = HostInner {
             config,
             names: Names::default(),
@@ -69,6 +76,7 @@ impl Host {
             handle,
             storage: Arc::new(storage),
             watchdog: Arc::default(),
+            observe,
         };
         Host { inner: Arc::new(inner) }
     }
@@ -92,6 +100,11 @@ impl Host {
 
     pub(crate) fn lifecycle(&self) -> &Lifecycle {
         &self.inner.lifecycle
+    }
+
+    /// What the runtime records: spans' node name, metrics.
+    pub(crate) fn observe(&self) -> &Observe {
+        &self.inner.observe
     }
 
     /// Makes this runtime's tokio runtime the current one until the guard

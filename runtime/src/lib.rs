@@ -31,6 +31,7 @@
 //! | the node's alarm index (alarms found after a restart), its batched writes | `storage/alarm_index.rs`, `storage/group_commit.rs` |
 //! | where databases live, the cap on open ones | `storage/database.rs`, `storage/pool.rs` |
 //! | what the lower layers get instead of `Runtime`: settings, lifecycle, storage root | `host.rs` |
+//! | tracing spans and events, metrics, the Prometheus endpoint | `observe/` |
 //! | ids and their MACs ([`ObjectId`]), the cluster secret | `id.rs`, `secret.rs` |
 //! | messages between nodes | `wire.rs` |
 //! | every memory bound, with its default ([`Limits`]) | `limits.rs` |
@@ -49,6 +50,7 @@ mod limits;
 mod local;
 mod namespace;
 mod object;
+mod observe;
 mod runtime;
 mod secret;
 mod storage;

@@ -13,6 +13,7 @@ use crate::error::Result;
 use crate::id::{IdKeys, ObjectId};
 use crate::local::HostedType;
 use crate::object::DurableObject;
+use crate::observe::RemoteMetrics;
 use crate::runtime::Runtime;
 use crate::stub::StubCore;
 
@@ -23,7 +24,11 @@ impl Runtime {
     /// runtime does not host fail with [`Error::NotHosted`](crate::Error::NotHosted).
     pub fn namespace<T: DurableObject>(&self) -> Namespace<T> {
         let hosted = self.objects().hosted(T::NAME).cloned();
-        Namespace { runtime: self.clone(), keys: self.id_keys(T::NAME), hosted, _type: PhantomData }
+        let remote = match self.cluster() {
+            Some(_) => self.host().observe().remote(T::NAME, || T::METHODS.iter().map(|m| m.name).collect()),
+            None => None,
+        };
+        Namespace { runtime: self.clone(), keys: self.id_keys(T::NAME), hosted, remote, _type: PhantomData }
     }
 }
 
@@ -56,6 +61,8 @@ pub struct Namespace<T> {
     runtime: Runtime,
     keys: IdKeys,
     hosted: Option<Arc<HostedType>>,
+    /// The metrics of calls to objects of `T` on other nodes, when recorded.
+    remote: Option<Arc<RemoteMetrics>>,
     _type: PhantomData<fn() -> T>,
 }
 
@@ -109,7 +116,9 @@ impl<T: DurableObject> Namespace<T> {
     /// first call comes through this stub (cluster only).
     fn stub_core(&self, id: &ObjectId, target: Option<String>) -> StubCore {
         let host = self.runtime.host().clone();
-        StubCore::new(host, self.runtime.cluster().cloned(), self.hosted.clone(), T::NAME, *id, target)
+        let cluster = self.runtime.cluster().cloned();
+        let (hosted, remote) = (self.hosted.clone(), self.remote.clone());
+        StubCore::new(host, cluster, hosted, T::NAME, T::METHODS, remote, *id, target)
     }
 
     /// The name of the object type, as used in ids and storage paths.
@@ -124,6 +133,7 @@ impl<T> Clone for Namespace<T> {
             runtime: self.runtime.clone(),
             keys: self.keys.clone(),
             hosted: self.hosted.clone(),
+            remote: self.remote.clone(),
             _type: PhantomData,
         }
     }

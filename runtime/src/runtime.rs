@@ -20,6 +20,7 @@ use crate::limits::Limits;
 use crate::local::watchdog::Watchdog;
 use crate::local::{self, Constructor, HostedType, Objects};
 use crate::object::{DurableObject, construct_erased};
+use crate::observe::{Observe, PressureEvictions};
 use crate::secret;
 use crate::storage::{AlarmIndex, Durability, Location, OpenDatabases, StorageRoot};
 
@@ -76,6 +77,9 @@ pub struct RuntimeBuilder {
     limits: Limits,
     hosts: Vec<(&'static str, MakeHostedType)>,
     cluster: ClusterConfig,
+    record_metrics: bool,
+    #[cfg(feature = "prometheus")]
+    metrics_listen: Option<SocketAddr>,
 }
 
 impl RuntimeBuilder {
@@ -246,6 +250,41 @@ impl RuntimeBuilder {
         self
     }
 
+    /// Records the runtime's metrics (`stead_calls_total`,
+    /// `stead_turn_seconds`, ...; the README's "Observability" lists them)
+    /// through the [`metrics`](https://docs.rs/metrics) facade, to whatever
+    /// recorder the process installed: install it *before* `build`, which
+    /// registers the handles the runtime keeps.
+    ///
+    /// Off by default: the facade cannot tell whether a recorder is
+    /// installed, and timing every turn costs two clock reads, a good part of
+    /// a local call, which a runtime nobody watches should not pay.
+    /// [`metrics_listen`](Self::metrics_listen) (cargo feature `prometheus`)
+    /// turns it on too.
+    pub fn record_metrics(mut self) -> Self {
+        self.record_metrics = true;
+        self
+    }
+
+    /// Serves the runtime's metrics at `http://addr/metrics` in the
+    /// Prometheus text format (and records them, see
+    /// [`record_metrics`](Self::record_metrics)). Port 0 picks a free port:
+    /// [`Runtime::metrics_addr`] tells which.
+    ///
+    /// The first runtime of the process that listens installs a Prometheus
+    /// recorder as the process's `metrics` recorder; others share it (their
+    /// metrics add up). `build` fails with [`Error::Config`] if the process
+    /// has another recorder already, or the address cannot be bound. The
+    /// endpoint closes when the runtime shuts down.
+    ///
+    /// Only with the cargo feature `prometheus`.
+    #[cfg(feature = "prometheus")]
+    pub fn metrics_listen(mut self, addr: SocketAddr) -> Self {
+        self.metrics_listen = Some(addr);
+        self.record_metrics = true;
+        self
+    }
+
     /// Hosts objects of type `T` in this runtime.
     pub fn host<T: DurableObject>(mut self) -> Self {
         self.hosts.push((T::NAME, hosted_type::<T>));
@@ -326,13 +365,25 @@ impl RuntimeBuilder {
                 )));
             }
         }
+        #[cfg(feature = "prometheus")]
+        let scrapes = match self.metrics_listen {
+            Some(addr) => {
+                let handle = crate::observe::prometheus::recorder()?;
+                Some((crate::observe::prometheus::bind(addr).await?, handle))
+            }
+            None => None,
+        };
+        let pressure = PressureEvictions::new(self.record_metrics, self.hosts.iter().map(|(name, _)| *name));
         let storage = StorageRoot {
             location: match &data_dir {
                 Some(dir) => Location::Files(dir.clone()),
                 None => Location::Memory(Default::default()),
             },
             durability: self.durability,
-            open: OpenDatabases::new(if data_dir.is_some() { self.max_open_databases } else { usize::MAX }),
+            open: OpenDatabases::new(
+                if data_dir.is_some() { self.max_open_databases } else { usize::MAX },
+                pressure,
+            ),
             alarms: AlarmIndex::open(data_dir.as_deref(), self.durability)?,
         };
         let config = Config {
@@ -343,15 +394,30 @@ impl RuntimeBuilder {
             shutdown_timeout: self.shutdown_timeout,
             limits: self.limits,
         };
-        let host = Host::new(config, handle, storage);
+        let node = match (&self.cluster.node, self.cluster.client) {
+            (Some(node), _) => node.clone(),
+            (None, true) => "client".to_string(),
+            (None, false) => "local".to_string(),
+        };
+        let host = Host::new(config, handle, storage, Observe::new(node, self.record_metrics));
         let inner = Arc::new_cyclic(|runtime: &Weak<RuntimeInner>| {
             let types = self
                 .hosts
                 .iter()
                 .map(|(name, make)| (*name, Arc::new(make(&secret, &host, WeakRuntime(runtime.clone())))))
                 .collect();
-            RuntimeInner { secret, objects: Arc::new(Objects::new(host.clone(), types)), cluster }
+            RuntimeInner {
+                secret,
+                objects: Arc::new(Objects::new(host.clone(), types)),
+                cluster,
+                #[cfg(feature = "prometheus")]
+                metrics_addr: scrapes.as_ref().and_then(|(listener, _)| listener.local_addr().ok()),
+            }
         });
+        #[cfg(feature = "prometheus")]
+        if let Some((listener, handle)) = scrapes {
+            host.spawn(crate::observe::prometheus::serve(listener, handle, host.lifecycle().closed()));
+        }
         let objects = Arc::downgrade(&inner.objects);
         if let Some(cluster) = &inner.cluster
             && cluster.me.is_some()
@@ -408,6 +474,9 @@ struct RuntimeInner {
     secret: [u8; 32],
     objects: Arc<Objects>,
     cluster: Option<Arc<Cluster>>,
+    /// Where the Prometheus endpoint listens, if it does.
+    #[cfg(feature = "prometheus")]
+    metrics_addr: Option<SocketAddr>,
 }
 
 /// A reference to a runtime that does not keep it alive (for its own tasks).
@@ -437,6 +506,9 @@ impl Runtime {
             limits: Limits::default(),
             hosts: Vec::new(),
             cluster: ClusterConfig::default(),
+            record_metrics: false,
+            #[cfg(feature = "prometheus")]
+            metrics_listen: None,
         }
     }
 
@@ -505,6 +577,13 @@ impl Runtime {
         let cluster = self.inner.cluster.as_ref()?;
         cluster.me.as_ref()?;
         cluster.endpoint().local_addr().ok()
+    }
+
+    /// The address of the Prometheus endpoint, when the runtime was built
+    /// with [`RuntimeBuilder::metrics_listen`] (feature `prometheus`).
+    #[cfg(feature = "prometheus")]
+    pub fn metrics_addr(&self) -> Option<SocketAddr> {
+        self.inner.metrics_addr
     }
 
     pub(crate) fn host(&self) -> &Host {

@@ -23,7 +23,8 @@ use crate::cluster::{Cluster, ClusterRoute, RemoteReply};
 use crate::error::{Error, Result};
 use crate::host::Host;
 use crate::id::ObjectId;
-use crate::local::{Call, Driver, HostedType, LocalReply, Message};
+use crate::local::{Call, Driver, HostedType, LocalReply, Message, MethodInfo};
+use crate::observe::{CallWatch, Outcome, Place, RemoteMetrics};
 
 /// The address and route shared by a stub and its clones.
 #[doc(hidden)]
@@ -36,8 +37,12 @@ pub struct StubCore {
 struct Address {
     id: ObjectId,
     type_name: &'static str,
+    /// The type's methods, by method id (for their names in spans).
+    methods: &'static [MethodInfo],
     host: Host,
     route: Route,
+    /// The metrics of calls that go to another node, when recorded.
+    remote: Option<Arc<RemoteMetrics>>,
     /// The first refusal or loss of a call through this stub (and its
     /// clones): every later call fails with it, so that no call runs after a
     /// gap in the stub's order.
@@ -48,8 +53,25 @@ impl Address {
     /// Records that a call through this stub failed with `err`, if that
     /// breaks the stub's order.
     fn note(&self, err: &Error) {
-        if err.breaks_order() {
-            let _ = self.broken.set(err.clone());
+        if err.breaks_order() && self.broken.set(err.clone()).is_ok() {
+            tracing::warn!(
+                r#type = self.type_name, object = %self.id, %err,
+                "a stub broke: its later calls fail until the caller makes a new stub (no call runs after \
+                 a gap in a stub's order)"
+            );
+        }
+    }
+
+    /// Where the stub's calls go, for a call's span and metrics.
+    fn place(&self) -> Place<'_> {
+        match &self.route {
+            Route::Local(_) => Place { node: self.host.observe().node(), remote: false },
+            Route::NotHosted => Place { node: "", remote: false },
+            Route::Cluster(route) => match route.inbound.owner() {
+                Some(owner) => Place { node: owner, remote: owner != self.host.observe().node() },
+                // Not placed (yet): the call went no further than the network.
+                None => Place { node: "", remote: true },
+            },
         }
     }
 }
@@ -68,11 +90,14 @@ impl StubCore {
     /// `cluster` if there is one, else to this process's `hosted` type.
     /// `target` names the node to place the object on if its first call
     /// comes through this stub (cluster only).
+    #[allow(clippy::too_many_arguments)]
     pub(crate) fn new(
         host: Host,
         cluster: Option<Arc<Cluster>>,
         hosted: Option<Arc<HostedType>>,
         type_name: &'static str,
+        methods: &'static [MethodInfo],
+        remote: Option<Arc<RemoteMetrics>>,
         id: ObjectId,
         target: Option<String>,
     ) -> Self {
@@ -83,7 +108,10 @@ impl StubCore {
             (None, Some(hosted)) => Route::Local(hosted),
             (None, None) => Route::NotHosted,
         };
-        StubCore { address: Arc::new(Address { id, type_name, host, route, broken: OnceLock::new() }) }
+        // Only calls through the cluster can go to another node.
+        let remote = remote.filter(|_| matches!(route, Route::Cluster(_)));
+        let address = Address { id, type_name, methods, host, route, remote, broken: OnceLock::new() };
+        StubCore { address: Arc::new(address) }
     }
 
     /// The id of the object this stub addresses.
@@ -188,16 +216,23 @@ pub fn call<R: DeserializeOwned>(
     fingerprint: u64,
     args: ArgsWriter,
 ) -> PendingCall<R> {
+    let address = &core.address;
+    let name = address.methods.get(method as usize).map_or("unknown", |info| info.name);
+    let mut watch = CallWatch::start(address.type_name, &address.id, method, name, address.remote.as_ref());
     let sent = match args.error {
         Some(err) => Err(err),
         None => core.send(method, fingerprint, args.buf),
     };
     PendingCall {
         state: match sent {
-            Ok(reply) => Pending::Waiting(reply, Deadline { address: core.address.clone(), timer: None }),
-            Err(err) => Pending::Failed(Some(err)),
+            Ok(reply) => Pending::Waiting(reply, Deadline { address: address.clone(), timer: None }),
+            Err(err) => {
+                watch.end(Outcome::error(&err), || address.place());
+                Pending::Failed(Some(err))
+            }
         },
         decode: decode_reply::<R>,
+        watch,
     }
 }
 
@@ -216,6 +251,8 @@ fn decode_reply<R: DeserializeOwned>(bytes: &[u8]) -> Result<R> {
 pub struct PendingCall<R> {
     state: Pending,
     decode: fn(&[u8]) -> Result<R>,
+    /// The call's span and, for remote calls, its metrics.
+    watch: CallWatch,
 }
 
 enum Pending {
@@ -256,25 +293,46 @@ impl<R> Future for PendingCall<R> {
 
     fn poll(self: Pin<&mut Self>, cx: &mut TaskContext<'_>) -> Poll<Result<R>> {
         let this = self.get_mut();
+        // A turn run right here, in the caller's task, is the call's child.
+        let _entered = (!this.watch.span().is_disabled()).then(|| this.watch.span().clone().entered());
         match &mut this.state {
             Pending::Failed(err) => Poll::Ready(Err(err.take().unwrap_or_else(|| {
                 Error::Disconnected("this call's future was polled after it completed".into())
             }))),
-            Pending::Waiting(reply, deadline) => match Pin::new(reply).poll(cx) {
-                Poll::Pending => match deadline.poll_expired(cx) {
-                    Poll::Pending => Poll::Pending,
-                    Poll::Ready(err) => {
-                        // Dropping the reply does not cancel the call.
-                        this.state = Pending::Failed(None);
-                        Poll::Ready(Err(err))
+            Pending::Waiting(reply, deadline) => {
+                let mut expired = false;
+                let result = match Pin::new(reply).poll(cx) {
+                    Poll::Pending => match deadline.poll_expired(cx) {
+                        Poll::Pending => return Poll::Pending,
+                        Poll::Ready(err) => {
+                            expired = true;
+                            Err(err)
+                        }
+                    },
+                    Poll::Ready(Ok(bytes)) => (this.decode)(&bytes),
+                    Poll::Ready(Err(err)) => {
+                        deadline.address.note(&err);
+                        Err(err)
                     }
-                },
-                Poll::Ready(Ok(bytes)) => Poll::Ready((this.decode)(&bytes)),
-                Poll::Ready(Err(err)) => {
-                    deadline.address.note(&err);
-                    Poll::Ready(Err(err))
+                };
+                let address = &deadline.address;
+                this.watch.end(Outcome::of(&result), || address.place());
+                if expired {
+                    // Dropping the reply does not cancel the call.
+                    this.state = Pending::Failed(None);
                 }
-            },
+                Poll::Ready(result)
+            }
+        }
+    }
+}
+
+impl<R> Drop for PendingCall<R> {
+    fn drop(&mut self) {
+        // A call whose outcome was seen has ended already: this is a no-op.
+        if let Pending::Waiting(_, deadline) = &self.state {
+            let address = &deadline.address;
+            self.watch.abandon(|| address.place());
         }
     }
 }

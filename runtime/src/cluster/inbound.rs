@@ -17,7 +17,7 @@ use std::collections::HashMap;
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::task::{Context as TaskContext, Poll};
 
 use stead_transport::codec;
@@ -37,6 +37,9 @@ pub(crate) struct Inbound {
     reader: Notify,
     /// The stub sends no more calls (set on a failure: see `route.rs`).
     pub(crate) broken: Arc<AtomicBool>,
+    /// The node the object lives on, once the stub's pump has found it
+    /// (for calls' spans and the remote-call metrics).
+    owner: OnceLock<String>,
     type_name: &'static str,
     id: ObjectId,
 }
@@ -57,6 +60,7 @@ impl Inbound {
             state: Mutex::default(),
             reader: Notify::new(),
             broken: Arc::new(AtomicBool::new(false)),
+            owner: OnceLock::new(),
             type_name,
             id,
         }
@@ -100,6 +104,16 @@ impl Inbound {
 
     pub(crate) fn type_name(&self) -> &'static str {
         self.type_name
+    }
+
+    /// Records the node the object lives on.
+    pub(crate) fn placed(&self, owner: &str) {
+        let _ = self.owner.set(owner.to_string());
+    }
+
+    /// The node the object lives on, once known.
+    pub(crate) fn owner(&self) -> Option<&str> {
+        self.owner.get().map(String::as_str)
     }
 
     pub(crate) fn id(&self) -> ObjectId {

@@ -196,6 +196,7 @@ impl Pump {
             .or_else(|| cluster.me.clone().filter(|_| hosted.is_some()))
             .unwrap_or_else(|| cluster.coordinator().to_string());
         let owner = cluster.route(type_name, &id, &target).await?;
+        self.inbound.placed(&owner);
         if cluster.me.as_deref() == Some(owner.as_str()) {
             return Ok(None);
         }

@@ -57,12 +57,13 @@ pub(crate) async fn serve(objects: Weak<Objects>, cluster: Weak<Cluster>, endpoi
         let connected = Connected(connections.clone());
         let endpoint = endpoint.clone();
         let node = node.clone();
+        let peer = incoming.remote_address();
         objects.host().spawn(async move {
             let _connected = connected;
             let conn = match endpoint.establish(incoming).await {
                 Ok(conn) => conn,
                 Err(err) => {
-                    tracing::info!(%err, "refused a connection");
+                    tracing::warn!(%peer, %err, "refused a peer: its connection failed the handshake (TLS or protocol version)");
                     return;
                 }
             };

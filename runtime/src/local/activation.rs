@@ -38,6 +38,7 @@ use super::schedule::Schedule;
 use crate::error::{Error, Result};
 use crate::host::{Host, IN_TURN};
 use crate::id::ObjectId;
+use crate::observe::{Outcome, TurnWatch};
 use crate::storage::Storage;
 use crate::sync::lock;
 
@@ -95,25 +96,31 @@ impl Activation {
         message: Message,
     ) -> Option<Instance> {
         let storage = self.storage.clone();
+        let method = match &message {
+            Message::Call(call) => Some(call.method),
+            Message::Alarm(_) => None,
+        };
+        let watch = self.info.observe.turn(&self.id, method);
+        let span = watch.span().clone();
         let turn = async move {
             let mut instance = instance;
             match message {
-                Message::Call(call) => self.call(&mut instance, call).await,
-                Message::Alarm(due) => self.alarm_turn(&mut instance, due).await,
+                Message::Call(call) => self.call(&mut instance, call, watch).await,
+                Message::Alarm(due) => self.alarm_turn(&mut instance, due, watch).await,
             }
             instance
         };
-        IN_TURN.scope((), storage.in_turn(turn)).await
+        tracing::Instrument::instrument(IN_TURN.scope((), storage.in_turn(turn)), span).await
     }
 
     /// One turn: a call of a remote method, then the output gate: the turn's
     /// writes are committed before the reply is released, or rolled back if
     /// the turn failed.
-    async fn call(&self, instance: &mut Option<Instance>, call: Call) {
+    async fn call(&self, instance: &mut Option<Instance>, call: Call, watch: TurnWatch) {
         let Call { method, fingerprint, args, reply } = call;
         self.storage.begin_turn();
         let ending = self.run_method(instance, method, fingerprint, &args).await;
-        self.end_turn(instance, ending, reply);
+        self.end_turn(instance, ending, reply, watch);
     }
 
     /// The same turn without a future, when it can be had: the instance
@@ -130,6 +137,8 @@ impl Activation {
             return Err(call);
         }
         let Call { method, args, reply, .. } = call;
+        let watch = self.info.observe.turn(&self.id, Some(method));
+        let _entered = watch.span().clone().entered();
         self.storage.begin_turn();
         let storage = &self.storage;
         let dispatched = std::panic::catch_unwind(AssertUnwindSafe(|| {
@@ -145,15 +154,21 @@ impl Activation {
             ))),
             Err(payload) => self.dispatched(instance, method, Err(panic_message(payload.as_ref()))),
         };
-        self.end_turn(instance, ending, reply);
+        self.end_turn(instance, ending, reply, watch);
         Ok(())
     }
 
     /// The output gate: commits the turn's writes and releases the reply, or
     /// rolls them back if the turn failed.
-    fn end_turn(&self, instance: &mut Option<Instance>, ending: Ending, reply: ReplySender) {
+    fn end_turn(
+        &self,
+        instance: &mut Option<Instance>,
+        ending: Ending,
+        reply: ReplySender,
+        watch: TurnWatch,
+    ) {
         let outcome = match ending {
-            Ending::Commit(outcome) => match self.storage.commit_turn() {
+            Ending::Commit(outcome) => match self.commit_turn(&watch) {
                 Ok(()) => outcome,
                 Err(err) => {
                     // Memory may now be ahead of storage: start again from storage.
@@ -166,8 +181,18 @@ impl Activation {
                 Err(err)
             }
         };
+        watch.end(&self.info.observe, Outcome::of(&outcome));
         // The caller may have stopped waiting; the turn counts all the same.
         let _ = reply.send(outcome);
+    }
+
+    /// Commits the turn's writes, watched (the `stead.commit` span and
+    /// `stead_commit_seconds`).
+    pub(super) fn commit_turn(&self, watch: &TurnWatch) -> Result<()> {
+        let commit = watch.commit(&self.info.observe, || self.storage.turn_written());
+        let committed = self.storage.commit_turn();
+        commit.end(&self.info.observe);
+        committed
     }
 
     async fn run_method(

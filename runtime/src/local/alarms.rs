@@ -35,6 +35,7 @@ use super::mailbox::Message;
 use super::objects::Objects;
 use super::schedule::Driver;
 use crate::error::Error;
+use crate::observe::{AlarmEvent, Outcome, TurnWatch};
 use crate::storage::AlarmDue;
 
 /// How many times a failing alarm handler is retried.
@@ -69,6 +70,17 @@ impl fmt::Display for AlarmFailure {
     }
 }
 
+impl AlarmFailure {
+    /// The failed turn's `outcome`.
+    fn outcome(&self) -> Outcome {
+        match self {
+            AlarmFailure::Handler(_) => Outcome::FAILED,
+            AlarmFailure::Panicked(_) => Outcome::PANICKED,
+            AlarmFailure::Runtime(err) => Outcome::error(err),
+        }
+    }
+}
+
 impl From<Error> for AlarmFailure {
     fn from(err: Error) -> Self {
         AlarmFailure::Runtime(err)
@@ -82,22 +94,24 @@ pub(crate) fn backoff(base: Duration, retry: u32) -> Duration {
 
 impl Activation {
     /// One turn: an alarm index entry came due.
-    pub(super) async fn alarm_turn(&self, instance: &mut Option<Instance>, due: AlarmDue) {
+    pub(super) async fn alarm_turn(&self, instance: &mut Option<Instance>, due: AlarmDue, watch: TurnWatch) {
         let storage = self.storage();
         storage.begin_turn();
-        let retrying = match self.run_alarm(instance, &due).await {
-            Ok(()) => match storage.commit_turn() {
-                Ok(()) => false,
+        let (retrying, outcome) = match self.run_alarm(instance, &due).await {
+            Ok(()) => match self.commit_turn(&watch) {
+                Ok(()) => (false, Outcome::OK),
                 Err(err) => {
                     self.discard(instance);
-                    self.retry_alarm(&due, &AlarmFailure::Runtime(err))
+                    let outcome = Outcome::error(&err);
+                    (self.retry_alarm(&due, &AlarmFailure::Runtime(err)), outcome)
                 }
             },
             Err(failure) => {
                 storage.rollback_turn();
-                self.retry_alarm(&due, &failure)
+                (self.retry_alarm(&due, &failure), failure.outcome())
             }
         };
+        watch.end(&self.info.observe, outcome);
         // The entry is done. An alarm the object still has (set by the
         // handler, moved later, or not run) gets an entry in the same index
         // transaction, unless a retry was just indexed for it.
@@ -123,6 +137,7 @@ impl Activation {
         let object = self.instance(instance).await?;
         storage.delete_alarm()?;
         let info = AlarmInfo { retry_count: due.retries, is_retry: due.retries > 0 };
+        self.info.observe.alarm(AlarmEvent::Fired);
         let failure = match catch_panic(object.alarm(info)).await {
             Ok(Ok(())) => return Ok(()),
             Ok(Err(message)) => AlarmFailure::Handler(message),
@@ -140,6 +155,7 @@ impl Activation {
         let reason = failure.to_string();
         let retry = due.retries + 1;
         if retry > MAX_ALARM_RETRIES {
+            self.info.observe.alarm(AlarmEvent::Dropped);
             tracing::warn!(
                 object = %self.id, r#type = self.info.name, reason,
                 "the alarm failed {} times; it is dropped", MAX_ALARM_RETRIES + 1
@@ -157,7 +173,10 @@ impl Activation {
         let at = index.now().saturating_add(i64::try_from(delay.as_millis()).unwrap_or(i64::MAX));
         tracing::info!(object = %self.id, r#type = self.info.name, reason, retry, "the alarm failed; retrying");
         match index.schedule(self.info.name, &self.id, at, retry) {
-            Ok(()) => true,
+            Ok(()) => {
+                self.info.observe.alarm(AlarmEvent::Retried);
+                true
+            }
             Err(err) => {
                 tracing::warn!(%err, "could not index the alarm's retry");
                 false

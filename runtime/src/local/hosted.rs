@@ -18,6 +18,7 @@ use super::schedule::{Closed, Driver, Refused};
 use crate::error::Error;
 use crate::host::Host;
 use crate::id::{IdKeys, ObjectId};
+use crate::observe::Eviction;
 use crate::sync::lock;
 
 /// Number of independently locked parts of each activation table.
@@ -65,8 +66,9 @@ impl HostedType {
         has_alarm: bool,
         construct: Constructor,
     ) -> Self {
+        let observe = host.observe().hosted_type(name, methods.iter().map(|method| method.name).collect());
         HostedType {
-            info: Arc::new(TypeInfo { name, methods, has_alarm, construct, host }),
+            info: Arc::new(TypeInfo { name, methods, has_alarm, construct, host, observe }),
             keys,
             shards: (0..SHARDS).map(|_| Mutex::new(HashMap::default())).collect(),
         }
@@ -93,7 +95,7 @@ impl HostedType {
         let _sending = lifecycle.sending();
         if lifecycle.is_closed() {
             let err = Error::Unavailable("the runtime has been shut down; it takes no more calls".into());
-            return Err((err, message));
+            return Err(self.refused(err, message));
         }
         // While the runtime drains for shutdown, nobody may be left to poll.
         let driver = if lifecycle.is_closing() { Driver::Task } else { driver };
@@ -105,10 +107,11 @@ impl HostedType {
                     Some(activation) => activation.clone(),
                     None => {
                         if let Err(err) = self.keys.verify(&id) {
-                            return Err((err, message));
+                            return Err(self.refused(err, message));
                         }
                         let activation = Arc::new(Activation::new(id, self.info.clone()));
                         shard.insert(id, activation.clone());
+                        self.info.observe.activated();
                         activation
                     }
                 }
@@ -124,10 +127,18 @@ impl HostedType {
                          `RuntimeBuilder::mailbox_capacity` or `Limits::mailbox_bytes`",
                         self.info.name, config.mailbox_capacity, config.limits.mailbox_bytes
                     ));
-                    return Err((err, returned));
+                    return Err(self.refused(err, returned));
                 }
             }
         }
+    }
+
+    /// Counts a call that was refused with `err` before its turn.
+    fn refused(&self, err: Error, message: Message) -> (Error, Message) {
+        if let Message::Call(call) = &message {
+            self.info.observe.refused(call.method, &err);
+        }
+        (err, message)
     }
 
     /// Evicts every activation idle since before sweep `idle_before` (see
@@ -143,13 +154,20 @@ impl HostedType {
     /// user's `Drop` may be slow): the sweep runs off the async workers.
     pub(crate) fn evict_idle(&self, idle_before: u64) {
         let mut closing = Vec::new();
+        // The calls waiting, for the mailbox depth gauges.
+        let (mut waiting, mut deepest) = (0, 0);
         for shard in self.shards.iter() {
             for activation in lock(shard).values() {
-                if let Some(instance) = activation.schedule().evict_if_idle(idle_before) {
+                let mut schedule = activation.schedule();
+                let queued = schedule.queued();
+                (waiting, deepest) = (waiting + queued, deepest.max(queued));
+                if let Some(instance) = schedule.evict_if_idle(idle_before) {
                     closing.push((activation.clone(), instance));
                 }
             }
         }
+        self.info.observe.mailbox_depth(waiting, deepest);
+        let reason = if self.info.host.lifecycle().is_closed() { Eviction::Shutdown } else { Eviction::Idle };
         // Outside the table's locks: an instance's Drop is user code.
         for (activation, mut instance) in closing {
             activation.discard(&mut instance);
@@ -160,6 +178,7 @@ impl HostedType {
                 if let Closed::Evicted = closed {
                     shard.remove(&activation.id);
                     activation.storage().retire();
+                    self.info.observe.evicted(reason);
                 }
                 closed
             };

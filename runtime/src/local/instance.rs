@@ -9,6 +9,7 @@ use std::task::Poll;
 use crate::error::Error;
 use crate::host::Host;
 use crate::id::ObjectId;
+use crate::observe::TypeObserver;
 use crate::storage::Storage;
 
 /// A boxed, sendable future, as stored and run by the runtime.
@@ -80,6 +81,8 @@ pub(crate) struct TypeInfo {
     pub(crate) has_alarm: bool,
     pub(crate) construct: Constructor,
     pub(crate) host: Host,
+    /// Its spans and metric handles.
+    pub(crate) observe: TypeObserver,
 }
 
 /// Runs `future`, turning a panic into its message.

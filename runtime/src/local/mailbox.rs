@@ -117,4 +117,9 @@ impl<M> Mailbox<M> {
     pub(crate) fn is_empty(&self) -> bool {
         self.queue.is_empty()
     }
+
+    /// How many messages wait.
+    pub(crate) fn len(&self) -> usize {
+        self.queue.len()
+    }
 }

@@ -195,6 +195,11 @@ impl<M, I> Schedule<M, I> {
         Left::Released
     }
 
+    /// How many messages wait in the mailbox.
+    pub(crate) fn queued(&self) -> usize {
+        self.mailbox.len()
+    }
+
     /// Eviction: an activation that nobody runs, with an empty mailbox, and
     /// idle since before sweep `idle_before` starts closing; returns its
     /// instance, for the caller to drop outside every lock before it closes

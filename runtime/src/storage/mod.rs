@@ -163,6 +163,9 @@ struct State {
     savepoints: u32,
     /// `delete_all` ran: remove the file on close if it stayed empty.
     maybe_empty: bool,
+    /// Bytes of keys and values the turn wrote with `put` and `put_many`
+    /// (for the `stead.commit` span).
+    written: u64,
 }
 
 impl Storage {
@@ -206,7 +209,9 @@ impl Storage {
             conn.prepare_cached("INSERT OR REPLACE INTO _stead_kv (key, value) VALUES (?1, ?2)")?
                 .execute(params![key, bytes])
                 .map(drop)
-        })
+        })?;
+        self.wrote(key.len() + bytes.len());
+        Ok(())
     }
 
     /// Deletes `key`; returns whether it existed.
@@ -260,7 +265,9 @@ impl Storage {
                 stmt.execute(params![key, bytes])?;
             }
             Ok(())
-        })
+        })?;
+        self.wrote(encoded.iter().map(|(key, bytes)| key.len() + bytes.len()).sum());
+        Ok(())
     }
 
     /// Deletes every key given; returns how many existed.
@@ -567,6 +574,10 @@ impl StorageInner {
 }
 
 impl Closable for StorageInner {
+    fn type_name(&self) -> &'static str {
+        self.type_name
+    }
+
     fn try_close_idle(&self) -> CloseAttempt {
         let Ok(mut state) = self.state.try_lock() else { return CloseAttempt::Busy };
         if state.conn.is_none() {

@@ -11,10 +11,14 @@ use std::collections::VecDeque;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, Weak};
 
+use crate::observe::PressureEvictions;
 use crate::sync::lock;
 
 /// An object's database, as the pool sees it.
 pub(crate) trait Closable: Send + Sync + 'static {
+    /// The object's type, for the pressure evictions' metric.
+    fn type_name(&self) -> &'static str;
+
     /// Closes the database unless a turn is using it.
     fn try_close_idle(&self) -> CloseAttempt;
 }
@@ -26,11 +30,13 @@ pub(crate) struct OpenDatabases {
     /// Databases in the order they were opened; entries may be stale (closed
     /// or dropped since), which is checked when they come up.
     queue: Mutex<VecDeque<Weak<dyn Closable>>>,
+    /// Counts and warns about databases closed to make room.
+    pressure: PressureEvictions,
 }
 
 impl OpenDatabases {
-    pub(crate) fn new(limit: usize) -> Self {
-        OpenDatabases { limit, count: AtomicUsize::new(0), queue: Mutex::new(VecDeque::new()) }
+    pub(crate) fn new(limit: usize, pressure: PressureEvictions) -> Self {
+        OpenDatabases { limit, count: AtomicUsize::new(0), queue: Mutex::new(VecDeque::new()), pressure }
     }
 
     /// Records that `storage` opened its database, closing others if the cap
@@ -51,7 +57,10 @@ impl OpenDatabases {
                 continue;
             }
             match other.try_close_idle() {
-                CloseAttempt::Closed => excess -= 1,
+                CloseAttempt::Closed => {
+                    excess -= 1;
+                    self.pressure.evicted(other.type_name(), count, self.limit);
+                }
                 CloseAttempt::NotOpen => {}
                 CloseAttempt::Busy => queue.push_back(entry),
             }

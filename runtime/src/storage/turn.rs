@@ -84,7 +84,21 @@ impl Storage {
             let _ = conn.execute_batch("ROLLBACK");
         }
         state.savepoints = 0;
+        state.written = 0;
         state.turn = true;
+    }
+
+    /// Counts `bytes` written by the turn.
+    pub(super) fn wrote(&self, bytes: usize) {
+        let mut state = self.lock();
+        state.written = state.written.saturating_add(bytes as u64);
+    }
+
+    /// The bytes of keys and values the turn wrote with `put` and
+    /// `put_many`, if it opened a transaction (which the commit then ends).
+    pub(crate) fn turn_written(&self) -> Option<u64> {
+        let state = self.lock();
+        state.txn.then_some(state.written)
     }
 
     /// Ends the turn by committing its transaction (the output gate).
