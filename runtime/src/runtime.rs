@@ -259,7 +259,7 @@ impl RuntimeBuilder {
     /// Off by default: the facade cannot tell whether a recorder is
     /// installed, and timing every turn costs two clock reads, a good part of
     /// a local call, which a runtime nobody watches should not pay.
-    /// [`metrics_listen`](Self::metrics_listen) (cargo feature `prometheus`)
+    /// `metrics_listen` (cargo feature `prometheus`)
     /// turns it on too.
     pub fn record_metrics(mut self) -> Self {
         self.record_metrics = true;
