@@ -69,7 +69,7 @@ pub use namespace::Namespace;
 pub use object::DurableObject;
 pub use runtime::{
     DEFAULT_ALARM_RETRY_DELAY, DEFAULT_CALL_TIMEOUT, DEFAULT_IDLE_TIMEOUT, DEFAULT_MAILBOX_CAPACITY,
-    DEFAULT_MAX_OPEN_DATABASES, DEFAULT_SHUTDOWN_TIMEOUT, Runtime, RuntimeBuilder,
+    DEFAULT_MAX_OPEN_DATABASES, DEFAULT_SHUTDOWN_TIMEOUT, DEFAULT_SYNC_THREADS, Runtime, RuntimeBuilder,
 };
 pub use storage::{Durability, ListOptions, MAX_KEY_LEN, Storage};
 

@@ -21,7 +21,7 @@ use crate::local::watchdog::Watchdog;
 use crate::local::{self, Constructor, HostedType, Objects};
 use crate::object::{DurableObject, construct_erased};
 use crate::secret;
-use crate::storage::{AlarmIndex, Durability, Location, OpenDatabases, StorageRoot};
+use crate::storage::{AlarmIndex, Durability, Location, OpenDatabases, StorageRoot, SyncThreads};
 
 /// How long an idle object stays in memory unless configured otherwise.
 pub const DEFAULT_IDLE_TIMEOUT: Duration = Duration::from_secs(60);
@@ -31,6 +31,10 @@ pub const DEFAULT_MAILBOX_CAPACITY: usize = 4096;
 
 /// How many object databases may be open at once unless configured otherwise.
 pub const DEFAULT_MAX_OPEN_DATABASES: usize = 1024;
+
+/// How many threads sync object databases at once, unless
+/// [`RuntimeBuilder::sync_threads`] says otherwise.
+pub const DEFAULT_SYNC_THREADS: usize = 16;
 
 /// How long a caller waits for a reply unless configured otherwise.
 pub const DEFAULT_CALL_TIMEOUT: Duration = Duration::from_secs(30);
@@ -69,6 +73,7 @@ pub struct RuntimeBuilder {
     idle_timeout: Duration,
     mailbox_capacity: usize,
     durability: Durability,
+    sync_threads: usize,
     max_open_databases: usize,
     alarm_retry_delay: Duration,
     call_timeout: Duration,
@@ -120,6 +125,21 @@ impl RuntimeBuilder {
     /// When a turn's writes count as committed (default [`Durability::Full`]).
     pub fn durability(mut self, durability: Durability) -> Self {
         self.durability = durability;
+        self
+    }
+
+    /// How many threads may sync object databases to disk at once (default
+    /// 16), with [`Durability::Full`] on disk.
+    ///
+    /// Turns never wait for the disk on the tokio workers: a turn commits,
+    /// the object goes on with its next turns, and a sync thread makes the
+    /// commit durable before the replies it covers leave (one sync covers
+    /// every turn committed since the one before). Syncs of different
+    /// objects run in parallel, up to this many: raise it for disks that
+    /// serve many syncs at once (NVMe), lower it to spare a slow disk.
+    /// Threads start when needed and leave after 10 s without work.
+    pub fn sync_threads(mut self, threads: usize) -> Self {
+        self.sync_threads = threads;
         self
     }
 
@@ -280,6 +300,9 @@ impl RuntimeBuilder {
         if self.max_open_databases == 0 {
             return Err(Error::Config("`max_open_databases` must be at least 1".into()));
         }
+        if self.sync_threads == 0 {
+            return Err(Error::Config("`sync_threads` must be at least 1".into()));
+        }
         if self.idle_timeout.is_zero() {
             return Err(Error::Config("`idle_timeout` must be longer than zero".into()));
         }
@@ -334,6 +357,8 @@ impl RuntimeBuilder {
             durability: self.durability,
             open: OpenDatabases::new(if data_dir.is_some() { self.max_open_databases } else { usize::MAX }),
             alarms: AlarmIndex::open(data_dir.as_deref(), self.durability)?,
+            sync: (data_dir.is_some() && self.durability == Durability::Full)
+                .then(|| SyncThreads::new(self.sync_threads)),
         };
         let config = Config {
             idle_timeout: self.idle_timeout,
@@ -430,6 +455,7 @@ impl Runtime {
             idle_timeout: DEFAULT_IDLE_TIMEOUT,
             mailbox_capacity: DEFAULT_MAILBOX_CAPACITY,
             durability: Durability::default(),
+            sync_threads: DEFAULT_SYNC_THREADS,
             max_open_databases: DEFAULT_MAX_OPEN_DATABASES,
             alarm_retry_delay: DEFAULT_ALARM_RETRY_DELAY,
             call_timeout: DEFAULT_CALL_TIMEOUT,

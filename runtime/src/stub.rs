@@ -24,6 +24,7 @@ use crate::error::{Error, Result};
 use crate::host::Host;
 use crate::id::ObjectId;
 use crate::local::{Call, Driver, HostedType, LocalReply, Message};
+use crate::storage::Storage;
 
 /// The address and route shared by a stub and its clones.
 #[doc(hidden)]
@@ -107,6 +108,9 @@ impl StubCore {
     fn route(&self, method: u32, fingerprint: u64, args: Vec<u8>) -> Result<Reply> {
         let address = &*self.address;
         address.host.check_accepting()?;
+        // A call made by a turn is output: it waits until the turns of the
+        // caller's object before this one are durable (`storage/flush.rs`).
+        Storage::hold_output();
         let (reply, receiver) = oneshot::channel();
         let call = Call { method, fingerprint, args, reply };
         match &address.route {

@@ -84,7 +84,7 @@ impl Activation {
     /// One turn: an alarm index entry came due.
     pub(super) async fn alarm_turn(&self, instance: &mut Option<Instance>, due: AlarmDue) {
         let storage = self.storage();
-        storage.begin_turn();
+        self.begin_turn(instance);
         let retrying = match self.run_alarm(instance, &due).await {
             Ok(()) => match storage.commit_turn() {
                 Ok(()) => false,
@@ -102,7 +102,14 @@ impl Activation {
         // handler, moved later, or not run) gets an entry in the same index
         // transaction, unless a retry was just indexed for it.
         let next = if retrying { None } else { storage.alarm_millis().ok().flatten() };
-        self.host().storage().alarms.finish(&due, next);
+        // Only once the turn is durable: the index must not forget an alarm
+        // whose run a crash could still undo. If the sync failed, the entry
+        // stays due, and the next try checks what the disk says.
+        let root = self.host().storage().clone();
+        storage.release(move |synced| match synced {
+            Ok(()) => root.alarms.finish(&due, next),
+            Err(_) => root.alarms.finish(&due, Some(due.at)),
+        });
     }
 
     /// Runs the handler if the object's own storage says the alarm is due.
