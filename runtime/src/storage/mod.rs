@@ -35,6 +35,7 @@ mod alarm_index;
 mod database;
 mod durability;
 mod group_commit;
+mod listing;
 mod pool;
 mod turn;
 
