@@ -321,3 +321,28 @@ async fn list_ids_lists_the_objects_with_storage_with_their_names() {
     assert_eq!(testing::list_ids(&notes).unwrap(), expected, "evicted: the objects with storage");
     rt.shutdown().await.unwrap();
 }
+
+#[tokio::test]
+async fn the_kit_refuses_a_stub_that_reaches_its_object_through_a_cluster() {
+    let tls = tempfile::tempdir().unwrap();
+    let identity = stead::tls::dev_identity(tls.path(), "worker").unwrap();
+    // A client: every stub routes through the cluster (nothing is sent here).
+    let rt = Runtime::builder()
+        .client()
+        .peer("ohio", "127.0.0.1:9".parse().unwrap())
+        .secret("a secret of at least sixteen bytes")
+        .tls(identity)
+        .in_memory()
+        .build()
+        .await
+        .unwrap();
+    let notes = rt.namespace::<Note>();
+    let stub = notes.stub(&notes.unique_id());
+    let err = testing::with_instance(&stub, |note, _| note.text.clone()).await.unwrap_err();
+    assert!(matches!(err, Error::Config(_)), "{err:?}");
+    assert!(err.to_string().contains("routes through a cluster"), "{err}");
+    let reminders = rt.namespace::<Reminder>();
+    let err = testing::run_alarm(&reminders.stub(&reminders.unique_id())).await.unwrap_err();
+    assert!(matches!(err, Error::Config(_)), "{err:?}");
+    rt.shutdown().await.unwrap();
+}
