@@ -34,6 +34,7 @@
 //! | ids and their MACs ([`ObjectId`]), the cluster secret | `id.rs`, `secret.rs` |
 //! | messages between nodes | `wire.rs` |
 //! | every memory bound, with its default ([`Limits`]) | `limits.rs` |
+//! | the testing kit: test runtimes, alarms run now, instances reached in a turn, ids listed ([`testing`]) | `testing.rs`, `local/visit.rs`, `storage/listing.rs` |
 //! | the one [`Error`] type | `error.rs` |
 //!
 //! Imports run downward: `storage/` imports none of `local/`, `cluster/`
@@ -54,6 +55,7 @@ mod secret;
 mod storage;
 mod stub;
 mod sync;
+pub mod testing;
 mod wire;
 
 #[doc(hidden)]
@@ -81,4 +83,4 @@ pub mod tls {
 /// The SQLite bindings behind [`Storage::sql`], re-exported so that user code
 /// uses the same version.
 pub use rusqlite;
-pub use stub::PendingCall;
+pub use stub::{ObjectStub, PendingCall};

@@ -81,9 +81,18 @@ pub struct RuntimeBuilder {
     limits: Limits,
     hosts: Vec<(&'static str, MakeHostedType)>,
     cluster: ClusterConfig,
+    /// Alarms run only when `stead::testing::run_alarm` says so.
+    manual_alarms: bool,
 }
 
 impl RuntimeBuilder {
+    /// Delivers no alarm by itself: alarms run when
+    /// `stead::testing::run_alarm` asks (see `testing.rs`).
+    pub(crate) fn manual_alarms(mut self) -> Self {
+        self.manual_alarms = true;
+        self
+    }
+
     /// Keeps object storage (and the cluster secret, unless one is given)
     /// under `path`, which is created if missing.
     pub fn data_dir(mut self, path: impl Into<PathBuf>) -> Self {
@@ -375,7 +384,12 @@ impl RuntimeBuilder {
                 .iter()
                 .map(|(name, make)| (*name, Arc::new(make(&secret, &host, WeakRuntime(runtime.clone())))))
                 .collect();
-            RuntimeInner { secret, objects: Arc::new(Objects::new(host.clone(), types)), cluster }
+            RuntimeInner {
+                secret,
+                objects: Arc::new(Objects::new(host.clone(), types)),
+                cluster,
+                manual_alarms: self.manual_alarms,
+            }
         });
         let objects = Arc::downgrade(&inner.objects);
         if let Some(cluster) = &inner.cluster
@@ -385,7 +399,9 @@ impl RuntimeBuilder {
         }
         host.spawn(local::evict_idle_objects(objects.clone()));
         host.spawn(Watchdog::run(Arc::downgrade(host.watchdog())));
-        host.spawn(local::run_scheduler(objects));
+        if !self.manual_alarms {
+            host.spawn(local::run_scheduler(objects));
+        }
         Ok(Runtime { inner })
     }
 }
@@ -433,6 +449,7 @@ struct RuntimeInner {
     secret: [u8; 32],
     objects: Arc<Objects>,
     cluster: Option<Arc<Cluster>>,
+    manual_alarms: bool,
 }
 
 /// A reference to a runtime that does not keep it alive (for its own tasks).
@@ -463,6 +480,7 @@ impl Runtime {
             limits: Limits::default(),
             hosts: Vec::new(),
             cluster: ClusterConfig::default(),
+            manual_alarms: false,
         }
     }
 
@@ -543,6 +561,16 @@ impl Runtime {
 
     pub(crate) fn cluster(&self) -> Option<&Arc<Cluster>> {
         self.inner.cluster.as_ref()
+    }
+
+    /// A reference that does not keep the runtime alive.
+    pub(crate) fn downgrade(&self) -> WeakRuntime {
+        WeakRuntime(Arc::downgrade(&self.inner))
+    }
+
+    /// Whether alarms run only when `stead::testing::run_alarm` asks.
+    pub(crate) fn has_manual_alarms(&self) -> bool {
+        self.inner.manual_alarms
     }
 
     /// The id keys of type `type_name`: its hosted type's, or derived from

@@ -51,7 +51,7 @@ pub(crate) struct Activation {
 }
 
 /// How a call's turn passes the output gate.
-enum Ending {
+pub(super) enum Ending {
     /// Commit the turn's writes, then reply with this.
     Commit(Result<Vec<u8>>),
     /// Roll the turn's writes back, then fail the call with this.
@@ -100,6 +100,7 @@ impl Activation {
             match message {
                 Message::Call(call) => self.call(&mut instance, call).await,
                 Message::Alarm(due) => self.alarm_turn(&mut instance, due).await,
+                Message::Visit(visit) => self.visit(&mut instance, visit).await,
             }
             instance
         };
@@ -170,7 +171,7 @@ impl Activation {
 
     /// The output gate: commits the turn's writes and releases the reply
     /// once they are durable, or rolls them back if the turn failed.
-    fn end_turn(&self, instance: &mut Option<Instance>, ending: Ending, reply: ReplySender) {
+    pub(super) fn end_turn(&self, instance: &mut Option<Instance>, ending: Ending, reply: ReplySender) {
         let outcome = match ending {
             Ending::Commit(outcome) => match self.storage.commit_turn() {
                 Ok(()) => outcome,

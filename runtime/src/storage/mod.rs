@@ -36,6 +36,7 @@ mod database;
 mod durability;
 mod flush;
 mod group_commit;
+mod listing;
 mod pool;
 mod sync_threads;
 mod turn;
