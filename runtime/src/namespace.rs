@@ -116,14 +116,20 @@ impl<T: DurableObject> Namespace<T> {
     /// first call comes through this stub (cluster only).
     fn stub_core(&self, id: &ObjectId, target: Option<String>) -> StubCore {
         let host = self.runtime.host().clone();
+        let runtime = self.runtime.downgrade();
         let cluster = self.runtime.cluster().cloned();
         let (hosted, remote) = (self.hosted.clone(), self.remote.clone());
-        StubCore::new(host, cluster, hosted, T::NAME, T::METHODS, remote, *id, target)
+        StubCore::new(host, runtime, cluster, hosted, T::NAME, T::METHODS, remote, *id, target)
     }
 
     /// The name of the object type, as used in ids and storage paths.
     pub fn type_name(&self) -> &'static str {
         T::NAME
+    }
+
+    /// The runtime this namespace belongs to.
+    pub(crate) fn runtime(&self) -> &Runtime {
+        &self.runtime
     }
 }
 

@@ -22,7 +22,7 @@ use crate::local::{self, Constructor, HostedType, Objects};
 use crate::object::{DurableObject, construct_erased};
 use crate::observe::{Observe, PressureEvictions};
 use crate::secret;
-use crate::storage::{AlarmIndex, Durability, Location, OpenDatabases, StorageRoot};
+use crate::storage::{AlarmIndex, Durability, Location, OpenDatabases, StorageRoot, SyncThreads};
 
 /// How long an idle object stays in memory unless configured otherwise.
 pub const DEFAULT_IDLE_TIMEOUT: Duration = Duration::from_secs(60);
@@ -32,6 +32,10 @@ pub const DEFAULT_MAILBOX_CAPACITY: usize = 4096;
 
 /// How many object databases may be open at once unless configured otherwise.
 pub const DEFAULT_MAX_OPEN_DATABASES: usize = 1024;
+
+/// How many threads sync object databases at once, unless
+/// [`RuntimeBuilder::sync_threads`] says otherwise.
+pub const DEFAULT_SYNC_THREADS: usize = 16;
 
 /// How long a caller waits for a reply unless configured otherwise.
 pub const DEFAULT_CALL_TIMEOUT: Duration = Duration::from_secs(30);
@@ -70,6 +74,7 @@ pub struct RuntimeBuilder {
     idle_timeout: Duration,
     mailbox_capacity: usize,
     durability: Durability,
+    sync_threads: usize,
     max_open_databases: usize,
     alarm_retry_delay: Duration,
     call_timeout: Duration,
@@ -80,9 +85,18 @@ pub struct RuntimeBuilder {
     record_metrics: bool,
     #[cfg(feature = "prometheus")]
     metrics_listen: Option<SocketAddr>,
+    /// Alarms run only when `stead::testing::run_alarm` says so.
+    manual_alarms: bool,
 }
 
 impl RuntimeBuilder {
+    /// Delivers no alarm by itself: alarms run when
+    /// `stead::testing::run_alarm` asks (see `testing.rs`).
+    pub(crate) fn manual_alarms(mut self) -> Self {
+        self.manual_alarms = true;
+        self
+    }
+
     /// Keeps object storage (and the cluster secret, unless one is given)
     /// under `path`, which is created if missing.
     pub fn data_dir(mut self, path: impl Into<PathBuf>) -> Self {
@@ -124,6 +138,21 @@ impl RuntimeBuilder {
     /// When a turn's writes count as committed (default [`Durability::Full`]).
     pub fn durability(mut self, durability: Durability) -> Self {
         self.durability = durability;
+        self
+    }
+
+    /// How many threads may sync object databases to disk at once (default
+    /// 16), with [`Durability::Full`] on disk.
+    ///
+    /// Turns never wait for the disk on the tokio workers: a turn commits,
+    /// the object goes on with its next turns, and a sync thread makes the
+    /// commit durable before the replies it covers leave (one sync covers
+    /// every turn committed since the one before). Syncs of different
+    /// objects run in parallel, up to this many: raise it for disks that
+    /// serve many syncs at once (NVMe), lower it to spare a slow disk.
+    /// Threads start when needed and leave after 10 s without work.
+    pub fn sync_threads(mut self, threads: usize) -> Self {
+        self.sync_threads = threads;
         self
     }
 
@@ -319,6 +348,9 @@ impl RuntimeBuilder {
         if self.max_open_databases == 0 {
             return Err(Error::Config("`max_open_databases` must be at least 1".into()));
         }
+        if self.sync_threads == 0 {
+            return Err(Error::Config("`sync_threads` must be at least 1".into()));
+        }
         if self.idle_timeout.is_zero() {
             return Err(Error::Config("`idle_timeout` must be longer than zero".into()));
         }
@@ -385,6 +417,8 @@ impl RuntimeBuilder {
                 pressure,
             ),
             alarms: AlarmIndex::open(data_dir.as_deref(), self.durability)?,
+            sync: (data_dir.is_some() && self.durability == Durability::Full)
+                .then(|| SyncThreads::new(self.sync_threads)),
         };
         let config = Config {
             idle_timeout: self.idle_timeout,
@@ -412,6 +446,7 @@ impl RuntimeBuilder {
                 cluster,
                 #[cfg(feature = "prometheus")]
                 metrics_addr: scrapes.as_ref().and_then(|(listener, _)| listener.local_addr().ok()),
+                manual_alarms: self.manual_alarms,
             }
         });
         #[cfg(feature = "prometheus")]
@@ -426,7 +461,9 @@ impl RuntimeBuilder {
         }
         host.spawn(local::evict_idle_objects(objects.clone()));
         host.spawn(Watchdog::run(Arc::downgrade(host.watchdog())));
-        host.spawn(local::run_scheduler(objects));
+        if !self.manual_alarms {
+            host.spawn(local::run_scheduler(objects));
+        }
         Ok(Runtime { inner })
     }
 }
@@ -477,6 +514,7 @@ struct RuntimeInner {
     /// Where the Prometheus endpoint listens, if it does.
     #[cfg(feature = "prometheus")]
     metrics_addr: Option<SocketAddr>,
+    manual_alarms: bool,
 }
 
 /// A reference to a runtime that does not keep it alive (for its own tasks).
@@ -499,6 +537,7 @@ impl Runtime {
             idle_timeout: DEFAULT_IDLE_TIMEOUT,
             mailbox_capacity: DEFAULT_MAILBOX_CAPACITY,
             durability: Durability::default(),
+            sync_threads: DEFAULT_SYNC_THREADS,
             max_open_databases: DEFAULT_MAX_OPEN_DATABASES,
             alarm_retry_delay: DEFAULT_ALARM_RETRY_DELAY,
             call_timeout: DEFAULT_CALL_TIMEOUT,
@@ -509,6 +548,7 @@ impl Runtime {
             record_metrics: false,
             #[cfg(feature = "prometheus")]
             metrics_listen: None,
+            manual_alarms: false,
         }
     }
 
@@ -596,6 +636,16 @@ impl Runtime {
 
     pub(crate) fn cluster(&self) -> Option<&Arc<Cluster>> {
         self.inner.cluster.as_ref()
+    }
+
+    /// A reference that does not keep the runtime alive.
+    pub(crate) fn downgrade(&self) -> WeakRuntime {
+        WeakRuntime(Arc::downgrade(&self.inner))
+    }
+
+    /// Whether alarms run only when `stead::testing::run_alarm` asks.
+    pub(crate) fn has_manual_alarms(&self) -> bool {
+        self.inner.manual_alarms
     }
 
     /// The id keys of type `type_name`: its hosted type's, or derived from

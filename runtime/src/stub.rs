@@ -24,7 +24,24 @@ use crate::error::{Error, Result};
 use crate::host::Host;
 use crate::id::ObjectId;
 use crate::local::{Call, Driver, HostedType, LocalReply, Message, MethodInfo};
+use crate::object::DurableObject;
 use crate::observe::{CallWatch, Outcome, Place, RemoteMetrics};
+use crate::runtime::{Runtime, WeakRuntime};
+use crate::storage::Storage;
+
+/// A typed stub: what `#[durable_object]` generates as `{Type}Stub`.
+///
+/// Every generated stub implements it, so that functions can take the stub
+/// of any object type (those of [`testing`](crate::testing) do). Do not
+/// implement it by hand.
+pub trait ObjectStub: Clone + Send + Sync + fmt::Debug + 'static {
+    /// The object type this stub calls.
+    type Object: DurableObject;
+
+    /// The untyped core of the stub.
+    #[doc(hidden)]
+    fn __core(&self) -> &StubCore;
+}
 
 /// The address and route shared by a stub and its clones.
 #[doc(hidden)]
@@ -40,6 +57,9 @@ struct Address {
     /// The type's methods, by method id (for their names in spans).
     methods: &'static [MethodInfo],
     host: Host,
+    /// The runtime the stub was made by (weak: objects keep stubs, and the
+    /// runtime keeps the objects), for `stead::testing`.
+    runtime: WeakRuntime,
     route: Route,
     /// The metrics of calls that go to another node, when recorded.
     remote: Option<Arc<RemoteMetrics>>,
@@ -76,6 +96,14 @@ impl Address {
     }
 }
 
+/// Why a stub does not reach its object in this runtime directly.
+pub(crate) enum Unreached {
+    /// The type is not hosted here, and there is no cluster.
+    NotHosted,
+    /// The stub routes through a cluster.
+    Cluster,
+}
+
 enum Route {
     /// The type is hosted by this runtime, which is not part of a cluster.
     Local(Arc<HostedType>),
@@ -93,6 +121,7 @@ impl StubCore {
     #[allow(clippy::too_many_arguments)]
     pub(crate) fn new(
         host: Host,
+        runtime: WeakRuntime,
         cluster: Option<Arc<Cluster>>,
         hosted: Option<Arc<HostedType>>,
         type_name: &'static str,
@@ -110,13 +139,34 @@ impl StubCore {
         };
         // Only calls through the cluster can go to another node.
         let remote = remote.filter(|_| matches!(route, Route::Cluster(_)));
-        let address = Address { id, type_name, methods, host, route, remote, broken: OnceLock::new() };
+        let address =
+            Address { id, type_name, methods, host, runtime, route, remote, broken: OnceLock::new() };
         StubCore { address: Arc::new(address) }
     }
 
     /// The id of the object this stub addresses.
     pub fn id(&self) -> ObjectId {
         self.address.id
+    }
+
+    /// The name of the object's type.
+    pub(crate) fn type_name(&self) -> &'static str {
+        self.address.type_name
+    }
+
+    /// The runtime that made this stub, unless it is gone.
+    pub(crate) fn runtime(&self) -> Option<Runtime> {
+        self.address.runtime.upgrade()
+    }
+
+    /// The object's type as hosted by this runtime, when the stub reaches
+    /// it here directly (not through a cluster): else why not.
+    pub(crate) fn hosted_here(&self) -> std::result::Result<&Arc<HostedType>, Unreached> {
+        match &self.address.route {
+            Route::Local(hosted) => Ok(hosted),
+            Route::NotHosted => Err(Unreached::NotHosted),
+            Route::Cluster(_) => Err(Unreached::Cluster),
+        }
     }
 
     /// Queues a call of method `method` with already encoded arguments.
@@ -135,6 +185,9 @@ impl StubCore {
     fn route(&self, method: u32, fingerprint: u64, args: Vec<u8>) -> Result<Reply> {
         let address = &*self.address;
         address.host.check_accepting()?;
+        // A call made by a turn is output: it waits until the turns of the
+        // caller's object before this one are durable (`storage/flush.rs`).
+        Storage::hold_output();
         let (reply, receiver) = oneshot::channel();
         let call = Call { method, fingerprint, args, reply };
         match &address.route {

@@ -41,6 +41,7 @@ use crate::id::ObjectId;
 use crate::observe::{Outcome, TurnWatch};
 use crate::storage::Storage;
 use crate::sync::lock;
+use tracing::Instrument;
 
 /// One object in memory.
 pub(crate) struct Activation {
@@ -52,7 +53,7 @@ pub(crate) struct Activation {
 }
 
 /// How a call's turn passes the output gate.
-enum Ending {
+pub(super) enum Ending {
     /// Commit the turn's writes, then reply with this.
     Commit(Result<Vec<u8>>),
     /// Roll the turn's writes back, then fail the call with this.
@@ -96,21 +97,24 @@ impl Activation {
         message: Message,
     ) -> Option<Instance> {
         let storage = self.storage.clone();
-        let method = match &message {
-            Message::Call(call) => Some(call.method),
-            Message::Alarm(_) => None,
-        };
-        let watch = self.info.observe.turn(&self.id, method);
-        let span = watch.span().clone();
         let turn = async move {
             let mut instance = instance;
             match message {
-                Message::Call(call) => self.call(&mut instance, call, watch).await,
-                Message::Alarm(due) => self.alarm_turn(&mut instance, due, watch).await,
+                Message::Call(call) => {
+                    let watch = self.info.observe.turn(&self.id, Some(call.method));
+                    let span = watch.span().clone();
+                    self.call(&mut instance, call, watch).instrument(span).await
+                }
+                Message::Alarm(due) => {
+                    let watch = self.info.observe.turn(&self.id, None);
+                    let span = watch.span().clone();
+                    self.alarm_turn(&mut instance, due, watch).instrument(span).await
+                }
+                Message::Visit(visit) => self.visit(&mut instance, visit).await,
             }
             instance
         };
-        tracing::Instrument::instrument(IN_TURN.scope((), storage.in_turn(turn)), span).await
+        IN_TURN.scope((), storage.in_turn(turn)).await
     }
 
     /// One turn: a call of a remote method, then the output gate: the turn's
@@ -118,7 +122,7 @@ impl Activation {
     /// the turn failed.
     async fn call(&self, instance: &mut Option<Instance>, call: Call, watch: TurnWatch) {
         let Call { method, fingerprint, args, reply } = call;
-        self.storage.begin_turn();
+        self.begin_turn(instance);
         let ending = self.run_method(instance, method, fingerprint, &args).await;
         self.end_turn(instance, ending, reply, watch);
     }
@@ -132,6 +136,10 @@ impl Activation {
         call: Call,
     ) -> std::result::Result<(), Call> {
         let info = self.info.methods.get(call.method as usize);
+        if self.storage.sync_failed() {
+            // The object is reset first, in the turn with a future.
+            return Err(call);
+        }
         let Some(object) = instance.as_mut() else { return Err(call) };
         if !info.is_some_and(|info| !info.is_async && info.fingerprint == call.fingerprint) {
             return Err(call);
@@ -158,9 +166,24 @@ impl Activation {
         Ok(())
     }
 
-    /// The output gate: commits the turn's writes and releases the reply, or
-    /// rolls them back if the turn failed.
-    fn end_turn(
+    /// Starts a turn's transaction; first, if a sync of the object's
+    /// database failed since its last turn, drops the instance and closes
+    /// the database, so that the turn starts from what is on disk.
+    pub(super) fn begin_turn(&self, instance: &mut Option<Instance>) {
+        if let Some(reason) = self.storage.take_sync_failure() {
+            tracing::warn!(
+                r#type = self.info.name, object = %self.id, reason,
+                "a sync of the object's database failed: the object is reset"
+            );
+            self.discard(instance);
+            self.storage.close();
+        }
+        self.storage.begin_turn();
+    }
+
+    /// The output gate: commits the turn's writes and releases the reply
+    /// once they are durable, or rolls them back if the turn failed.
+    pub(super) fn end_turn(
         &self,
         instance: &mut Option<Instance>,
         ending: Ending,
@@ -182,8 +205,12 @@ impl Activation {
             }
         };
         watch.end(&self.info.observe, Outcome::of(&outcome));
+        // Every reply waits for the commits before it to be durable, even
+        // one that wrote nothing: it may have read them (see `storage/flush.rs`).
         // The caller may have stopped waiting; the turn counts all the same.
-        let _ = reply.send(outcome);
+        self.storage.release(move |synced| {
+            let _ = reply.send(outcome.and_then(|value| synced.map(|()| value)));
+        });
     }
 
     /// Commits the turn's writes, watched (the `stead.commit` span and

@@ -58,7 +58,7 @@ pub(crate) const ALARMS_TOTAL: &str = "stead_alarms_total";
 
 /// The values of the `outcome` label and field: `ok`, the kind of the
 /// error, or `abandoned` (the caller dropped the call's future first).
-const OUTCOMES: [&str; 16] = [
+const OUTCOMES: [&str; 17] = [
     "ok",
     "invalid_id",
     "not_hosted",
@@ -75,6 +75,7 @@ const OUTCOMES: [&str; 16] = [
     "config",
     "error",
     "abandoned",
+    "alarm_failed",
 ];
 
 /// How a call or turn ended: an index in [`OUTCOMES`].
@@ -115,6 +116,7 @@ impl Outcome {
             Error::Incompatible(_) => 11,
             Error::Transport(_) => 12,
             Error::Config(_) => 13,
+            Error::AlarmFailed(_) => 16,
         })
     }
 
@@ -302,6 +304,12 @@ impl TypeObserver {
         );
         let timed = self.metrics.is_some() || !span.is_disabled();
         TurnWatch { span, started: timed.then(Instant::now), method }
+    }
+
+    /// A turn that is neither counted nor traced (a visit of
+    /// `stead::testing`).
+    pub(crate) fn unwatched(&self) -> TurnWatch {
+        TurnWatch { span: Span::none(), started: None, method: None }
     }
 
     /// A call of `method` that was refused before its turn (a full
