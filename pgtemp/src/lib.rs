@@ -145,20 +145,19 @@ impl TempPostgres {
         Ok(())
     }
 
-    /// Freezes every process of the server (`SIGSTOP`): connections stay
-    /// open but nothing answers, as when the server or its network hangs.
+    /// Freezes every process of the server (`SIGSTOP` to the postmaster
+    /// and each of its children): connections stay open but nothing
+    /// answers, as when the server or its network hangs.
     pub fn pause(&self) {
-        self.signal_all(libc::SIGSTOP);
+        if let Some(server) = &self.server {
+            server.signal_tree(libc::SIGSTOP);
+        }
     }
 
     /// Lets a [`pause`](Self::pause)d server run on.
     pub fn resume(&self) {
-        self.signal_all(libc::SIGCONT);
-    }
-
-    fn signal_all(&self, signal: libc::c_int) {
         if let Some(server) = &self.server {
-            server.signal_group(signal);
+            server.signal_tree(libc::SIGCONT);
         }
     }
 
@@ -175,12 +174,12 @@ impl TempPostgres {
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::piped())
-            // Its own process group, so that `pause` reaches every backend.
+            // Its own process group, so that a last SIGKILL reaches what
+            // is left of it.
             .process_group(0);
         as_user(&mut command, self.user);
-        let mut child = command
-            .spawn()
-            .map_err(|e| Error(format!("cannot run {}/postgres: {e}", self.bin.display())))?;
+        let mut child =
+            command.spawn().map_err(|e| Error(format!("cannot run {}/postgres: {e}", self.bin.display())))?;
         let output = Arc::new(Mutex::new(Vec::new()));
         if let Some(stderr) = child.stderr.take() {
             let sink = output.clone();
@@ -236,6 +235,32 @@ impl Server {
         self.output.lock().unwrap_or_else(|e| e.into_inner()).join("\n")
     }
 
+    /// Signals the postmaster and its children (each backend runs in a
+    /// session of its own, out of reach of a signal to the group).
+    fn signal_tree(&self, signal: libc::c_int) {
+        let postmaster = self.child.id();
+        let mut pids = vec![postmaster];
+        if let Ok(procs) = std::fs::read_dir("/proc") {
+            for entry in procs.flatten() {
+                let Some(pid) = entry.file_name().to_str().and_then(|n| n.parse::<u32>().ok()) else {
+                    continue;
+                };
+                let stat = std::fs::read_to_string(entry.path().join("stat")).unwrap_or_default();
+                // "pid (comm) state ppid ...": the command may hold spaces.
+                let ppid = stat.rsplit_once(')').and_then(|(_, rest)| rest.split_whitespace().nth(1));
+                if ppid.and_then(|p| p.parse::<u32>().ok()) == Some(postmaster) {
+                    pids.push(pid);
+                }
+            }
+        }
+        for pid in pids {
+            if let Ok(pid) = libc::pid_t::try_from(pid) {
+                // SAFETY: `kill` has no memory-safety preconditions.
+                unsafe { libc::kill(pid, signal) };
+            }
+        }
+    }
+
     fn signal_group(&self, signal: libc::c_int) {
         if let Ok(pid) = libc::pid_t::try_from(self.child.id()) {
             // SAFETY: `kill` has no memory-safety preconditions; the group
@@ -247,7 +272,7 @@ impl Server {
     /// Sends the postmaster `signal` (after waking it, were it paused) and
     /// waits for it to exit; past the patience, kills its whole group.
     fn stop(mut self, signal: libc::c_int) {
-        self.signal_group(libc::SIGCONT);
+        self.signal_tree(libc::SIGCONT);
         if let Ok(pid) = libc::pid_t::try_from(self.child.id()) {
             // SAFETY: as above.
             unsafe { libc::kill(pid, signal) };

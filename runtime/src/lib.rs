@@ -59,7 +59,7 @@ mod wire;
 #[doc(hidden)]
 pub mod __private;
 
-pub use cluster::Directory;
+pub use cluster::{Directory, NodeInfo};
 pub use context::Context;
 pub use error::{Error, Result};
 pub use id::ObjectId;
