@@ -234,7 +234,7 @@ async fn three_nodes_racing_for_one_named_object_end_with_one_activation() {
         let id = registers.id_from_name(&name);
         // One stub aimed at each node, all first calls at once.
         let calls: Vec<_> =
-            ["ohio", "seoul", "osaka"].iter().map(|node| registers.stub_at(&id, *node).add(1)).collect();
+            ["ohio", "seoul", "osaka"].iter().map(|node| registers.stub_at(&id, node).add(1)).collect();
         let mut totals = Vec::new();
         for call in calls {
             totals.push(call.await.unwrap().unwrap());

@@ -49,7 +49,7 @@ enum Mode {
     /// A fixed peer list; the first peer keeps the directory.
     Static { coordinator: String },
     /// Membership and directory in PostgreSQL.
-    Postgres(PostgresMode),
+    Postgres(Box<PostgresMode>),
 }
 
 struct PostgresMode {
@@ -139,7 +139,7 @@ impl Cluster {
             return Ok(Arc::new(Cluster {
                 me: config.node.clone(),
                 hosts: hosts_owned,
-                mode: Mode::Postgres(PostgresMode { members, lease, length }),
+                mode: Mode::Postgres(Box::new(PostgresMode { members, lease, length })),
                 connections,
                 directory,
                 local_directory: None,
@@ -213,16 +213,18 @@ impl Cluster {
     /// while its lease holds (see `membership.rs`).
     pub(crate) fn serving(&self) -> Result<()> {
         match &self.mode {
-            Mode::Postgres(PostgresMode { lease: Some(lease), .. }) => lease.check(),
-            _ => Ok(()),
+            Mode::Postgres(pg) => pg.lease.as_ref().map_or(Ok(()), |lease| lease.check()),
+            Mode::Static { .. } => Ok(()),
         }
     }
 
     /// Leaves a PostgreSQL cluster at shutdown: the node counts as dead at
     /// once instead of when its lease lapses.
     pub(crate) async fn leave(&self) {
-        if let Mode::Postgres(PostgresMode { members, lease: Some(lease), .. }) = &self.mode {
-            members.leave(lease).await;
+        if let Mode::Postgres(pg) = &self.mode
+            && let Some(lease) = &pg.lease
+        {
+            pg.members.leave(lease).await;
         }
     }
 
