@@ -254,6 +254,31 @@ async fn three_nodes_racing_for_one_named_object_end_with_one_activation() {
     }
 }
 
+/// The race above, many times over, from two clients at once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "heavy: a hundred races; run with --ignored"]
+async fn a_hundred_races_from_two_clients_each_end_with_one_activation() {
+    let cluster = PgCluster::start(&["ohio", "seoul", "osaka"], LEASE);
+    let (a, b) = (cluster.client("worker-a").await, cluster.client("worker-b").await);
+    let (registers_a, registers_b) = (a.namespace::<Register>(), b.namespace::<Register>());
+    for round in 0..100 {
+        let name = format!("contested-{round}");
+        let id = registers_a.id_from_name(&name);
+        let mut calls = Vec::new();
+        for node in ["ohio", "seoul", "osaka"] {
+            calls.push(registers_a.stub_at(&id, node).add(1));
+            calls.push(registers_b.stub_at(&id, node).add(1));
+        }
+        let mut totals = Vec::new();
+        for call in calls {
+            totals.push(call.await.unwrap().unwrap());
+        }
+        totals.sort();
+        assert_eq!(totals, [1, 2, 3, 4, 5, 6]);
+        assert_eq!(cluster.activations(&id), 1);
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_node_that_joins_late_is_discovered_and_used() {
     let mut cluster = PgCluster::start(&["ohio", "seoul"], LEASE);

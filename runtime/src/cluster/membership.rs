@@ -53,6 +53,9 @@ const LEAVE: &str = "UPDATE stead_nodes SET lease_until = now() WHERE name = $1 
 const MEMBERS: &str =
     "SELECT name, incarnation, addr, hosts, lease_until > now() FROM stead_nodes ORDER BY name";
 
+/// How long shutdown waits for PostgreSQL to take note that the node left.
+const LEAVE_TIMEOUT: Duration = Duration::from_secs(1);
+
 /// A node's lease, as the node itself sees it.
 pub(crate) struct Lease {
     /// The node's name.
@@ -277,7 +280,7 @@ impl Members {
         lease.end("the node shut down");
         let (name, incarnation) = (&lease.name, lease.incarnation);
         let left = self
-            .with(self.timeout, "leaving the cluster", async |c| {
+            .with(self.timeout.min(LEAVE_TIMEOUT), "leaving the cluster", async |c| {
                 c.client.execute(LEAVE, &[name, &incarnation]).await.map(drop)
             })
             .await;

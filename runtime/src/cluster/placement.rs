@@ -352,6 +352,9 @@ impl Cluster {
         let mut asked = target.to_string();
         for _ in 0..MAX_HOPS {
             if self.me.as_deref() == Some(asked.as_str()) {
+                if !self.hosts.iter().any(|h| h == type_name) {
+                    return Err(Error::not_hosted(type_name));
+                }
                 return self.claim(type_name, id, name).await;
             }
             let request = DirectoryRequest::Place {

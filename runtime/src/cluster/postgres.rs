@@ -13,7 +13,8 @@
 //!   the members (see `membership.rs`).
 //! - `stead_objects (type, id, name, owner, epoch, created_at)`: the
 //!   directory. A node claims an object for itself with one
-//!   `INSERT .. ON CONFLICT DO NOTHING`, allowed only while its lease holds;
+//!   `INSERT .. ON CONFLICT DO NOTHING RETURNING owner`, allowed only while
+//!   its lease holds (a conflict costs a second round trip, a lookup);
 //!   the first claim wins and is kept (`epoch` 1: moving an object will bump
 //!   it with one conditional `UPDATE`).
 //!
@@ -66,23 +67,17 @@ CREATE TABLE stead_objects (
     created_at timestamptz NOT NULL DEFAULT now(),
     PRIMARY KEY (type, id)
 );
-CREATE INDEX stead_objects_owner ON stead_objects (owner);
 ";
 
 /// A claim: the object is inserted for node `$4` only while its
-/// incarnation `$5` holds its lease; either way the owner is returned (in
-/// the common cases, in this one round trip).
+/// incarnation `$5` holds its lease, and its owner returned. No row: it was
+/// placed already (or the lease lapsed), and a lookup says by whom.
 const CLAIM: &str = "
-WITH claimed AS (
-    INSERT INTO stead_objects (type, id, name, owner, epoch)
-    SELECT $1, $2, $3, $4, 1
-    WHERE EXISTS (SELECT 1 FROM stead_nodes
-                  WHERE name = $4 AND incarnation = $5 AND lease_until > now())
-    ON CONFLICT (type, id) DO NOTHING
-    RETURNING owner)
-SELECT owner FROM claimed
-UNION ALL
-SELECT owner FROM stead_objects WHERE type = $1 AND id = $2";
+INSERT INTO stead_objects (type, id, name, owner, epoch)
+SELECT $1, $2, $3, $4, 1
+WHERE EXISTS (SELECT 1 FROM stead_nodes WHERE name = $4 AND incarnation = $5 AND lease_until > now())
+ON CONFLICT (type, id) DO NOTHING
+RETURNING owner";
 
 const LOOKUP: &str = "SELECT owner FROM stead_objects WHERE type = $1 AND id = $2";
 
@@ -342,8 +337,7 @@ impl PostgresDirectory {
         if let Some(row) = rows.first() {
             return get::<String>(row, 0, "stead_objects.owner");
         }
-        // Nothing inserted and nothing seen: a claim that committed after
-        // this statement began, or this node's lease lapsed.
+        // Nothing inserted: placed already, or this node's lease lapsed.
         match self.lookup_now(type_name, id).await? {
             Some(owner) => Ok(owner),
             None => Err(Error::Unavailable(format!(
