@@ -178,3 +178,63 @@ pub(crate) fn check_name(name: &str) -> Result<()> {
     }
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn postgres_node() -> ClusterConfig {
+        ClusterConfig {
+            node: Some("ohio".into()),
+            postgres: Some("host=127.0.0.1 user=postgres".into()),
+            listen: Some("127.0.0.1:0".parse().unwrap()),
+            identity: stead_transport::tls::stranger_identity("ohio").ok(),
+            ..ClusterConfig::default()
+        }
+    }
+
+    fn refusal(config: &ClusterConfig) -> String {
+        match config.validate() {
+            Err(Error::Config(message)) => message,
+            other => panic!("expected a Config error, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn a_postgres_node_is_valid_with_a_listen_address() {
+        postgres_node().validate().unwrap();
+    }
+
+    #[test]
+    fn each_postgres_setting_that_cannot_work_is_refused_saying_what_to_do() {
+        let mut both = postgres_node();
+        both.peers.push(("ohio".into(), "127.0.0.1:4701".parse().unwrap()));
+        assert!(refusal(&both).contains("both `.postgres(..)` and `.peer(\"ohio\", ..)`"));
+
+        let no_listen = ClusterConfig { listen: None, ..postgres_node() };
+        assert!(refusal(&no_listen).contains("needs `.listen(address)`"));
+
+        let anywhere = ClusterConfig { listen: Some("0.0.0.0:4701".parse().unwrap()), ..postgres_node() };
+        assert!(refusal(&anywhere).contains("add `.advertise(address)`"));
+        let advertised = ClusterConfig { advertise: Some("127.0.0.1:4701".parse().unwrap()), ..anywhere };
+        advertised.validate().unwrap();
+
+        let short = ClusterConfig { lease: Some(Duration::from_millis(100)), ..postgres_node() };
+        assert!(refusal(&short).contains("must be at least"));
+
+        let empty = ClusterConfig { postgres: Some(" ".into()), ..postgres_node() };
+        assert!(refusal(&empty).contains("needs a connection string"));
+    }
+
+    #[test]
+    fn postgres_settings_without_postgres_are_refused() {
+        let config = ClusterConfig {
+            node: Some("ohio".into()),
+            peers: vec![("ohio".into(), "127.0.0.1:4701".parse().unwrap())],
+            lease: Some(Duration::from_secs(5)),
+            identity: stead_transport::tls::stranger_identity("ohio").ok(),
+            ..ClusterConfig::default()
+        };
+        assert!(refusal(&config).contains("belong to a PostgreSQL cluster"));
+    }
+}
