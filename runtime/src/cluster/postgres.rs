@@ -248,16 +248,15 @@ async fn setup_now(conninfo: &str, create: bool) -> Result<String> {
             .await
             .map_err(failed)?;
     }
-    let rows = tx.query("SELECT version, cluster_id FROM stead_schema", &[]).await.map_err(failed)?;
-    let (version, cluster_id) = match rows.as_slice() {
-        [row] => {
-            (get::<i32>(row, 0, "stead_schema.version")?, get::<String>(row, 1, "stead_schema.cluster_id")?)
-        }
+    // The version first, alone: a newer release may have changed the rest.
+    let versions = tx.query("SELECT version FROM stead_schema", &[]).await.map_err(failed)?;
+    let version = match versions.as_slice() {
+        [row] => get::<i32>(row, 0, "stead_schema.version")?,
         _ => {
             return Err(Error::Storage(format!(
                 "the table `stead_schema` must hold one row, and it holds {}: it was changed by hand; \
-                 restore it from the other nodes' database or a backup",
-                rows.len()
+                 restore it from a backup",
+                versions.len()
             )));
         }
     };
@@ -274,6 +273,8 @@ async fn setup_now(conninfo: &str, create: bool) -> Result<String> {
              changed by hand"
         )));
     }
+    let row = tx.query_one("SELECT cluster_id FROM stead_schema", &[]).await.map_err(failed)?;
+    let cluster_id = get::<String>(&row, 0, "stead_schema.cluster_id")?;
     tx.commit().await.map_err(failed)?;
     Ok(cluster_id)
 }
