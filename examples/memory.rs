@@ -8,10 +8,15 @@
 //! idle objects on a busy node. Creating a database costs a few
 //! milliseconds (file creation and fsyncs), hence the smaller default.
 //! Each round runs in a process of its own, so that neither measures memory
-//! the other freed.
+//! the other freed. A round that takes more than a second shows a progress
+//! bar on stderr (when it is a terminal).
+
+#[path = "support/progress.rs"]
+mod progress;
 
 use std::time::{Duration, Instant};
 
+use progress::Progress;
 use stead::{Context, Durability, Runtime, durable_object};
 
 /// The smallest useful object: a counter.
@@ -58,6 +63,9 @@ async fn round(count: usize, store: bool) -> stead::Result<()> {
         .idle_timeout(Duration::from_secs(3600));
     let rt = if store { builder.data_dir(&dir) } else { builder.in_memory() }.build().await?;
     let objects = rt.namespace::<Small>();
+    // Made before the first measure, so that its own memory is not counted.
+    let what = if store { "creating objects with a database" } else { "activating objects" };
+    let progress = Progress::new(count as u64, what);
     let before = resident_bytes();
     let started = Instant::now();
     for i in 0..count {
@@ -67,9 +75,11 @@ async fn round(count: usize, store: bool) -> stead::Result<()> {
         } else {
             stub.hit().await?;
         }
+        progress.inc(1);
     }
     let elapsed = started.elapsed();
     let after = resident_bytes();
+    drop(progress);
     let per_object = after.saturating_sub(before) as f64 / count as f64;
     println!(
         "{count} objects {}: {} in memory, {} databases open, {:.0} bytes resident per object \

@@ -927,9 +927,13 @@ async fn shutdown_under_steady_remote_traffic_finishes_and_every_committed_call_
     };
     let shut_down = cluster.node(1).wait_for("shut down ok=");
     assert!(shut_down.starts_with("true"), "shutdown did not finish cleanly: {shut_down}");
+    // Every caller learns of the shutdown from the node, well before its
+    // calls would time out (`call_timeout`, 30 s): a call sent on a stream
+    // the node has finished fails at once.
     let mut replied = Vec::new();
     for caller in callers {
-        replied.push(caller.await.unwrap());
+        let caller = tokio::time::timeout(Duration::from_secs(15), caller);
+        replied.push(caller.await.expect("a caller waited for a reply the node never sent").unwrap());
     }
     creator.await.unwrap();
     cluster.node(1).wait_for("exiting");

@@ -207,3 +207,57 @@ async fn plain_and_waiting_methods_from_many_tasks_never_overlap_and_all_run() {
     assert_eq!(ns.stub(&id).calls().await.unwrap(), 8 * 200);
     assert_eq!(MIXED_MAX_IN_TURN.load(Ordering::SeqCst), 1);
 }
+
+/// Stores a changed value in every turn: each turn's commit needs a sync.
+pub struct Ledger {
+    ctx: Context,
+}
+
+#[durable_object]
+impl Ledger {
+    pub async fn new(ctx: Context) -> Self {
+        Ledger { ctx }
+    }
+
+    pub fn put(&mut self, seq: u64) -> stead::Result<()> {
+        self.ctx.storage().put("last", &seq)
+    }
+}
+
+/// Sixty-four callers keep one durable object busy until it has run a
+/// hundred turns per caller: every caller must have completed at least a
+/// tenth of that share while the others were calling. (A drain task whose
+/// mailbox never empties used to keep its worker to itself: a caller queued
+/// behind it on that worker ran again only once all the others had stopped,
+/// having completed one call.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sixty_four_callers_on_one_durable_object_all_complete_calls() {
+    const CALLERS: usize = 64;
+    let dir = tempfile::tempdir().unwrap();
+    let rt = Runtime::builder().data_dir(dir.path()).host::<Ledger>().build().await.unwrap();
+    let ns = rt.namespace::<Ledger>();
+    let id = ns.id_from_name("busy");
+    let total = std::sync::Arc::new(AtomicUsize::new(0));
+    let tasks: Vec<_> = (0..CALLERS)
+        .map(|_| {
+            let (stub, total) = (ns.stub(&id), total.clone());
+            tokio::spawn(async move {
+                let mut mine = 0u64;
+                while total.fetch_add(1, Ordering::SeqCst) < CALLERS * 100 {
+                    stub.put(mine).await.unwrap().unwrap();
+                    mine += 1;
+                }
+                mine
+            })
+        })
+        .collect();
+    let mut completed = Vec::new();
+    for task in tasks {
+        completed.push(task.await.unwrap());
+    }
+    assert!(
+        completed.iter().all(|&calls| calls >= 10),
+        "every caller completes calls while the others call; calls per caller: {completed:?}"
+    );
+    rt.shutdown().await.unwrap();
+}

@@ -163,6 +163,14 @@ fn declarations(ident: &Ident, name: &str, methods: &[Method<'_>], body: &TokenS
                 }
             }
 
+            impl ::stead::__private::ObjectStub for #stub {
+                type Object = #ident;
+
+                fn __core(&self) -> &::stead::__private::StubCore {
+                    &self.#core
+                }
+            }
+
             // The generated code calls the user's methods: deprecating one
             // is meant for its other callers (the stub method inherits it).
             #[allow(deprecated)]

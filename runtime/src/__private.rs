@@ -11,7 +11,7 @@ pub use crate::context::Context;
 pub use crate::error::{Error, Result};
 pub use crate::local::{AlarmInfo, BoxFuture, DispatchError, Dispatched, MethodInfo};
 pub use crate::object::DurableObject;
-pub use crate::stub::{ArgsWriter, PendingCall, StubCore, call};
+pub use crate::stub::{ArgsWriter, ObjectStub, PendingCall, StubCore, call};
 
 /// Reads a method's arguments one by one, as `ArgsWriter` wrote them.
 pub struct ArgsReader<'a> {

@@ -61,6 +61,11 @@ pub enum Error {
     /// The runtime was configured wrongly.
     #[error("invalid configuration: {0}")]
     Config(String),
+    /// An alarm handler returned an error (reported by
+    /// `stead::testing::run_alarm`; the runtime retries the alarm with
+    /// backoff, as it does for alarms that come due by themselves).
+    #[error("{0}")]
+    AlarmFailed(String),
 }
 
 impl Error {

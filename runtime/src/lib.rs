@@ -35,6 +35,7 @@
 //! | ids and their MACs ([`ObjectId`]), the cluster secret | `id.rs`, `secret.rs` |
 //! | messages between nodes | `wire.rs` |
 //! | every memory bound, with its default ([`Limits`]) | `limits.rs` |
+//! | the testing kit: test runtimes, alarms run now, instances reached in a turn, ids listed ([`testing`]) | `testing.rs`, `local/visit.rs`, `storage/listing.rs` |
 //! | the one [`Error`] type | `error.rs` |
 //!
 //! Imports run downward: `storage/` imports none of `local/`, `cluster/`
@@ -55,6 +56,7 @@ mod secret;
 mod storage;
 mod stub;
 mod sync;
+pub mod testing;
 mod wire;
 
 #[doc(hidden)]
@@ -70,7 +72,7 @@ pub use namespace::Namespace;
 pub use object::DurableObject;
 pub use runtime::{
     DEFAULT_ALARM_RETRY_DELAY, DEFAULT_CALL_TIMEOUT, DEFAULT_IDLE_TIMEOUT, DEFAULT_MAILBOX_CAPACITY,
-    DEFAULT_MAX_OPEN_DATABASES, DEFAULT_SHUTDOWN_TIMEOUT, Runtime, RuntimeBuilder,
+    DEFAULT_MAX_OPEN_DATABASES, DEFAULT_SHUTDOWN_TIMEOUT, DEFAULT_SYNC_THREADS, Runtime, RuntimeBuilder,
 };
 pub use storage::{Durability, ListOptions, MAX_KEY_LEN, Storage};
 
@@ -82,4 +84,4 @@ pub mod tls {
 /// The SQLite bindings behind [`Storage::sql`], re-exported so that user code
 /// uses the same version.
 pub use rusqlite;
-pub use stub::PendingCall;
+pub use stub::{ObjectStub, PendingCall};

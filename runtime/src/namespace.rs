@@ -109,12 +109,26 @@ impl<T: DurableObject> Namespace<T> {
     /// first call comes through this stub (cluster only).
     fn stub_core(&self, id: &ObjectId, target: Option<String>) -> StubCore {
         let host = self.runtime.host().clone();
-        StubCore::new(host, self.runtime.cluster().cloned(), self.hosted.clone(), T::NAME, *id, target)
+        let runtime = self.runtime.downgrade();
+        StubCore::new(
+            host,
+            runtime,
+            self.runtime.cluster().cloned(),
+            self.hosted.clone(),
+            T::NAME,
+            *id,
+            target,
+        )
     }
 
     /// The name of the object type, as used in ids and storage paths.
     pub fn type_name(&self) -> &'static str {
         T::NAME
+    }
+
+    /// The runtime this namespace belongs to.
+    pub(crate) fn runtime(&self) -> &Runtime {
+        &self.runtime
     }
 }
 

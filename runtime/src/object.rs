@@ -68,6 +68,10 @@ impl<T: DurableObject> ErasedObject for T {
     fn alarm(&mut self, info: AlarmInfo) -> BoxFuture<'_, std::result::Result<(), String>> {
         self.__alarm(info)
     }
+
+    fn as_any(&mut self) -> &mut dyn std::any::Any {
+        self
+    }
 }
 
 /// Runs `T`'s constructor and erases the instance's type.

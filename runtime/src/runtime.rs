@@ -21,7 +21,7 @@ use crate::local::watchdog::Watchdog;
 use crate::local::{self, Constructor, HostedType, Objects};
 use crate::object::{DurableObject, construct_erased};
 use crate::secret;
-use crate::storage::{AlarmIndex, Durability, Location, OpenDatabases, StorageRoot};
+use crate::storage::{AlarmIndex, Durability, Location, OpenDatabases, StorageRoot, SyncThreads};
 
 /// How long an idle object stays in memory unless configured otherwise.
 pub const DEFAULT_IDLE_TIMEOUT: Duration = Duration::from_secs(60);
@@ -31,6 +31,10 @@ pub const DEFAULT_MAILBOX_CAPACITY: usize = 4096;
 
 /// How many object databases may be open at once unless configured otherwise.
 pub const DEFAULT_MAX_OPEN_DATABASES: usize = 1024;
+
+/// How many threads sync object databases at once, unless
+/// [`RuntimeBuilder::sync_threads`] says otherwise.
+pub const DEFAULT_SYNC_THREADS: usize = 16;
 
 /// How long a caller waits for a reply unless configured otherwise.
 pub const DEFAULT_CALL_TIMEOUT: Duration = Duration::from_secs(30);
@@ -69,6 +73,7 @@ pub struct RuntimeBuilder {
     idle_timeout: Duration,
     mailbox_capacity: usize,
     durability: Durability,
+    sync_threads: usize,
     max_open_databases: usize,
     alarm_retry_delay: Duration,
     call_timeout: Duration,
@@ -76,9 +81,18 @@ pub struct RuntimeBuilder {
     limits: Limits,
     hosts: Vec<(&'static str, MakeHostedType)>,
     cluster: ClusterConfig,
+    /// Alarms run only when `stead::testing::run_alarm` says so.
+    manual_alarms: bool,
 }
 
 impl RuntimeBuilder {
+    /// Delivers no alarm by itself: alarms run when
+    /// `stead::testing::run_alarm` asks (see `testing.rs`).
+    pub(crate) fn manual_alarms(mut self) -> Self {
+        self.manual_alarms = true;
+        self
+    }
+
     /// Keeps object storage (and the cluster secret, unless one is given)
     /// under `path`, which is created if missing.
     pub fn data_dir(mut self, path: impl Into<PathBuf>) -> Self {
@@ -120,6 +134,21 @@ impl RuntimeBuilder {
     /// When a turn's writes count as committed (default [`Durability::Full`]).
     pub fn durability(mut self, durability: Durability) -> Self {
         self.durability = durability;
+        self
+    }
+
+    /// How many threads may sync object databases to disk at once (default
+    /// 16), with [`Durability::Full`] on disk.
+    ///
+    /// Turns never wait for the disk on the tokio workers: a turn commits,
+    /// the object goes on with its next turns, and a sync thread makes the
+    /// commit durable before the replies it covers leave (one sync covers
+    /// every turn committed since the one before). Syncs of different
+    /// objects run in parallel, up to this many: raise it for disks that
+    /// serve many syncs at once (NVMe), lower it to spare a slow disk.
+    /// Threads start when needed and leave after 10 s without work.
+    pub fn sync_threads(mut self, threads: usize) -> Self {
+        self.sync_threads = threads;
         self
     }
 
@@ -316,6 +345,9 @@ impl RuntimeBuilder {
         if self.max_open_databases == 0 {
             return Err(Error::Config("`max_open_databases` must be at least 1".into()));
         }
+        if self.sync_threads == 0 {
+            return Err(Error::Config("`sync_threads` must be at least 1".into()));
+        }
         if self.idle_timeout.is_zero() {
             return Err(Error::Config("`idle_timeout` must be longer than zero".into()));
         }
@@ -371,6 +403,8 @@ impl RuntimeBuilder {
             durability: self.durability,
             open: OpenDatabases::new(if data_dir.is_some() { self.max_open_databases } else { usize::MAX }),
             alarms: AlarmIndex::open(data_dir.as_deref(), self.durability)?,
+            sync: (data_dir.is_some() && self.durability == Durability::Full)
+                .then(|| SyncThreads::new(self.sync_threads)),
         };
         let config = Config {
             idle_timeout: self.idle_timeout,
@@ -387,7 +421,12 @@ impl RuntimeBuilder {
                 .iter()
                 .map(|(name, make)| (*name, Arc::new(make(&secret, &host, WeakRuntime(runtime.clone())))))
                 .collect();
-            RuntimeInner { secret, objects: Arc::new(Objects::new(host.clone(), types)), cluster }
+            RuntimeInner {
+                secret,
+                objects: Arc::new(Objects::new(host.clone(), types)),
+                cluster,
+                manual_alarms: self.manual_alarms,
+            }
         });
         let objects = Arc::downgrade(&inner.objects);
         if let Some(cluster) = &inner.cluster {
@@ -402,7 +441,9 @@ impl RuntimeBuilder {
         }
         host.spawn(local::evict_idle_objects(objects.clone()));
         host.spawn(Watchdog::run(Arc::downgrade(host.watchdog())));
-        host.spawn(local::run_scheduler(objects));
+        if !self.manual_alarms {
+            host.spawn(local::run_scheduler(objects));
+        }
         Ok(Runtime { inner })
     }
 }
@@ -450,6 +491,7 @@ struct RuntimeInner {
     secret: [u8; 32],
     objects: Arc<Objects>,
     cluster: Option<Arc<Cluster>>,
+    manual_alarms: bool,
 }
 
 /// A reference to a runtime that does not keep it alive (for its own tasks).
@@ -472,6 +514,7 @@ impl Runtime {
             idle_timeout: DEFAULT_IDLE_TIMEOUT,
             mailbox_capacity: DEFAULT_MAILBOX_CAPACITY,
             durability: Durability::default(),
+            sync_threads: DEFAULT_SYNC_THREADS,
             max_open_databases: DEFAULT_MAX_OPEN_DATABASES,
             alarm_retry_delay: DEFAULT_ALARM_RETRY_DELAY,
             call_timeout: DEFAULT_CALL_TIMEOUT,
@@ -479,6 +522,7 @@ impl Runtime {
             limits: Limits::default(),
             hosts: Vec::new(),
             cluster: ClusterConfig::default(),
+            manual_alarms: false,
         }
     }
 
@@ -576,6 +620,16 @@ impl Runtime {
 
     pub(crate) fn cluster(&self) -> Option<&Arc<Cluster>> {
         self.inner.cluster.as_ref()
+    }
+
+    /// A reference that does not keep the runtime alive.
+    pub(crate) fn downgrade(&self) -> WeakRuntime {
+        WeakRuntime(Arc::downgrade(&self.inner))
+    }
+
+    /// Whether alarms run only when `stead::testing::run_alarm` asks.
+    pub(crate) fn has_manual_alarms(&self) -> bool {
+        self.inner.manual_alarms
     }
 
     /// The id keys of type `type_name`: its hosted type's, or derived from

@@ -24,6 +24,23 @@ use crate::error::{Error, Result};
 use crate::host::Host;
 use crate::id::ObjectId;
 use crate::local::{Call, Driver, HostedType, LocalReply, Message};
+use crate::object::DurableObject;
+use crate::runtime::{Runtime, WeakRuntime};
+use crate::storage::Storage;
+
+/// A typed stub: what `#[durable_object]` generates as `{Type}Stub`.
+///
+/// Every generated stub implements it, so that functions can take the stub
+/// of any object type (those of [`testing`](crate::testing) do). Do not
+/// implement it by hand.
+pub trait ObjectStub: Clone + Send + Sync + fmt::Debug + 'static {
+    /// The object type this stub calls.
+    type Object: DurableObject;
+
+    /// The untyped core of the stub.
+    #[doc(hidden)]
+    fn __core(&self) -> &StubCore;
+}
 
 /// The address and route shared by a stub and its clones.
 #[doc(hidden)]
@@ -37,6 +54,9 @@ struct Address {
     id: ObjectId,
     type_name: &'static str,
     host: Host,
+    /// The runtime the stub was made by (weak: objects keep stubs, and the
+    /// runtime keeps the objects), for `stead::testing`.
+    runtime: WeakRuntime,
     route: Route,
     /// The first refusal or loss of a call through this stub (and its
     /// clones): every later call fails with it, so that no call runs after a
@@ -52,6 +72,14 @@ impl Address {
             let _ = self.broken.set(err.clone());
         }
     }
+}
+
+/// Why a stub does not reach its object in this runtime directly.
+pub(crate) enum Unreached {
+    /// The type is not hosted here, and there is no cluster.
+    NotHosted,
+    /// The stub routes through a cluster.
+    Cluster,
 }
 
 enum Route {
@@ -70,6 +98,7 @@ impl StubCore {
     /// comes through this stub (cluster only).
     pub(crate) fn new(
         host: Host,
+        runtime: WeakRuntime,
         cluster: Option<Arc<Cluster>>,
         hosted: Option<Arc<HostedType>>,
         type_name: &'static str,
@@ -83,12 +112,34 @@ impl StubCore {
             (None, Some(hosted)) => Route::Local(hosted),
             (None, None) => Route::NotHosted,
         };
-        StubCore { address: Arc::new(Address { id, type_name, host, route, broken: OnceLock::new() }) }
+        StubCore {
+            address: Arc::new(Address { id, type_name, host, runtime, route, broken: OnceLock::new() }),
+        }
     }
 
     /// The id of the object this stub addresses.
     pub fn id(&self) -> ObjectId {
         self.address.id
+    }
+
+    /// The name of the object's type.
+    pub(crate) fn type_name(&self) -> &'static str {
+        self.address.type_name
+    }
+
+    /// The runtime that made this stub, unless it is gone.
+    pub(crate) fn runtime(&self) -> Option<Runtime> {
+        self.address.runtime.upgrade()
+    }
+
+    /// The object's type as hosted by this runtime, when the stub reaches
+    /// it here directly (not through a cluster): else why not.
+    pub(crate) fn hosted_here(&self) -> std::result::Result<&Arc<HostedType>, Unreached> {
+        match &self.address.route {
+            Route::Local(hosted) => Ok(hosted),
+            Route::NotHosted => Err(Unreached::NotHosted),
+            Route::Cluster(_) => Err(Unreached::Cluster),
+        }
     }
 
     /// Queues a call of method `method` with already encoded arguments.
@@ -107,6 +158,9 @@ impl StubCore {
     fn route(&self, method: u32, fingerprint: u64, args: Vec<u8>) -> Result<Reply> {
         let address = &*self.address;
         address.host.check_accepting()?;
+        // A call made by a turn is output: it waits until the turns of the
+        // caller's object before this one are durable (`storage/flush.rs`).
+        Storage::hold_output();
         let (reply, receiver) = oneshot::channel();
         let call = Call { method, fingerprint, args, reply };
         match &address.route {

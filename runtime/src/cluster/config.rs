@@ -183,12 +183,22 @@ pub(crate) fn check_name(name: &str) -> Result<()> {
 mod tests {
     use super::*;
 
+    /// An identity of a CA of its own: `validate` only checks that there
+    /// is one. (Each test its own name: the CA's directory is per name.)
+    fn identity(test: &str) -> Option<stead_transport::Identity> {
+        stead_transport::tls::stranger_identity(&format!("config-{test}")).ok()
+    }
+
     fn postgres_node() -> ClusterConfig {
+        postgres_node_of("node")
+    }
+
+    fn postgres_node_of(test: &str) -> ClusterConfig {
         ClusterConfig {
             node: Some("ohio".into()),
             postgres: Some("host=127.0.0.1 user=postgres".into()),
             listen: Some("127.0.0.1:0".parse().unwrap()),
-            identity: stead_transport::tls::stranger_identity("ohio").ok(),
+            identity: identity(test),
             ..ClusterConfig::default()
         }
     }
@@ -207,6 +217,7 @@ mod tests {
 
     #[test]
     fn each_postgres_setting_that_cannot_work_is_refused_saying_what_to_do() {
+        let postgres_node = || postgres_node_of("settings");
         let mut both = postgres_node();
         both.peers.push(("ohio".into(), "127.0.0.1:4701".parse().unwrap()));
         assert!(refusal(&both).contains("both `.postgres(..)` and `.peer(\"ohio\", ..)`"));
@@ -232,7 +243,7 @@ mod tests {
             node: Some("ohio".into()),
             peers: vec![("ohio".into(), "127.0.0.1:4701".parse().unwrap())],
             lease: Some(Duration::from_secs(5)),
-            identity: stead_transport::tls::stranger_identity("ohio").ok(),
+            identity: identity("static"),
             ..ClusterConfig::default()
         };
         assert!(refusal(&config).contains("belong to a PostgreSQL cluster"));

@@ -49,6 +49,8 @@ struct State {
     pending: HashMap<u64, ReplySender>,
     /// The pump is done: the reader task ends once no call waits.
     closed: bool,
+    /// The stream ended (cleanly or not): no response will come any more.
+    ended: bool,
 }
 
 impl Inbound {
@@ -69,9 +71,18 @@ impl Inbound {
         self.reader.notify_one();
     }
 
-    /// Records that the call `seq` waits for its response.
+    /// Records that the call `seq` waits for its response; fails it at once
+    /// if the stream has ended already (the node finished it, at shutdown),
+    /// since no response can come any more.
     pub(crate) fn expect(&self, seq: u64, reply: ReplySender) {
-        lock(&self.state).pending.insert(seq, reply);
+        let mut state = lock(&self.state);
+        if !state.ended {
+            state.pending.insert(seq, reply);
+            return;
+        }
+        drop(state);
+        self.broken.store(true, Ordering::Release);
+        let _ = reply.send(Err(self.broken_error()));
     }
 
     /// How many calls wait for their responses.
@@ -139,6 +150,7 @@ impl Inbound {
             };
             if ended {
                 state.frames = None;
+                state.ended = true;
             }
             ended
         };

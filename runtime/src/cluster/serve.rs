@@ -18,6 +18,7 @@ use tokio::sync::oneshot;
 
 use super::placement::Cluster;
 use crate::error::{Error, Result};
+use crate::host::{Host, Tracked};
 use crate::id::ObjectId;
 use crate::local::{Call, Driver, HostedType, LocalReply, Message, Objects};
 use crate::wire::{
@@ -211,6 +212,11 @@ async fn admit(
 /// does not matter. The stream is finished when the last user is done.
 struct Responder {
     send: tokio::sync::Mutex<SendStream>,
+    /// Replies that tasks still wait for (a busy object's, or one held by
+    /// the output gate until its commit is durable), and a signal when one
+    /// is written.
+    awaited: AtomicUsize,
+    written: tokio::sync::Notify,
 }
 
 impl Responder {
@@ -247,13 +253,37 @@ fn undeliverable(seq: u64, why: String) -> Vec<u8> {
 
 impl Responder {
     /// Ends the stream at shutdown, once every reply is written: waits (at
-    /// most `grace`) until the peer has received all of it, so that closing
-    /// the endpoint does not drop replies of turns that committed.
+    /// most `grace`) for the replies tasks still wait for, then until the
+    /// peer has received all of it, so that closing the endpoint does not
+    /// drop replies of turns that committed.
     async fn finish(&self, grace: Duration) {
-        let mut send = self.send.lock().await;
-        if send.finish().is_ok() {
-            let _ = tokio::time::timeout(grace, send.stopped()).await;
-        }
+        let _ = tokio::time::timeout(grace, async {
+            loop {
+                let written = self.written.notified();
+                if self.awaited.load(Ordering::SeqCst) == 0 {
+                    break;
+                }
+                written.await;
+            }
+            let mut send = self.send.lock().await;
+            if send.finish().is_ok() {
+                let _ = send.stopped().await;
+            }
+        })
+        .await;
+    }
+
+    /// Writes the reply `reply` brings, from a task of its own.
+    fn respond_later(self: &Arc<Self>, host: &Host, seq: u64, reply: LocalReply, replying: Tracked) {
+        self.awaited.fetch_add(1, Ordering::SeqCst);
+        let responder = self.clone();
+        host.spawn(async move {
+            let result = reply.await;
+            responder.respond(Response { seq, result }).await;
+            responder.awaited.fetch_sub(1, Ordering::SeqCst);
+            responder.written.notify_waiters();
+            drop(replying);
+        });
     }
 }
 
@@ -284,7 +314,11 @@ async fn serve_object(
                  directory did not answer); retry later"
             )))
         });
-    let responder = Arc::new(Responder { send: tokio::sync::Mutex::new(send) });
+    let responder = Arc::new(Responder {
+        send: tokio::sync::Mutex::new(send),
+        awaited: Default::default(),
+        written: tokio::sync::Notify::new(),
+    });
     // The first call of this stream that was refused, if any.
     let mut refused: Option<Error> = None;
     loop {
@@ -348,14 +382,7 @@ async fn serve_object(
                 let polled = Pin::new(&mut reply).poll(&mut TaskContext::from_waker(Waker::noop()));
                 match polled {
                     Poll::Ready(result) => responder.respond(Response { seq, result }).await,
-                    Poll::Pending => {
-                        let responder = responder.clone();
-                        host.spawn(async move {
-                            let result = reply.await;
-                            responder.respond(Response { seq, result }).await;
-                            drop(replying);
-                        });
-                    }
+                    Poll::Pending => responder.respond_later(host, seq, reply, replying),
                 }
             }
             Err((err, _)) => {

@@ -51,7 +51,7 @@ pub(crate) struct Activation {
 }
 
 /// How a call's turn passes the output gate.
-enum Ending {
+pub(super) enum Ending {
     /// Commit the turn's writes, then reply with this.
     Commit(Result<Vec<u8>>),
     /// Roll the turn's writes back, then fail the call with this.
@@ -100,6 +100,7 @@ impl Activation {
             match message {
                 Message::Call(call) => self.call(&mut instance, call).await,
                 Message::Alarm(due) => self.alarm_turn(&mut instance, due).await,
+                Message::Visit(visit) => self.visit(&mut instance, visit).await,
             }
             instance
         };
@@ -111,7 +112,7 @@ impl Activation {
     /// the turn failed.
     async fn call(&self, instance: &mut Option<Instance>, call: Call) {
         let Call { method, fingerprint, args, reply } = call;
-        self.storage.begin_turn();
+        self.begin_turn(instance);
         let ending = self.run_method(instance, method, fingerprint, &args).await;
         self.end_turn(instance, ending, reply);
     }
@@ -125,6 +126,10 @@ impl Activation {
         call: Call,
     ) -> std::result::Result<(), Call> {
         let info = self.info.methods.get(call.method as usize);
+        if self.storage.sync_failed() {
+            // The object is reset first, in the turn with a future.
+            return Err(call);
+        }
         let Some(object) = instance.as_mut() else { return Err(call) };
         if !info.is_some_and(|info| !info.is_async && info.fingerprint == call.fingerprint) {
             return Err(call);
@@ -149,9 +154,24 @@ impl Activation {
         Ok(())
     }
 
-    /// The output gate: commits the turn's writes and releases the reply, or
-    /// rolls them back if the turn failed.
-    fn end_turn(&self, instance: &mut Option<Instance>, ending: Ending, reply: ReplySender) {
+    /// Starts a turn's transaction; first, if a sync of the object's
+    /// database failed since its last turn, drops the instance and closes
+    /// the database, so that the turn starts from what is on disk.
+    pub(super) fn begin_turn(&self, instance: &mut Option<Instance>) {
+        if let Some(reason) = self.storage.take_sync_failure() {
+            tracing::warn!(
+                r#type = self.info.name, object = %self.id, reason,
+                "a sync of the object's database failed: the object is reset"
+            );
+            self.discard(instance);
+            self.storage.close();
+        }
+        self.storage.begin_turn();
+    }
+
+    /// The output gate: commits the turn's writes and releases the reply
+    /// once they are durable, or rolls them back if the turn failed.
+    pub(super) fn end_turn(&self, instance: &mut Option<Instance>, ending: Ending, reply: ReplySender) {
         let outcome = match ending {
             Ending::Commit(outcome) => match self.storage.commit_turn() {
                 Ok(()) => outcome,
@@ -166,8 +186,12 @@ impl Activation {
                 Err(err)
             }
         };
+        // Every reply waits for the commits before it to be durable, even
+        // one that wrote nothing: it may have read them (see `storage/flush.rs`).
         // The caller may have stopped waiting; the turn counts all the same.
-        let _ = reply.send(outcome);
+        self.storage.release(move |synced| {
+            let _ = reply.send(outcome.and_then(|value| synced.map(|()| value)));
+        });
     }
 
     async fn run_method(

@@ -35,6 +35,7 @@ use super::mailbox::Message;
 use super::objects::Objects;
 use super::schedule::Driver;
 use crate::error::Error;
+use crate::id::ObjectId;
 use crate::storage::AlarmDue;
 
 /// How many times a failing alarm handler is retried.
@@ -50,7 +51,7 @@ pub const MAX_ALARMS_IN_FLIGHT: usize = 256;
 const IDLE_POLL: Duration = Duration::from_millis(250);
 
 /// Why an alarm's turn failed (the alarm is then retried).
-enum AlarmFailure {
+pub(crate) enum AlarmFailure {
     /// The handler returned this error.
     Handler(String),
     /// The handler panicked with this message.
@@ -69,6 +70,41 @@ impl fmt::Display for AlarmFailure {
     }
 }
 
+impl AlarmFailure {
+    /// The error that `stead::testing::run_alarm` reports for the failed
+    /// turn of `due`, saying what becomes of the alarm (`retry`: the retry
+    /// indexed, if any).
+    pub(crate) fn into_error(
+        self,
+        type_name: &str,
+        id: &ObjectId,
+        due: &AlarmDue,
+        retry: Option<u32>,
+    ) -> Error {
+        let next = match retry {
+            Some(retry) => format!(
+                "the alarm stays set and is retried (retry {retry} of {MAX_ALARM_RETRIES}); run it again \
+                 to run that retry now"
+            ),
+            None if due.retries >= MAX_ALARM_RETRIES => {
+                format!("that was its last retry ({MAX_ALARM_RETRIES}), so the alarm was dropped")
+            }
+            None => "its retry could not be indexed (see the warning logged)".to_string(),
+        };
+        let run = if due.retries == 0 { "first run".to_string() } else { format!("retry {}", due.retries) };
+        match self {
+            AlarmFailure::Handler(message) => Error::AlarmFailed(format!(
+                "the alarm handler of `{type_name}` object {id} returned an error on its {run}: {message}; {next}"
+            )),
+            AlarmFailure::Panicked(message) => Error::Panicked(format!(
+                "the alarm handler of `{type_name}` object {id} panicked on its {run}: {message}; its writes \
+                 were rolled back and the instance dropped; {next}"
+            )),
+            AlarmFailure::Runtime(err) => err,
+        }
+    }
+}
+
 impl From<Error> for AlarmFailure {
     fn from(err: Error) -> Self {
         AlarmFailure::Runtime(err)
@@ -80,33 +116,63 @@ pub(crate) fn backoff(base: Duration, retry: u32) -> Duration {
     base.saturating_mul(1 << retry.saturating_sub(1).min(20))
 }
 
+/// What became of an alarm's turn (told to `stead::testing::run_alarm`; the
+/// scheduler needs nothing of it).
+pub(crate) enum AlarmTurn {
+    /// No alarm was due in the object's storage: nothing ran.
+    NotDue,
+    /// The alarm ran (or was deleted, for a type without a handler) and its
+    /// turn committed.
+    Ran,
+    /// The alarm's turn failed and was rolled back; `retry` is the retry
+    /// now indexed, or none if that was the last try and the alarm is
+    /// dropped.
+    Failed { failure: AlarmFailure, retry: Option<u32> },
+}
+
 impl Activation {
     /// One turn: an alarm index entry came due.
     pub(super) async fn alarm_turn(&self, instance: &mut Option<Instance>, due: AlarmDue) {
+        self.alarm_turn_then(instance, due).await;
+    }
+
+    /// [`alarm_turn`](Self::alarm_turn), saying what became of it.
+    pub(super) async fn alarm_turn_then(&self, instance: &mut Option<Instance>, due: AlarmDue) -> AlarmTurn {
         let storage = self.storage();
-        storage.begin_turn();
-        let retrying = match self.run_alarm(instance, &due).await {
-            Ok(()) => match storage.commit_turn() {
-                Ok(()) => false,
+        self.begin_turn(instance);
+        let outcome = match self.run_alarm(instance, &due).await {
+            Ok(ran) => match storage.commit_turn() {
+                Ok(()) if ran => AlarmTurn::Ran,
+                Ok(()) => AlarmTurn::NotDue,
                 Err(err) => {
                     self.discard(instance);
-                    self.retry_alarm(&due, &AlarmFailure::Runtime(err))
+                    self.retry_alarm(&due, AlarmFailure::Runtime(err))
                 }
             },
             Err(failure) => {
                 storage.rollback_turn();
-                self.retry_alarm(&due, &failure)
+                self.retry_alarm(&due, failure)
             }
         };
         // The entry is done. An alarm the object still has (set by the
         // handler, moved later, or not run) gets an entry in the same index
         // transaction, unless a retry was just indexed for it.
+        let retrying = matches!(outcome, AlarmTurn::Failed { retry: Some(_), .. });
         let next = if retrying { None } else { storage.alarm_millis().ok().flatten() };
-        self.host().storage().alarms.finish(&due, next);
+        // Only once the turn is durable: the index must not forget an alarm
+        // whose run a crash could still undo. If the sync failed, the entry
+        // stays due, and the next try checks what the disk says.
+        let root = self.host().storage().clone();
+        storage.release(move |synced| match synced {
+            Ok(()) => root.alarms.finish(&due, next),
+            Err(_) => root.alarms.finish(&due, Some(due.at)),
+        });
+        outcome
     }
 
-    /// Runs the handler if the object's own storage says the alarm is due.
-    async fn run_alarm(&self, instance: &mut Option<Instance>, due: &AlarmDue) -> Result<(), AlarmFailure> {
+    /// Runs the handler if the object's own storage says the alarm is due;
+    /// returns whether it was.
+    async fn run_alarm(&self, instance: &mut Option<Instance>, due: &AlarmDue) -> Result<bool, AlarmFailure> {
         let storage = self.storage();
         let now = self.host().storage().alarms.now();
         match storage.alarm_millis()? {
@@ -115,16 +181,17 @@ impl Activation {
             // stepped back.
             Some(at) if at <= due.at.max(now) => {}
             // Not set, or moved later (the entry was stale): nothing to run.
-            _ => return Ok(()),
+            _ => return Ok(false),
         }
         if !self.info.has_alarm {
-            return Ok(storage.delete_alarm()?);
+            storage.delete_alarm()?;
+            return Ok(true);
         }
         let object = self.instance(instance).await?;
         storage.delete_alarm()?;
         let info = AlarmInfo { retry_count: due.retries, is_retry: due.retries > 0 };
         let failure = match catch_panic(object.alarm(info)).await {
-            Ok(Ok(())) => return Ok(()),
+            Ok(Ok(())) => return Ok(true),
             Ok(Err(message)) => AlarmFailure::Handler(message),
             Err(panic) => AlarmFailure::Panicked(panic),
         };
@@ -133,8 +200,8 @@ impl Activation {
     }
 
     /// Indexes the next try of a failed alarm, or gives up after the last;
-    /// returns whether a retry is indexed.
-    fn retry_alarm(&self, due: &AlarmDue, failure: &AlarmFailure) -> bool {
+    /// says which retry is indexed, if one is.
+    fn retry_alarm(&self, due: &AlarmDue, failure: AlarmFailure) -> AlarmTurn {
         let storage = self.storage();
         let index = &self.host().storage().alarms;
         let reason = failure.to_string();
@@ -151,16 +218,16 @@ impl Activation {
                 }
                 Err(_) => storage.rollback_turn(),
             }
-            return false;
+            return AlarmTurn::Failed { failure, retry: None };
         }
         let delay = backoff(self.host().config().alarm_retry_delay, retry);
         let at = index.now().saturating_add(i64::try_from(delay.as_millis()).unwrap_or(i64::MAX));
         tracing::info!(object = %self.id, r#type = self.info.name, reason, retry, "the alarm failed; retrying");
         match index.schedule(self.info.name, &self.id, at, retry) {
-            Ok(()) => true,
+            Ok(()) => AlarmTurn::Failed { failure, retry: Some(retry) },
             Err(err) => {
                 tracing::warn!(%err, "could not index the alarm's retry");
-                false
+                AlarmTurn::Failed { failure, retry: None }
             }
         }
     }

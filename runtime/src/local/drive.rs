@@ -137,12 +137,18 @@ impl Drainer {
     }
 
     /// Runs turns until the mailbox is empty (in a drain task).
+    ///
+    /// Each turn spends from tokio's cooperative budget, so that a drain
+    /// task whose mailbox never empties (many callers keep it full) still
+    /// yields its worker regularly: the tasks queued behind it, among them
+    /// the callers waiting for their replies, get to run.
     async fn drain(mut self) {
         while let Some(message) = self.next() {
             if let Some(message) = self.try_sync(message) {
                 let instance = self.instance.take();
                 self.instance = self.activation.clone().turn(instance, message).await;
             }
+            tokio::task::coop::consume_budget().await;
         }
     }
 

@@ -169,6 +169,11 @@ impl HostedType {
         }
     }
 
+    /// The objects in memory.
+    pub(crate) fn activations(&self) -> Vec<Arc<Activation>> {
+        self.shards.iter().flat_map(|shard| lock(shard).values().cloned().collect::<Vec<_>>()).collect()
+    }
+
     /// Number of activations in memory.
     pub(crate) fn active_count(&self) -> usize {
         self.shards.iter().map(|shard| lock(shard).len()).sum()

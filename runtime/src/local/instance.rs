@@ -58,6 +58,8 @@ pub(crate) trait ErasedObject: Send + 'static {
     fn dispatch<'a>(&'a mut self, method: u32, args: &'a [u8]) -> BoxFuture<'a, Dispatched>;
     fn dispatch_sync(&mut self, method: u32, args: &[u8]) -> Option<Dispatched>;
     fn alarm(&mut self, info: AlarmInfo) -> BoxFuture<'_, std::result::Result<(), String>>;
+    /// The instance as its own type (for `stead::testing::with_instance`).
+    fn as_any(&mut self) -> &mut dyn std::any::Any;
 }
 
 /// A boxed instance, as kept by an activation.

@@ -15,6 +15,7 @@ use std::collections::VecDeque;
 
 use tokio::sync::oneshot;
 
+use super::visit::Visit;
 use crate::error::Result;
 use crate::storage::AlarmDue;
 
@@ -27,6 +28,8 @@ pub(crate) enum Message {
     Call(Call),
     /// An entry of the node's alarm index is due.
     Alarm(AlarmDue),
+    /// A turn asked for by `stead::testing` (see `visit.rs`).
+    Visit(Visit),
 }
 
 impl Message {
@@ -36,7 +39,7 @@ impl Message {
     pub(crate) fn bound(&self, capacity: usize, bytes: usize) -> Option<Bound> {
         match self {
             Message::Call(_) => Some(Bound { messages: capacity, bytes }),
-            Message::Alarm(_) => None,
+            Message::Alarm(_) | Message::Visit(_) => None,
         }
     }
 
@@ -44,7 +47,7 @@ impl Message {
     pub(crate) fn size(&self) -> usize {
         match self {
             Message::Call(call) => call.args.len(),
-            Message::Alarm(_) => 0,
+            Message::Alarm(_) | Message::Visit(_) => 0,
         }
     }
 }

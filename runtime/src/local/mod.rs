@@ -13,6 +13,7 @@
 //! | `instance.rs` | a type-erased instance, what is known of its type, panics caught |
 //! | `alarms.rs` | the alarm turn, retries, and the scheduler task |
 //! | `eviction.rs` | idle objects leave memory |
+//! | `visit.rs` | the turns of `stead::testing`: a closure on the instance, the alarm now |
 //!
 //! This layer takes a [`Host`] from above and uses storage below; it knows
 //! nothing of the cluster or of the user-facing `Runtime`.
@@ -26,6 +27,7 @@ mod instance;
 mod mailbox;
 mod objects;
 mod schedule;
+mod visit;
 pub(crate) mod watchdog;
 
 pub(crate) use alarms::run_scheduler;
@@ -38,3 +40,4 @@ pub(crate) use instance::{Constructor, ErasedObject, Instance};
 pub(crate) use mailbox::{Call, Message, ReplySender};
 pub(crate) use objects::Objects;
 pub(crate) use schedule::Driver;
+pub(crate) use visit::{Visit, VisitFn};

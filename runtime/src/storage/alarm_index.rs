@@ -216,6 +216,34 @@ impl AlarmIndex {
         lock(&self.in_flight).len()
     }
 
+    /// The entries of one object that are not in flight, earliest first
+    /// (for `stead::testing::run_alarm`, which delivers one of them itself).
+    pub(crate) fn entries_of(&self, type_name: &str, id: &ObjectId) -> Result<Vec<AlarmDue>> {
+        let in_flight = lock(&self.in_flight);
+        let conn = self.conn();
+        let read = (|| {
+            let mut stmt = conn.prepare_cached(
+                "SELECT at, retries FROM alarms WHERE type = ?1 AND id = ?2 ORDER BY at, retries DESC",
+            )?;
+            let rows = stmt.query_map(params![type_name, id.as_bytes().as_slice()], |row| {
+                Ok((row.get::<_, i64>(0)?, row.get::<_, u32>(1)?))
+            })?;
+            rows.collect::<rusqlite::Result<Vec<_>>>()
+        })();
+        let rows = read.map_err(|e| index_error("memory or alarms.sqlite", e))?;
+        Ok(rows
+            .into_iter()
+            .map(|(at, retries)| AlarmDue { type_name: type_name.to_string(), id: *id, at, retries })
+            .filter(|due| !in_flight.contains(due))
+            .collect())
+    }
+
+    /// Marks an entry in flight, as [`take_due`](Self::take_due) does, until
+    /// [`finish`](Self::finish); false if it already was.
+    pub(crate) fn take(&self, due: &AlarmDue) -> bool {
+        lock(&self.in_flight).insert(due.clone())
+    }
+
     /// The earliest `limit` entries of `types` due at `bound` that are not
     /// in flight, earliest first. Rows that are not entries are removed
     /// (each warned about once: it is then gone).

@@ -1,8 +1,9 @@
 //! One object's SQLite database: where it lives, how it is opened, its schema.
 
 use std::collections::HashMap;
+use std::fs::File;
 use std::path::{Path, PathBuf};
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use rusqlite::config::DbConfig;
@@ -46,20 +47,21 @@ impl Location {
         type_name: &'static str,
         id: &ObjectId,
         durability: Durability,
-    ) -> Result<Connection> {
+    ) -> Result<Opened> {
         match self {
             Location::Files(root) => open_file(&Location::path(root, type_name, id), durability),
             Location::Memory(parked) => {
                 let parked = lock(parked).remove(&(type_name, *id));
-                match parked {
-                    Some(conn) => Ok(conn),
+                let conn = match parked {
+                    Some(conn) => conn,
                     None => {
                         let conn = Connection::open_in_memory()
                             .map_err(|e| storage_error("open an in-memory database", e))?;
                         init(&conn, "an in-memory database")?;
-                        Ok(conn)
+                        conn
                     }
-                }
+                };
+                Ok(Opened { conn, wal: None, new_dirs: Vec::new() })
             }
         }
     }
@@ -100,35 +102,78 @@ impl Location {
     }
 }
 
-fn open_file(path: &Path, durability: Durability) -> Result<Connection> {
+/// An object's database, just opened.
+pub(crate) struct Opened {
+    pub(crate) conn: Connection,
+    /// The WAL file, when the runtime syncs it (`Durability::Full` on
+    /// disk; see `flush.rs`).
+    pub(crate) wal: Option<Arc<File>>,
+    /// Directories whose entries changed (a file or directory was created
+    /// in them), to sync with the first commit so that a crash cannot lose
+    /// the new file.
+    pub(crate) new_dirs: Vec<PathBuf>,
+}
+
+fn open_file(path: &Path, durability: Durability) -> Result<Opened> {
     let what = format!("the database {}", path.display());
+    let mut new_dirs = Vec::new();
     if let Some(dir) = path.parent() {
+        // The directories about to be made, and the one of the new file.
+        let mut missing = dir;
+        while !missing.exists() {
+            let Some(parent) = missing.parent() else { break };
+            new_dirs.push(parent.to_path_buf());
+            missing = parent;
+        }
         std::fs::create_dir_all(dir)
             .map_err(|e| Error::Storage(format!("cannot create {}: {e}", dir.display())))?;
+        if !path.exists() {
+            new_dirs.push(dir.to_path_buf());
+        }
     }
     let flags =
         OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_CREATE | OpenFlags::SQLITE_OPEN_NO_MUTEX;
     let conn =
         Connection::open_with_flags(path, flags).map_err(|e| storage_error(&format!("open {what}"), e))?;
     conn.busy_timeout(Duration::from_secs(5)).map_err(|e| storage_error(&format!("configure {what}"), e))?;
-    let synchronous = match durability {
-        Durability::Full => "FULL",
-        Durability::Normal => "NORMAL",
-    };
     // Exclusive locking before the first access, so that WAL mode keeps its
     // index in memory (no `-shm` file) and transactions take no file locks
-    // (see the module docs of `storage`); `synchronous` before WAL, so that
-    // switching a new file to WAL is not itself a fully synced transaction.
-    conn.execute_batch(&format!(
-        "PRAGMA locking_mode = EXCLUSIVE; PRAGMA synchronous = {synchronous}; PRAGMA journal_mode = WAL;"
-    ))
+    // (see the module docs of `storage`). SQLite never syncs a commit
+    // (`synchronous = NORMAL`: it syncs only around checkpoints): with
+    // `Durability::Full`, the runtime syncs the WAL itself, off the tokio
+    // workers, before it releases a reply (`flush.rs`). `synchronous` before
+    // WAL, so that switching a new file to WAL is not a synced transaction.
+    conn.execute_batch(
+        "PRAGMA locking_mode = EXCLUSIVE; PRAGMA synchronous = NORMAL; PRAGMA journal_mode = WAL;",
+    )
     .map_err(|e| storage_error(&format!("open {what} (is it an SQLite database?)"), e))?;
     // Closing does its own checkpoint (see `Location::close`) and keeps the
     // emptied WAL file instead of deleting it.
     conn.set_db_config(DbConfig::SQLITE_DBCONFIG_NO_CKPT_ON_CLOSE, true)
         .map_err(|e| storage_error(&format!("configure {what}"), e))?;
     init(&conn, &what)?;
-    Ok(conn)
+    let wal = match durability {
+        Durability::Full => Some(Arc::new(open_wal(path)?)),
+        Durability::Normal => None,
+    };
+    Ok(Opened { conn, wal, new_dirs })
+}
+
+/// A handle on the WAL of the database at `path`, to sync it. SQLite has
+/// it open already (the database was read in WAL mode, exclusively), and
+/// keeps it for as long as the connection lives (it is never deleted while
+/// open; see `Location::close`).
+fn open_wal(path: &Path) -> Result<File> {
+    let mut wal = path.as_os_str().to_owned();
+    wal.push("-wal");
+    let wal = PathBuf::from(wal);
+    std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .open(&wal)
+        .map_err(|e| Error::Storage(format!("cannot open {} to sync it: {e}", wal.display())))
 }
 
 /// Checks that the database is ours, or new; a new one gets its marker and

@@ -34,13 +34,18 @@
 mod alarm_index;
 mod database;
 mod durability;
+mod flush;
 mod group_commit;
+mod listing;
 mod pool;
+mod sync_threads;
 mod turn;
 
 use std::collections::BTreeMap;
 use std::fmt;
+use std::fs::File;
 use std::panic::AssertUnwindSafe;
+use std::path::PathBuf;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -55,8 +60,10 @@ pub(crate) use alarm_index::{AlarmDue, AlarmIndex};
 pub(crate) use database::Location;
 use database::storage_error;
 pub use durability::Durability;
+use flush::Flush;
 pub(crate) use pool::OpenDatabases;
 use pool::{Closable, CloseAttempt};
+pub(crate) use sync_threads::SyncThreads;
 
 /// The longest key, in bytes.
 pub const MAX_KEY_LEN: usize = 2048;
@@ -67,6 +74,9 @@ pub(crate) struct StorageRoot {
     pub(crate) durability: Durability,
     pub(crate) open: OpenDatabases,
     pub(crate) alarms: AlarmIndex,
+    /// The threads that sync databases, when the runtime syncs them
+    /// (`Durability::Full` on disk; see `flush.rs`).
+    pub(crate) sync: Option<SyncThreads>,
 }
 
 /// Which keys [`Storage::list`] returns, in which order.
@@ -146,11 +156,22 @@ struct StorageInner {
     has_alarm: bool,
     root: Arc<StorageRoot>,
     state: Mutex<State>,
+    /// The syncs of the database, and the replies waiting for them.
+    flush: Arc<Flush>,
 }
 
 #[derive(Default)]
 struct State {
     conn: Option<Connection>,
+    /// The open database's WAL, when the runtime syncs it.
+    wal: Option<Arc<File>>,
+    /// Directories to sync with the next commit (see `Opened::new_dirs`).
+    new_dirs: Vec<PathBuf>,
+    /// `total_changes` of the connection when the turn's transaction began.
+    changes: u64,
+    /// The turn used `sql` or `delete_all`: its writes are not all counted
+    /// by `total_changes` (schema changes).
+    unknown_writes: bool,
     /// A turn is running: accesses join the turn's transaction.
     turn: bool,
     /// The turn's transaction has begun.
@@ -179,6 +200,7 @@ impl Storage {
                 has_alarm,
                 root,
                 state: Mutex::new(State::default()),
+                flush: Flush::new(),
             }),
         }
     }
@@ -315,7 +337,9 @@ impl Storage {
             }
             conn.execute_batch("DELETE FROM _stead_kv")
         })?;
-        self.lock().maybe_empty = true;
+        let mut state = self.lock();
+        state.maybe_empty = true;
+        state.unknown_writes = true;
         Ok(())
     }
 
@@ -361,6 +385,7 @@ impl Storage {
             let mut state = self.lock();
             self.ready(&mut state)?;
             state.lent = true;
+            state.unknown_writes = true;
             (state.conn.take(), state.turn)
         };
         let Some(conn) = conn else {
@@ -484,17 +509,20 @@ impl Storage {
         }
         if state.conn.is_none() {
             let root = &self.inner.root;
-            let conn =
+            let opened =
                 root.location.open(self.inner.type_name, &self.inner.id, root.durability).map_err(|err| {
                     Error::Storage(format!("`{}` object {}: {err}", self.inner.type_name, self.inner.id))
                 })?;
-            state.conn = Some(conn);
+            state.conn = Some(opened.conn);
+            state.wal = opened.wal;
+            state.new_dirs = opened.new_dirs;
             root.open.opened(self.inner.clone());
             self.index_alarm_if_lost(state);
         }
         let conn = state.conn.as_ref().ok_or_else(|| Error::Storage("the database was not open".into()))?;
         if state.turn && !state.txn {
             database::begin(conn).map_err(|e| storage_error("begin the turn's transaction", e))?;
+            state.changes = conn.total_changes();
             state.txn = true;
         }
         Ok(conn)
@@ -557,6 +585,9 @@ impl StorageInner {
             let _ = conn.execute_batch("ROLLBACK");
             state.txn = false;
         }
+        // Nothing held may wait for a file that is about to close.
+        self.flush.settle();
+        state.wal = None;
         let empty = std::mem::take(&mut state.maybe_empty) && is_empty(&conn);
         self.root.location.close(self.type_name, &self.id, conn);
         if empty {

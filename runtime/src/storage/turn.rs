@@ -23,25 +23,52 @@ use super::{State, Storage};
 use crate::error::{Error, Result};
 
 tokio::task_local! {
-    /// The storage whose object's turn the current task is running (the
-    /// address of its shared part, which lives as long as the turn).
-    static TURN: usize;
+    /// The storage whose object's turn the current task is running.
+    static TURN: Storage;
 }
 
 impl Storage {
     /// Runs `turn` as a turn of this storage's object: storage accesses
     /// inside it are allowed.
     pub(crate) fn in_turn<F: Future>(&self, turn: F) -> impl Future<Output = F::Output> + use<F> {
-        TURN.scope(self.mark(), turn)
+        TURN.scope(self.clone(), turn)
     }
 
     /// [`in_turn`](Self::in_turn) for a turn without a future.
     pub(crate) fn in_turn_sync<R>(&self, turn: impl FnOnce() -> R) -> R {
-        TURN.sync_scope(self.mark(), turn)
+        TURN.sync_scope(self.clone(), turn)
     }
 
-    fn mark(&self) -> usize {
-        Arc::as_ptr(&self.inner) as usize
+    /// Holds output of the running turn (a call to another object) until
+    /// the commits of its object's earlier turns are durable; returns at
+    /// once outside a turn or with nothing to sync. See `flush.rs`.
+    pub(crate) fn hold_output() {
+        let Ok(storage) = TURN.try_with(Storage::clone) else { return };
+        if let Some(threads) = &storage.inner.root.sync {
+            storage.inner.flush.wait(threads);
+        }
+    }
+
+    /// Runs `release` once the commits so far are durable: at once unless
+    /// the runtime syncs commits (`Durability::Full` on disk), else in
+    /// order with the object's other replies (see `flush.rs`).
+    pub(crate) fn release(&self, release: impl FnOnce(Result<()>) + Send + 'static) {
+        match &self.inner.root.sync {
+            None => release(Ok(())),
+            Some(threads) => self.inner.flush.release(threads, Box::new(release)),
+        }
+    }
+
+    /// Whether a sync of this object's database failed since the last
+    /// check: the runtime must then drop the instance and close the
+    /// database before the next turn.
+    pub(crate) fn take_sync_failure(&self) -> Option<String> {
+        self.inner.flush.take_failure()
+    }
+
+    /// Whether a sync failure waits for [`take_sync_failure`](Self::take_sync_failure).
+    pub(crate) fn sync_failed(&self) -> bool {
+        self.inner.root.sync.is_some() && self.inner.flush.failed()
     }
 
     /// Fails unless the current task runs a turn of this storage's object
@@ -55,7 +82,7 @@ impl Storage {
                 self.inner.type_name, self.inner.id
             )));
         }
-        if TURN.try_with(|turn| *turn == self.mark()).unwrap_or(false) {
+        if TURN.try_with(|turn| Arc::ptr_eq(&turn.inner, &self.inner)).unwrap_or(false) {
             return Ok(());
         }
         Err(Error::Storage(format!(
@@ -95,10 +122,16 @@ impl Storage {
         if !std::mem::take(&mut state.txn) {
             return Ok(());
         }
+        let unknown_writes = std::mem::take(&mut state.unknown_writes);
         let Some(conn) = state.conn.as_ref() else { return Ok(()) };
+        let wrote = unknown_writes || conn.total_changes() != state.changes;
         if let Err(err) = database::commit(conn) {
             let _ = conn.execute_batch("ROLLBACK");
             return Err(storage_error("commit the turn", err));
+        }
+        if wrote && let Some(wal) = state.wal.clone() {
+            let dirs = std::mem::take(&mut state.new_dirs);
+            self.inner.flush.committed(&wal, dirs);
         }
         Ok(())
     }
@@ -108,6 +141,7 @@ impl Storage {
         let mut state = self.lock();
         state.turn = false;
         state.savepoints = 0;
+        state.unknown_writes = false;
         if std::mem::take(&mut state.txn)
             && let Some(conn) = state.conn.as_ref()
             && !conn.is_autocommit()

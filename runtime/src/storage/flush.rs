@@ -1,0 +1,314 @@
+//! The durable half of the output gate: a reply leaves only once the commit
+//! it may have seen is on disk.
+//!
+//! With [`Durability::Full`](super::Durability::Full), a turn commits into
+//! the object's WAL without syncing it (SQLite's `synchronous = NORMAL`), so
+//! that the turn costs no disk wait on the tokio worker that runs it. The
+//! object then goes on running its next turns against the committed state,
+//! while a sync thread (`sync_threads.rs`) makes the WAL durable. The reply
+//! of every turn (whether it wrote or only read) is *held* here, in order,
+//! until a sync that began after the object's latest commit at the end of
+//! that turn has finished: so no caller ever sees a write that a crash
+//! could take back, and one sync covers every turn committed since the one
+//! before (group commit, per object).
+//!
+//! A sync that fails fails every reply it held and every reply held after
+//! it (their turns may have built on the lost writes), and marks the object
+//! for a reset: the runtime drops its instance and closes its database
+//! before its next turn, so that it starts again from what is on disk.
+//!
+//! Output other than replies waits too: a turn that calls another object
+//! (`Flush::wait`, from the stub) first waits for the syncs of the turns
+//! before it, since the call could carry their writes (that wait blocks the
+//! turn's thread, as a sync of its own would); the alarm index forgets an
+//! alarm only once the turn that ran it is durable. Memory is bounded: past
+//! [`MAX_HELD`] held replies, a turn waits for the sync before it ends.
+
+use std::collections::VecDeque;
+use std::fs::File;
+use std::path::PathBuf;
+use std::sync::{Arc, Condvar, Mutex};
+
+use super::sync_threads::SyncThreads;
+use crate::error::{Error, Result};
+use crate::sync::lock;
+
+/// The most replies one object holds; the turn after waits for a sync.
+pub(crate) const MAX_HELD: usize = 4096;
+
+/// What happens once a turn's commit is durable (or could not be made so).
+pub(crate) type Release = Box<dyn FnOnce(Result<()>) + Send>;
+
+/// The syncs of one object's database.
+pub(crate) struct Flush {
+    state: Mutex<State>,
+    /// Signalled after each sync.
+    synced: Condvar,
+}
+
+#[derive(Default)]
+struct State {
+    /// Commits so far that need a sync (numbered from 1).
+    committed: u64,
+    /// The last commit known durable.
+    durable: u64,
+    /// A sync job is queued or running.
+    syncing: bool,
+    /// Held releases, each with the commit it waits for, in turn order.
+    held: VecDeque<(u64, Release)>,
+    /// The file to sync: the WAL of the open database.
+    wal: Option<Arc<File>>,
+    /// Directories to sync before it: a file was created in them.
+    dirs: Vec<PathBuf>,
+    /// Why the last sync failed, until the object is reset.
+    failed: Option<String>,
+}
+
+impl Flush {
+    pub(crate) fn new() -> Arc<Self> {
+        Arc::new(Flush { state: Mutex::default(), synced: Condvar::new() })
+    }
+
+    /// Records a commit into `wal` that is not synced yet; `dirs` are
+    /// synced with it (new entries: see `Opened::new_dirs`).
+    pub(crate) fn committed(&self, wal: &Arc<File>, dirs: Vec<PathBuf>) {
+        let mut state = lock(&self.state);
+        state.committed += 1;
+        state.dirs.extend(dirs);
+        if !state.wal.as_ref().is_some_and(|held| Arc::ptr_eq(held, wal)) {
+            state.wal = Some(wal.clone());
+        }
+    }
+
+    /// Runs `release` once every commit so far is durable: now, if it is
+    /// and nothing is held before it; otherwise in order, from the thread
+    /// that finishes the sync. With too many held, waits for that sync.
+    pub(crate) fn release(self: &Arc<Self>, threads: &SyncThreads, release: Release) {
+        let mut state = lock(&self.state);
+        if let Some(reason) = &state.failed {
+            let err = sync_failed(reason);
+            drop(state);
+            release(Err(err));
+            return;
+        }
+        if state.held.is_empty() && state.durable >= state.committed {
+            drop(state);
+            release(Ok(()));
+            return;
+        }
+        let upto = state.committed;
+        state.held.push_back((upto, release));
+        let start = !std::mem::replace(&mut state.syncing, true);
+        let full = state.held.len() >= MAX_HELD;
+        drop(state);
+        if start {
+            let flush = self.clone();
+            threads.submit(Box::new(move || flush.sync_until_done()));
+        }
+        if full {
+            self.wait_for(upto, threads);
+        }
+    }
+
+    /// Waits (blocking the thread) until every commit so far is durable or
+    /// its sync failed. For output that is not a reply (see the module docs).
+    pub(crate) fn wait(self: &Arc<Self>, threads: &SyncThreads) {
+        let upto = lock(&self.state).committed;
+        self.wait_for(upto, threads);
+    }
+
+    fn wait_for(self: &Arc<Self>, upto: u64, threads: &SyncThreads) {
+        let mut state = lock(&self.state);
+        if state.durable < upto && !state.syncing && state.failed.is_none() {
+            state.syncing = true;
+            let flush = self.clone();
+            threads.submit(Box::new(move || flush.sync_until_done()));
+        }
+        while state.durable < upto && state.failed.is_none() {
+            state = self.synced.wait(state).unwrap_or_else(|poisoned| poisoned.into_inner());
+        }
+    }
+
+    /// Syncs the database before it is closed (on the closing thread), so
+    /// that nothing held waits for a file that is gone.
+    pub(crate) fn settle(&self) {
+        let (upto, wal, dirs) = {
+            let mut state = lock(&self.state);
+            if state.durable >= state.committed {
+                return;
+            }
+            (state.committed, state.wal.clone(), std::mem::take(&mut state.dirs))
+        };
+        self.sync(upto, wal.as_deref(), &dirs);
+    }
+
+    /// Whether a sync failed and the object was not reset since.
+    pub(crate) fn failed(&self) -> bool {
+        lock(&self.state).failed.is_some()
+    }
+
+    /// The reason of a failed sync, once: the object must be reset (its
+    /// instance dropped, its database closed) before its next turn.
+    pub(crate) fn take_failure(&self) -> Option<String> {
+        let mut state = lock(&self.state);
+        let reason = state.failed.take()?;
+        // A fresh start: what was held failed with the sync.
+        state.durable = state.committed;
+        Some(reason)
+    }
+
+    /// The sync job: syncs until every commit is durable.
+    fn sync_until_done(&self) {
+        loop {
+            let (upto, wal, dirs) = {
+                let mut state = lock(&self.state);
+                if state.durable >= state.committed || state.failed.is_some() {
+                    state.syncing = false;
+                    return;
+                }
+                (state.committed, state.wal.clone(), std::mem::take(&mut state.dirs))
+            };
+            self.sync(upto, wal.as_deref(), &dirs);
+        }
+    }
+
+    /// Syncs `dirs` and `wal`, then releases what waited for commits up to
+    /// `upto` (all that is held, if the sync failed).
+    ///
+    /// `fdatasync` is enough for the WAL: it writes the file's data and the
+    /// metadata needed to read it back (its size), which is all a commit
+    /// adds; SQLite itself uses it where the system has it.
+    fn sync(&self, upto: u64, wal: Option<&File>, dirs: &[PathBuf]) {
+        let outcome = dirs
+            .iter()
+            .try_for_each(|dir| File::open(dir).and_then(|dir| dir.sync_all()))
+            .and_then(|()| wal.map_or(Ok(()), File::sync_data));
+        let mut state = lock(&self.state);
+        let released: Vec<(Release, Result<()>)> = match outcome {
+            Ok(()) => {
+                state.durable = state.durable.max(upto);
+                let mut released = Vec::new();
+                while state.held.front().is_some_and(|(needs, _)| *needs <= state.durable) {
+                    if let Some((_, release)) = state.held.pop_front() {
+                        released.push((release, Ok(())));
+                    }
+                }
+                released
+            }
+            Err(err) => {
+                let reason = err.to_string();
+                tracing::error!(%err, "could not sync an object's database; its held replies fail and it is reset");
+                state.failed = Some(reason.clone());
+                state.held.drain(..).map(|(_, release)| (release, Err(sync_failed(&reason)))).collect()
+            }
+        };
+        drop(state);
+        self.synced.notify_all();
+        for (release, outcome) in released {
+            release(outcome);
+        }
+    }
+}
+
+fn sync_failed(reason: &str) -> Error {
+    Error::Storage(format!(
+        "the object's writes could not be synced to disk ({reason}); this turn's writes, and those of \
+         the turns just before it, may be lost. The object is reset: its next call starts from what \
+         is on disk"
+    ))
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::mpsc;
+
+    use super::*;
+
+    /// A file to sync (the WAL's stand-in), removed when the test ends.
+    fn wal() -> Arc<File> {
+        Arc::new(tempfile::tempfile().unwrap())
+    }
+
+    /// The releases' outcomes, each with the number of its release.
+    type Outcomes = mpsc::Receiver<(u32, Result<()>)>;
+
+    fn recorder() -> (impl Fn(u32) -> Release, Outcomes) {
+        let (tx, rx) = mpsc::channel();
+        let make = move |n: u32| -> Release {
+            let tx = tx.clone();
+            Box::new(move |outcome| tx.send((n, outcome)).unwrap())
+        };
+        (make, rx)
+    }
+
+    #[test]
+    fn with_nothing_to_sync_a_reply_leaves_at_once() {
+        let flush = Flush::new();
+        let threads = SyncThreads::new(1);
+        let (make, rx) = recorder();
+        flush.release(&threads, make(1));
+        assert_eq!(rx.try_recv().unwrap().0, 1);
+    }
+
+    #[test]
+    fn replies_wait_for_the_sync_and_leave_in_order() {
+        let flush = Flush::new();
+        let threads = SyncThreads::new(4);
+        let (make, rx) = recorder();
+        let wal = wal();
+        for n in 0..50 {
+            if n % 3 != 0 {
+                flush.committed(&wal, Vec::new());
+            }
+            flush.release(&threads, make(n));
+        }
+        let order: Vec<u32> = (0..50)
+            .map(|_| rx.recv().unwrap())
+            .map(|(n, outcome)| {
+                assert!(outcome.is_ok());
+                n
+            })
+            .collect();
+        assert_eq!(order, (0..50).collect::<Vec<_>>());
+        flush.wait(&threads);
+        assert!(lock(&flush.state).held.is_empty());
+    }
+
+    #[test]
+    fn settle_syncs_and_releases_on_the_closing_thread() {
+        let flush = Flush::new();
+        // No thread ever runs the job: only `settle` can release.
+        let threads = SyncThreads::new(1);
+        let (make, rx) = recorder();
+        flush.committed(&wal(), Vec::new());
+        lock(&flush.state).syncing = true;
+        flush.release(&threads, make(7));
+        assert!(rx.try_recv().is_err(), "held until synced");
+        flush.settle();
+        assert_eq!(rx.try_recv().unwrap().0, 7);
+    }
+
+    #[test]
+    fn a_failed_sync_fails_what_it_held_and_what_follows_until_the_reset() {
+        let flush = Flush::new();
+        let threads = SyncThreads::new(1);
+        let (make, rx) = recorder();
+        // Linux refuses to sync /dev/null (EINVAL): a real failing sync.
+        let broken = Arc::new(File::open("/dev/null").unwrap());
+        flush.committed(&broken, Vec::new());
+        flush.release(&threads, make(1));
+        let (n, outcome) = rx.recv().unwrap();
+        assert_eq!(n, 1);
+        assert!(
+            matches!(outcome, Err(Error::Storage(ref m)) if m.contains("could not be synced")),
+            "{outcome:?}"
+        );
+        // A turn that ran before the reset fails too.
+        flush.release(&threads, make(2));
+        assert!(rx.recv().unwrap().1.is_err());
+        assert!(flush.take_failure().is_some(), "the object must be reset");
+        assert!(flush.take_failure().is_none(), "once");
+        flush.release(&threads, make(3));
+        assert!(rx.recv().unwrap().1.is_ok(), "after the reset, replies flow again");
+    }
+}
