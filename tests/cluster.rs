@@ -7,14 +7,15 @@
 
 #![allow(missing_docs)] // test objects are exercised, not documented
 
-use std::io::{BufRead, BufReader};
-use std::net::{SocketAddr, UdpSocket};
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
-use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use stead::{Context, Error, Runtime, durable_object};
+
+#[path = "common/process.rs"]
+mod process;
+use process::{ChildGuard, free_addrs};
 
 const ROLE: &str = "STEAD_CLUSTER_ROLE";
 const NAME: &str = "STEAD_CLUSTER_NAME";
@@ -350,77 +351,6 @@ async fn client(peers: &[(String, SocketAddr)], tls_dir: &Path, name: &str) -> R
 }
 
 // ---------------------------------------------------------------- harness
-
-/// Loopback addresses with ports the OS just handed out.
-fn free_addrs(n: usize) -> Vec<SocketAddr> {
-    let sockets: Vec<_> = (0..n).map(|_| UdpSocket::bind("127.0.0.1:0").unwrap()).collect();
-    sockets.iter().map(|s| s.local_addr().unwrap()).collect()
-}
-
-/// A child process, killed on drop, whose stdout lines are collected.
-struct ChildGuard {
-    child: Child,
-    lines: Arc<Mutex<Vec<String>>>,
-}
-
-impl ChildGuard {
-    fn spawn(test: &str, env: &[(&str, String)]) -> ChildGuard {
-        let mut command = Command::new(std::env::current_exe().unwrap());
-        command.args(["--exact", test, "--ignored", "--nocapture", "--test-threads=1"]);
-        for (key, value) in env {
-            command.env(key, value);
-        }
-        let mut child = command.stdout(Stdio::piped()).stderr(Stdio::null()).spawn().unwrap();
-        let stdout = child.stdout.take().unwrap();
-        let lines = Arc::new(Mutex::new(Vec::new()));
-        let sink = lines.clone();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-                sink.lock().unwrap().push(line);
-            }
-        });
-        ChildGuard { child, lines }
-    }
-
-    /// Waits for a line starting with `prefix`, returning its rest.
-    fn wait_for(&self, prefix: &str) -> String {
-        let deadline = Instant::now() + Duration::from_secs(30);
-        loop {
-            // The harness prints "test node_process ... " without a newline,
-            // so the first line of the child's own output may follow it.
-            if let Some(rest) =
-                self.lines.lock().unwrap().iter().find_map(|l| l.split_once(prefix).map(|(_, r)| r))
-            {
-                return rest.trim().to_string();
-            }
-            assert!(
-                Instant::now() < deadline,
-                "the child never printed {prefix:?}; it printed {:?}",
-                self.lines.lock().unwrap()
-            );
-            std::thread::sleep(Duration::from_millis(10));
-        }
-    }
-
-    /// The child's peak resident memory, in bytes (Linux).
-    fn peak_memory(&self) -> u64 {
-        let status = std::fs::read_to_string(format!("/proc/{}/status", self.child.id())).unwrap();
-        let line = status.lines().find(|l| l.starts_with("VmHWM:")).unwrap();
-        let kib: u64 = line.split_whitespace().nth(1).unwrap().parse().unwrap();
-        kib * 1024
-    }
-
-    fn count(&self, line: &str) -> usize {
-        self.lines.lock().unwrap().iter().filter(|l| l.ends_with(line)).count()
-    }
-}
-
-impl Drop for ChildGuard {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
 
 /// Two nodes, "ohio" (the coordinator) and "seoul", on loopback.
 struct TestCluster {
@@ -1007,7 +937,7 @@ async fn shutdown_under_steady_remote_traffic_finishes_and_every_committed_call_
     }
     creator.await.unwrap();
     cluster.node(1).wait_for("exiting");
-    let lines = cluster.node(1).lines.lock().unwrap().clone();
+    let lines = cluster.node(1).lines();
     let done = lines.iter().position(|l| l.contains("shut down ok=")).unwrap();
     assert!(
         !lines[done..].iter().any(|l| l.contains("constructed")),

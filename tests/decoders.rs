@@ -34,6 +34,7 @@ enum Hello {
     Object { type_name: String, id: ObjectId, name: Option<String> },
     Directory,
     Cluster(ClusterView),
+    PostgresCluster(PostgresView),
 }
 
 /// The shape of the runtime's `ClusterView`.
@@ -43,11 +44,19 @@ struct ClusterView {
     secret: [u8; 8],
 }
 
+/// The shape of the runtime's `PostgresView`.
+#[derive(Debug, PartialEq, Serialize, Deserialize)]
+struct PostgresView {
+    cluster_id: String,
+    secret: [u8; 8],
+}
+
 /// The shape of the runtime's `DirectoryRequest`.
 #[derive(Debug, PartialEq, Serialize, Deserialize)]
 enum DirectoryRequest {
     Lookup { type_name: String, id: ObjectId },
     Claim { type_name: String, id: ObjectId },
+    Place { type_name: String, id: ObjectId, name: Option<String> },
 }
 
 type Request = (u64, u32, u64, Vec<u8>);

@@ -28,12 +28,20 @@ enum Hello {
     Object { type_name: String, id: ObjectId, name: Option<String> },
     Directory,
     Cluster(ClusterView),
+    PostgresCluster(PostgresView),
 }
 
 /// `wire::ClusterView`.
 #[derive(Debug, PartialEq, Serialize, Deserialize)]
 struct ClusterView {
     peers: Vec<(String, String)>,
+    secret: [u8; 8],
+}
+
+/// `wire::PostgresView`.
+#[derive(Debug, PartialEq, Serialize, Deserialize)]
+struct PostgresView {
+    cluster_id: String,
     secret: [u8; 8],
 }
 
@@ -58,6 +66,7 @@ struct Response {
 enum DirectoryRequest {
     Lookup { type_name: String, id: ObjectId },
     Claim { type_name: String, id: ObjectId },
+    Place { type_name: String, id: ObjectId, name: Option<String> },
 }
 
 /// `wire::DirectoryAnswer`.

@@ -19,6 +19,7 @@
 //! | the directory: where objects live ([`Directory`]) | `cluster/directory.rs` |
 //! | a remote stub's stream: requests out, responses in | `cluster/route.rs`, `outbound.rs`, `inbound.rs` |
 //! | serving other processes' calls | `cluster/serve.rs` |
+//! | a cluster on PostgreSQL: schema, directory; membership, leases, self-fencing ([`NodeInfo`]) | `cluster/postgres.rs`, `cluster/membership.rs` |
 //! | **one process's objects**: hosted types and their activations | `local/`, `local/hosted.rs` |
 //! | an activation: one turn at a time, the output gate | `local/activation.rs` |
 //! | who runs turns: the scheduling state machine and its model test | `local/schedule.rs`, `local/drive.rs` |
@@ -63,7 +64,7 @@ mod wire;
 #[doc(hidden)]
 pub mod __private;
 
-pub use cluster::Directory;
+pub use cluster::{Directory, NodeInfo};
 pub use context::Context;
 pub use error::{Error, Result};
 pub use id::ObjectId;

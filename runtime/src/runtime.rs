@@ -11,7 +11,7 @@ use std::path::PathBuf;
 use std::sync::{Arc, Weak};
 use std::time::Duration;
 
-use crate::cluster::{self, Cluster, ClusterConfig};
+use crate::cluster::{self, Cluster, ClusterConfig, NodeInfo};
 use crate::context::Context;
 use crate::error::{Error, Result};
 use crate::host::{Config, Host};
@@ -184,7 +184,9 @@ impl RuntimeBuilder {
     }
 
     /// Makes this process the cluster node `name`: it hosts objects and
-    /// listens for other nodes. `name` must be in the peer list.
+    /// listens for other nodes. In a static cluster `name` must be in the
+    /// peer list; in a PostgreSQL cluster it registers under it. Either
+    /// way its TLS certificate must name it.
     pub fn node(mut self, name: impl Into<String>) -> Self {
         self.cluster.node = Some(name.into());
         self
@@ -237,9 +239,43 @@ impl RuntimeBuilder {
         self
     }
 
-    /// Where this node listens (default: its own address in the peer list).
+    /// Where this node listens (default: its own address in the peer list;
+    /// a node of a PostgreSQL cluster must say). Port 0 takes a free port.
     pub fn listen(mut self, addr: SocketAddr) -> Self {
         self.cluster.listen = Some(addr);
+        self
+    }
+
+    /// The address other processes reach this node at, when it is not the
+    /// one it listens on (PostgreSQL cluster; default: the listening
+    /// address, with the port actually bound). Needed when the node listens
+    /// on `0.0.0.0`, or behind address translation.
+    pub fn advertise(mut self, addr: SocketAddr) -> Self {
+        self.cluster.advertise = Some(addr);
+        self
+    }
+
+    /// Forms the cluster through PostgreSQL instead of a peer list: nodes
+    /// register there with a lease, find each other there, and keep the
+    /// directory of objects there. `conninfo` is a libpq-style connection
+    /// string (`"host=db port=5432 user=stead dbname=stead"`) or URL. The
+    /// tables are created on the first node's start.
+    ///
+    /// stead connects without TLS: keep PostgreSQL on a private network, or
+    /// reach it through a TLS tunnel (a conninfo with `sslmode=require` is
+    /// refused). See the README's "Running on PostgreSQL".
+    pub fn postgres(mut self, conninfo: impl Into<String>) -> Self {
+        self.cluster.postgres = Some(conninfo.into());
+        self
+    }
+
+    /// How long a node's membership lasts in PostgreSQL without renewal
+    /// (default 10 s): the cluster's failure-detection time. A node renews
+    /// it every quarter, and stops serving on its own two thirds of it after
+    /// its last successful renewal was sent (self-fencing), so a node cut
+    /// off from PostgreSQL goes quiet before anyone counts it dead.
+    pub fn lease(mut self, lease: Duration) -> Self {
+        self.cluster.lease = Some(lease);
         self
     }
 
@@ -385,7 +421,8 @@ impl RuntimeBuilder {
         }
         let secret = secret::resolve(self.secret.as_deref(), data_dir.as_deref())?;
         let cluster = if self.cluster.is_set() {
-            Some(Cluster::start(&self.cluster, data_dir.as_deref(), &secret, &self.limits)?)
+            let hosts: Vec<&str> = self.hosts.iter().map(|(name, _)| *name).collect();
+            Some(Cluster::start(&self.cluster, data_dir.as_deref(), &secret, &self.limits, &hosts).await?)
         } else {
             None
         };
@@ -454,10 +491,15 @@ impl RuntimeBuilder {
             host.spawn(crate::observe::prometheus::serve(listener, handle, host.lifecycle().closed()));
         }
         let objects = Arc::downgrade(&inner.objects);
-        if let Some(cluster) = &inner.cluster
-            && cluster.me.is_some()
-        {
-            host.spawn(cluster::serve(objects.clone(), Arc::downgrade(cluster), cluster.endpoint().clone()));
+        if let Some(cluster) = &inner.cluster {
+            if cluster.me.is_some() {
+                host.spawn(cluster::serve(
+                    objects.clone(),
+                    Arc::downgrade(cluster),
+                    cluster.endpoint().clone(),
+                ));
+            }
+            host.spawn(Cluster::maintain(Arc::downgrade(cluster)));
         }
         host.spawn(local::evict_idle_objects(objects.clone()));
         host.spawn(Watchdog::run(Arc::downgrade(host.watchdog())));
@@ -590,6 +632,7 @@ impl Runtime {
         let objects = self.inner.objects.clone();
         host.run_blocking(move || objects.evict_idle(u64::MAX)).await;
         if let Some(cluster) = &self.inner.cluster {
+            cluster.leave().await;
             cluster.endpoint().close();
         }
         if flushed {
@@ -624,6 +667,22 @@ impl Runtime {
     #[cfg(feature = "prometheus")]
     pub fn metrics_addr(&self) -> Option<SocketAddr> {
         self.inner.metrics_addr
+    }
+
+    /// The nodes of the cluster. In a PostgreSQL cluster: every node that
+    /// ever registered, as PostgreSQL says now (`alive`: its lease holds, by
+    /// PostgreSQL's clock). In a static cluster: the peer list, where
+    /// `alive` means this node or a peer this process is connected to, and
+    /// `hosts` is known for this node only.
+    ///
+    /// # Errors
+    /// [`Error::Config`] outside a cluster; [`Error::Unavailable`] when
+    /// PostgreSQL cannot be reached.
+    pub async fn nodes(&self) -> Result<Vec<NodeInfo>> {
+        match &self.inner.cluster {
+            Some(cluster) => cluster.nodes().await,
+            None => Err(Error::Config("this runtime is not part of a cluster: it has no nodes".into())),
+        }
     }
 
     pub(crate) fn host(&self) -> &Host {

@@ -24,9 +24,11 @@ pub(crate) enum Hello {
     /// The first stream of every connection: the caller's view of the
     /// cluster, checked against the node's before anything else is served.
     Cluster(ClusterView),
+    /// The same, from a process of a PostgreSQL cluster.
+    PostgresCluster(PostgresView),
 }
 
-/// What every process of a cluster must agree on.
+/// What every process of a static cluster must agree on.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub(crate) struct ClusterView {
     /// The peer list, in order: `(name, address)`.
@@ -35,31 +37,88 @@ pub(crate) struct ClusterView {
     pub(crate) secret: [u8; 8],
 }
 
-impl ClusterView {
-    /// Why `theirs` (a peer's view) is not this cluster, naming the
-    /// difference; `None` when they agree.
-    pub(crate) fn difference(&self, theirs: &ClusterView) -> Option<String> {
+/// What every process of a PostgreSQL cluster must agree on.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub(crate) struct PostgresView {
+    /// The random id created with the cluster's tables: it names the
+    /// database (not its address, which may differ between processes).
+    pub(crate) cluster_id: String,
+    /// A one-way fingerprint of the cluster secret.
+    pub(crate) secret: [u8; 8],
+}
+
+/// This process's view of its cluster, shown as the first stream of every
+/// connection.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum View {
+    Static(ClusterView),
+    Postgres(PostgresView),
+}
+
+impl View {
+    /// The `Hello` that shows this view.
+    pub(crate) fn hello(&self) -> Hello {
+        match self {
+            View::Static(view) => Hello::Cluster(view.clone()),
+            View::Postgres(view) => Hello::PostgresCluster(view.clone()),
+        }
+    }
+
+    /// Why `theirs` (the first frame of a peer's connection) is not this
+    /// cluster, naming the difference; `None` when they agree.
+    pub(crate) fn difference(&self, theirs: &Hello) -> Option<String> {
         let hex = |bytes: &[u8; 8]| bytes.iter().map(|b| format!("{b:02x}")).collect::<String>();
-        if self.secret != theirs.secret {
-            return Some(format!(
-                "the cluster secrets differ (fingerprint {} on the node, {} on the caller): give every \
-                 process the same `.secret(..)`, or copy one `data_dir/secret` file to every node",
-                hex(&self.secret),
-                hex(&theirs.secret)
-            ));
-        }
-        if self.peers != theirs.peers {
-            let list = |peers: &[(String, String)]| {
-                peers.iter().map(|(name, addr)| format!("{name}={addr}")).collect::<Vec<_>>().join(", ")
-            };
-            return Some(format!(
-                "the peer lists differ (the node has [{}], the caller [{}]): every process must list the \
-                 same nodes, at the same addresses, in the same order",
-                list(&self.peers),
+        let secrets = |ours: &[u8; 8], theirs: &[u8; 8]| {
+            (ours != theirs).then(|| {
+                format!(
+                    "the cluster secrets differ (fingerprint {} on the node, {} on the caller): give every \
+                     process the same `.secret(..)`, or copy one `data_dir/secret` file to every node",
+                    hex(ours),
+                    hex(theirs)
+                )
+            })
+        };
+        let list = |peers: &[(String, String)]| {
+            peers.iter().map(|(name, addr)| format!("{name}={addr}")).collect::<Vec<_>>().join(", ")
+        };
+        match (self, theirs) {
+            (View::Static(ours), Hello::Cluster(theirs)) => {
+                secrets(&ours.secret, &theirs.secret).or_else(|| {
+                    (ours.peers != theirs.peers).then(|| {
+                        format!(
+                            "the peer lists differ (the node has [{}], the caller [{}]): every process must \
+                             list the same nodes, at the same addresses, in the same order",
+                            list(&ours.peers),
+                            list(&theirs.peers)
+                        )
+                    })
+                })
+            }
+            (View::Postgres(ours), Hello::PostgresCluster(theirs)) => secrets(&ours.secret, &theirs.secret)
+                .or_else(|| {
+                    (ours.cluster_id != theirs.cluster_id).then(|| {
+                        format!(
+                            "the PostgreSQL clusters differ (cluster id {} on the node, {} on the caller): \
+                             the two processes use different PostgreSQL databases; give every process the \
+                             same `.postgres(conninfo)` database",
+                            ours.cluster_id, theirs.cluster_id
+                        )
+                    })
+                }),
+            (View::Static(ours), Hello::PostgresCluster(theirs)) => Some(format!(
+                "the node is of a static cluster (peers [{}]) and the caller of the PostgreSQL cluster \
+                 {}: configure every process with the same `.peer(..)` list or the same `.postgres(..)`",
+                list(&ours.peers),
+                theirs.cluster_id
+            )),
+            (View::Postgres(ours), Hello::Cluster(theirs)) => Some(format!(
+                "the node is of the PostgreSQL cluster {} and the caller of a static cluster (peers [{}]): \
+                 configure every process with the same `.postgres(..)` or the same `.peer(..)` list",
+                ours.cluster_id,
                 list(&theirs.peers)
-            ));
+            )),
+            _ => Some("the caller did not show its view of the cluster".into()),
         }
-        None
     }
 }
 
@@ -210,7 +269,8 @@ mod tests {
     }
 }
 
-/// A question to the coordinator's directory.
+/// A question to a node about placements: to the coordinator's directory
+/// (static cluster), or to the node a first call is meant for (PostgreSQL).
 #[derive(Debug, Serialize, Deserialize)]
 pub(crate) enum DirectoryRequest {
     /// Where does this object live, if anywhere? (Anyone may ask.)
@@ -219,6 +279,10 @@ pub(crate) enum DirectoryRequest {
     /// already. Only a node may claim, and only for itself: the node is
     /// the one its certificate names.
     Claim { type_name: String, id: ObjectId },
+    /// To a node of a PostgreSQL cluster: place this object on yourself,
+    /// unless it lives somewhere already, and say where it lives. `name` is
+    /// the object's name when its id was made with `id_from_name`.
+    Place { type_name: String, id: ObjectId, name: Option<String> },
 }
 
 /// The object's owner, the node it lives on (none: not placed yet).

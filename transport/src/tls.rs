@@ -60,6 +60,16 @@ impl Identity {
         Ok(Identity { ca, chain, key })
     }
 
+    /// Whether this identity's certificate names node `name` (a DNS subject
+    /// alternative name): only then can it serve as that node, since the
+    /// other processes check the name at every connection.
+    pub fn names(&self, name: &str) -> bool {
+        let Some(leaf) = self.chain.first() else { return false };
+        let Ok(name) = rustls::pki_types::ServerName::try_from(name) else { return false };
+        webpki::EndEntityCert::try_from(leaf)
+            .is_ok_and(|cert| cert.verify_is_valid_for_subject_name(&name).is_ok())
+    }
+
     /// An identity from three PEM files.
     pub fn from_pem_files(ca: &Path, chain: &Path, key: &Path) -> Result<Self, TlsError> {
         let read = |path: &Path| {

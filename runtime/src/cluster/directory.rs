@@ -9,21 +9,23 @@
 //! the narrow [`Directory`] trait so that a cluster can keep it in a store
 //! built for it.
 //!
+//! A PostgreSQL cluster keeps it in PostgreSQL (`postgres.rs`), where each
+//! node claims its objects itself and keeps their names.
+//!
 //! The embedded default keeps the directory in an SQLite database on the
 //! cluster's *coordinator* (the first node of the peer list): other
 //! processes ask it over QUIC, and it takes a claim only from a peer whose
 //! certificate names a node of the cluster, for that node. It serves
 //! development and small clusters, and it is a single point of failure:
 //! while the coordinator is down, objects whose owner is not cached cannot
-//! be reached. Production clusters should use a replicated store (a
-//! PostgreSQL backend is planned).
+//! be reached. Production clusters should use PostgreSQL.
 
 use std::path::Path;
 use std::sync::{Arc, Mutex};
 
-use rusqlite::{Connection, OptionalExtension, params};
-use stead_transport::codec;
+use rusqlite::{Connection as Sqlite, OptionalExtension, params};
 use stead_transport::frame::{read_frame, write_frame};
+use stead_transport::{Connection, codec};
 
 use super::connections::{Connections, connection_lost};
 use crate::error::{Error, Result};
@@ -46,18 +48,32 @@ pub trait Directory: Send + Sync + 'static {
         id: &'a ObjectId,
         node: &'a str,
     ) -> BoxFuture<'a, Result<String>>;
+
+    /// Like [`claim`](Self::claim), keeping the object's `name` when its id
+    /// was made with `id_from_name` (a directory that keeps names lists
+    /// them); by default the name is not kept.
+    fn claim_named<'a>(
+        &'a self,
+        type_name: &'a str,
+        id: &'a ObjectId,
+        node: &'a str,
+        name: Option<&'a str>,
+    ) -> BoxFuture<'a, Result<String>> {
+        let _ = name;
+        self.claim(type_name, id, node)
+    }
 }
 
 /// The coordinator's directory, in SQLite.
 pub(crate) struct SqliteDirectory {
-    conn: Mutex<Connection>,
+    conn: Mutex<Sqlite>,
 }
 
 impl SqliteDirectory {
     pub(crate) fn open(data_dir: Option<&Path>) -> Result<Self> {
         let conn = match data_dir {
-            Some(dir) => Connection::open(dir.join("directory.sqlite")),
-            None => Connection::open_in_memory(),
+            Some(dir) => Sqlite::open(dir.join("directory.sqlite")),
+            None => Sqlite::open_in_memory(),
         }
         .map_err(|e| Error::Storage(format!("cannot open the directory database: {e}")))?;
         conn.execute_batch(
@@ -136,25 +152,26 @@ impl CoordinatorClient {
 
     async fn ask(&self, request: DirectoryRequest) -> Result<Option<String>> {
         let conn = self.connections.connect(&self.coordinator).await?;
-        let unavailable = |what: &str| {
-            connection_lost(
-                &conn,
-                &self.coordinator,
-                format_args!("it did not answer the directory request: {what}"),
-            )
-        };
-        let (mut send, mut recv) = conn.open_bi().await.map_err(|e| unavailable(&e.to_string()))?;
-        let hello = codec::encode(&Hello::Directory)?;
-        let request = codec::encode(&request)?;
-        write_frame(&mut send, &hello).await.map_err(|e| unavailable(&e.to_string()))?;
-        write_frame(&mut send, &request).await.map_err(|e| unavailable(&e.to_string()))?;
-        let _ = send.finish();
-        let answer = read_frame(&mut recv, MAX_CONTROL_FRAME)
-            .await
-            .map_err(|e| unavailable(&e.to_string()))?
-            .ok_or_else(|| unavailable("the stream ended"))?;
-        codec::decode::<DirectoryAnswer>(&answer)?
+        ask(&conn, &self.coordinator, &request).await
     }
+}
+
+/// Asks node `node`, on `conn`, one directory question.
+pub(super) async fn ask(conn: &Connection, node: &str, request: &DirectoryRequest) -> Result<Option<String>> {
+    let unavailable = |what: &str| {
+        connection_lost(conn, node, format_args!("it did not answer the directory request: {what}"))
+    };
+    let (mut send, mut recv) = conn.open_bi().await.map_err(|e| unavailable(&e.to_string()))?;
+    let hello = codec::encode(&Hello::Directory)?;
+    let request = codec::encode(request)?;
+    write_frame(&mut send, &hello).await.map_err(|e| unavailable(&e.to_string()))?;
+    write_frame(&mut send, &request).await.map_err(|e| unavailable(&e.to_string()))?;
+    let _ = send.finish();
+    let answer = read_frame(&mut recv, MAX_CONTROL_FRAME)
+        .await
+        .map_err(|e| unavailable(&e.to_string()))?
+        .ok_or_else(|| unavailable("the stream ended"))?;
+    codec::decode::<DirectoryAnswer>(&answer)?
 }
 
 impl Directory for CoordinatorClient {

@@ -1,21 +1,25 @@
 //! This process in the cluster: its name, its connections, and where
 //! objects live. The owner of each object is asked of the directory once
-//! and then cached.
+//! and then cached (an owner never changes: a node that is down makes its
+//! objects unavailable, it does not lose them).
 
 use std::collections::{HashMap, VecDeque};
 use std::net::SocketAddr;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, Weak};
+use std::time::Duration;
 
 use stead_transport::{Connection, Endpoint, Flow, Identity};
 
 use super::config::ClusterConfig;
 use super::connections::Connections;
-use super::directory::{CoordinatorClient, Directory, SqliteDirectory};
+use super::directory::{self, CoordinatorClient, Directory, SqliteDirectory};
+use super::membership::{Lease, Member, Members};
+use super::postgres::{self, Pg, PostgresDirectory};
 use crate::error::{Error, Result};
 use crate::id::ObjectId;
 use crate::limits::Limits;
 use crate::sync::lock;
-use crate::wire::ClusterView;
+use crate::wire::{ClusterView, DirectoryRequest, PostgresView, View};
 
 /// Eight bytes of a one-way hash of the cluster secret: enough to tell two
 /// secrets apart, nothing to learn the secret from.
@@ -30,7 +34,9 @@ fn secret_fingerprint(secret: &[u8; 32]) -> [u8; 8] {
 pub(crate) struct Cluster {
     /// This node's name; none for a client.
     pub(crate) me: Option<String>,
-    coordinator: String,
+    /// The types this node hosts.
+    hosts: Vec<String>,
+    mode: Mode,
     pub(crate) connections: Arc<Connections>,
     directory: Arc<dyn Directory>,
     /// The coordinator's own directory, when this node is the coordinator.
@@ -38,15 +44,46 @@ pub(crate) struct Cluster {
     placements: Mutex<Placements>,
 }
 
+/// How the cluster finds its nodes.
+enum Mode {
+    /// A fixed peer list; the first peer keeps the directory.
+    Static { coordinator: String },
+    /// Membership and directory in PostgreSQL.
+    Postgres(Box<PostgresMode>),
+}
+
+struct PostgresMode {
+    members: Members,
+    /// This node's lease; none for a client.
+    lease: Option<Arc<Lease>>,
+    /// The lease every node of this process's configuration takes.
+    length: Duration,
+}
+
+/// Where a stub's calls go.
+pub(crate) enum Placed {
+    /// The object lives on this node.
+    Owner(String),
+    /// The object lives nowhere yet: its first call goes to this node,
+    /// which places it.
+    Unplaced(String),
+}
+
+/// How many nodes a caller follows, one telling it the object lives on
+/// another, before it gives up.
+const MAX_HOPS: usize = 3;
+
 impl Cluster {
-    /// Binds the endpoint and opens the directory (no connection is made).
-    /// Starts this process's part of the cluster; `secret` is the cluster
-    /// secret (only a fingerprint of it is ever shown to peers).
-    pub(crate) fn start(
+    /// Starts this process's part of the cluster: binds the endpoint, opens
+    /// the directory and, in a PostgreSQL cluster, joins it (no connection
+    /// to another node is made). `secret` is the cluster secret (only a
+    /// fingerprint of it is ever shown to peers); `hosts`, the hosted types.
+    pub(crate) async fn start(
         config: &ClusterConfig,
         data_dir: Option<&std::path::Path>,
         secret: &[u8; 32],
         limits: &Limits,
+        hosts: &[&str],
     ) -> Result<Arc<Self>> {
         config.validate()?;
         let identity = match (&config.identity, &config.identity_files) {
@@ -56,6 +93,59 @@ impl Cluster {
             (None, None) => return Err(Error::Config("no TLS identity".into())),
         };
         let identity = &identity;
+        let version = config.protocol_version.unwrap_or(stead_transport::PROTOCOL_VERSION);
+        let flow = Flow {
+            max_streams: limits.max_streams_per_connection,
+            stream_window: limits.stream_window,
+            connection_window: limits.connection_window,
+        };
+        let placements = Mutex::new(Placements::new(limits.placement_cache));
+        let hosts_owned = hosts.iter().map(|h| h.to_string()).collect();
+        if let Some(conninfo) = &config.postgres {
+            if let Some(node) = &config.node
+                && !identity.names(node)
+            {
+                return Err(Error::Config(format!(
+                    "this process's TLS certificate does not name node `{node}`: the other processes would \
+                     refuse it as `{node}`; use the certificate issued for `{node}` (its DNS name must be \
+                     the node's name, as `stead certs node {node}` or `dev_identity(dir, \"{node}\")` make)"
+                )));
+            }
+            let timeout = config.liveness.connect_timeout;
+            let cluster_id = postgres::setup(conninfo, timeout, config.node.is_some()).await?;
+            let endpoint = Endpoint::bind_with(
+                identity,
+                config.node.as_ref().and(config.listen),
+                config.liveness,
+                flow,
+                version,
+            )
+            .map_err(|e| Error::Transport(e.to_string()))?;
+            let view = View::Postgres(PostgresView { cluster_id, secret: secret_fingerprint(secret) });
+            let connections = Arc::new(Connections::new(endpoint, &[], view));
+            let members = Members::new(conninfo, timeout);
+            let length = config.lease();
+            let lease = match &config.node {
+                Some(node) => {
+                    let bound =
+                        connections.endpoint.local_addr().map_err(|e| Error::Transport(e.to_string()))?;
+                    let addr = config.advertise.unwrap_or(bound);
+                    Some(members.register(node, addr, hosts, length).await?)
+                }
+                None => None,
+            };
+            members.refresh(&connections, timeout).await?;
+            let directory = Arc::new(PostgresDirectory::new(Pg::new(conninfo, timeout), lease.clone()));
+            return Ok(Arc::new(Cluster {
+                me: config.node.clone(),
+                hosts: hosts_owned,
+                mode: Mode::Postgres(Box::new(PostgresMode { members, lease, length })),
+                connections,
+                directory,
+                local_directory: None,
+                placements,
+            }));
+        }
         // A node listens where the peer list says, unless told otherwise
         // (`validate` made sure the node is in the list).
         let listen = config.node.as_ref().map(|node| {
@@ -64,22 +154,16 @@ impl Cluster {
                 own.map_or(SocketAddr::from(([0, 0, 0, 0], 0)), |(_, addr)| *addr)
             })
         });
-        let version = config.protocol_version.unwrap_or(stead_transport::PROTOCOL_VERSION);
-        let flow = Flow {
-            max_streams: limits.max_streams_per_connection,
-            stream_window: limits.stream_window,
-            connection_window: limits.connection_window,
-        };
         let endpoint = Endpoint::bind_with(identity, listen, config.liveness, flow, version)
             .map_err(|e| Error::Transport(e.to_string()))?;
         let coordinator = config.peers[0].0.clone();
         let is_coordinator = config.node.as_deref() == Some(coordinator.as_str());
         let local_directory =
             if is_coordinator { Some(Arc::new(SqliteDirectory::open(data_dir)?)) } else { None };
-        let view = ClusterView {
+        let view = View::Static(ClusterView {
             peers: config.peers.iter().map(|(name, addr)| (name.clone(), addr.to_string())).collect(),
             secret: secret_fingerprint(secret),
-        };
+        });
         let connections = Arc::new(Connections::new(endpoint, &config.peers, view));
         let directory: Arc<dyn Directory> = match &local_directory {
             Some(local) => local.clone(),
@@ -87,57 +171,258 @@ impl Cluster {
         };
         Ok(Arc::new(Cluster {
             me: config.node.clone(),
-            coordinator,
+            hosts: hosts_owned,
+            mode: Mode::Static { coordinator },
             connections,
             directory,
             local_directory,
-            placements: Mutex::new(Placements::new(limits.placement_cache)),
+            placements,
         }))
     }
 
-    /// The node that keeps the directory: the first of the peer list.
-    pub(crate) fn coordinator(&self) -> &str {
-        &self.coordinator
+    /// Keeps a PostgreSQL cluster's membership: renews this node's lease
+    /// and reads the members every quarter of the lease, until the cluster
+    /// is gone or the node left. Nothing to do in a static cluster.
+    pub(crate) async fn maintain(cluster: Weak<Cluster>) {
+        let Some(length) = cluster.upgrade().and_then(|c| match &c.mode {
+            Mode::Postgres(pg) => Some(pg.length),
+            Mode::Static { .. } => None,
+        }) else {
+            return;
+        };
+        let mut ticks = tokio::time::interval(length / 4);
+        ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        ticks.tick().await;
+        loop {
+            ticks.tick().await;
+            let Some(cluster) = cluster.upgrade() else { return };
+            let Mode::Postgres(pg) = &cluster.mode else { return };
+            if let Some(lease) = &pg.lease {
+                if lease.has_ended() {
+                    return;
+                }
+                pg.members.renew(lease).await;
+            }
+            if let Err(err) = pg.members.refresh(&cluster.connections, length / 4).await {
+                tracing::debug!(%err, "could not read the cluster's members");
+            }
+        }
+    }
+
+    /// Whether this node may serve calls now: in a PostgreSQL cluster, only
+    /// while its lease holds (see `membership.rs`).
+    pub(crate) fn serving(&self) -> Result<()> {
+        match &self.mode {
+            Mode::Postgres(pg) => pg.lease.as_ref().map_or(Ok(()), |lease| lease.check()),
+            Mode::Static { .. } => Ok(()),
+        }
+    }
+
+    /// Leaves a PostgreSQL cluster at shutdown: the node counts as dead at
+    /// once instead of when its lease lapses.
+    pub(crate) async fn leave(&self) {
+        if let Mode::Postgres(pg) = &self.mode
+            && let Some(lease) = &pg.lease
+        {
+            pg.members.leave(lease).await;
+        }
+    }
+
+    /// The nodes of the cluster: in PostgreSQL, as its table says now; in a
+    /// static cluster, the peer list (alive: this node, and the peers it
+    /// has a live connection to).
+    pub(crate) async fn nodes(&self) -> Result<Vec<NodeInfo>> {
+        match &self.mode {
+            Mode::Postgres(pg) => {
+                let members = pg.members.refresh(&self.connections, pg.members.timeout()).await?;
+                Ok(members
+                    .into_iter()
+                    .map(|m| NodeInfo { name: m.name, addr: m.addr, alive: m.alive, hosts: m.hosts })
+                    .collect())
+            }
+            Mode::Static { .. } => {
+                let mut nodes = Vec::new();
+                for (name, addr, connected) in self.connections.peers().await {
+                    let me = self.me.as_deref() == Some(name.as_str());
+                    let hosts = if me { self.hosts.clone() } else { Vec::new() };
+                    nodes.push(NodeInfo { name, addr, alive: me || connected, hosts });
+                }
+                Ok(nodes)
+            }
+        }
     }
 
     pub(crate) fn endpoint(&self) -> &Endpoint {
         &self.connections.endpoint
     }
 
-    /// A live connection to node `name`, made if needed.
+    /// A live connection to node `name`, made if needed; in a PostgreSQL
+    /// cluster, a node that is dead fails at once.
     pub(crate) async fn connection(&self, name: &str) -> Result<Connection> {
+        self.check_alive(name).await?;
         self.connections.connect(name).await
     }
 
+    /// The node a stub's first call goes to when the stub names none: this
+    /// node when it hosts the type; else the coordinator (static cluster),
+    /// or a live node that hosts the type, chosen by the id (PostgreSQL).
+    pub(crate) async fn default_target(&self, type_name: &str, id: &ObjectId) -> Result<String> {
+        if let Some(me) = &self.me
+            && self.hosts.iter().any(|h| h == type_name)
+        {
+            return Ok(me.clone());
+        }
+        let pg = match &self.mode {
+            Mode::Static { coordinator } => return Ok(coordinator.clone()),
+            Mode::Postgres(pg) => pg,
+        };
+        let choose = || {
+            let able: Vec<Member> = pg
+                .members
+                .all()
+                .into_iter()
+                .filter(|m| m.alive && m.hosts.iter().any(|h| h == type_name))
+                .collect();
+            let mut spread = [0u8; 8];
+            spread.copy_from_slice(&id.as_bytes()[..8]);
+            let n = able.len() as u64;
+            (n > 0).then(|| able[(u64::from_le_bytes(spread) % n) as usize].name.clone())
+        };
+        if let Some(node) = choose() {
+            return Ok(node);
+        }
+        pg.members.refresh(&self.connections, pg.members.timeout()).await?;
+        choose().ok_or_else(|| {
+            Error::Unavailable(format!(
+                "no live node of the cluster hosts `{type_name}`: start a node with `.host::<{type_name}>()`, \
+                 or wait for one to come back; retry later"
+            ))
+        })
+    }
+
     /// Where calls to object `id` go: its owner, if it has one (cached
-    /// once known); else `target`, which claims the object when the first
-    /// call reaches it. A node that is its own target claims it here, so
-    /// that it never runs an object another node owns.
-    pub(crate) async fn route(&self, type_name: &str, id: &ObjectId, target: &str) -> Result<String> {
+    /// once known); else `target`, which places the object. A node that is
+    /// its own target claims it here, so that it never runs an object
+    /// another node owns.
+    pub(crate) async fn route(&self, type_name: &str, id: &ObjectId, target: &str) -> Result<Placed> {
         if let Some(owner) = self.cached(type_name, id) {
-            return Ok(owner);
+            return Ok(Placed::Owner(owner));
+        }
+        let me = self.me.as_deref() == Some(target);
+        if let Mode::Postgres(_) = self.mode {
+            if me && self.hosts.iter().any(|h| h == type_name) {
+                // One round trip: the claim answers the owner either way.
+                return self.claim(type_name, id, None).await.map(Placed::Owner);
+            }
+            if let Some(owner) = self.directory.lookup(type_name, id).await? {
+                self.cache(type_name, id, &owner);
+                return Ok(Placed::Owner(owner));
+            }
+            self.check_alive(target).await?;
+            return Ok(Placed::Unplaced(target.to_string()));
         }
         if let Some(owner) = self.directory.lookup(type_name, id).await? {
             self.cache(type_name, id, &owner);
-            return Ok(owner);
+            return Ok(Placed::Owner(owner));
         }
-        if self.me.as_deref() == Some(target) {
-            return self.claim(type_name, id).await;
+        if me {
+            return self.claim(type_name, id, None).await.map(Placed::Owner);
         }
         if !self.connections.is_peer(target) {
             return Err(Error::Config(format!("there is no node `{target}` in the peer list")));
         }
-        Ok(target.to_string())
+        Ok(Placed::Unplaced(target.to_string()))
+    }
+
+    /// The owner of object `id`, which lives nowhere yet and is meant for
+    /// `target`. In a static cluster that is `target` (it claims the object
+    /// when the first call arrives); in PostgreSQL, `target` is asked to
+    /// place it and answers the owner it knows, which the caller follows, a
+    /// bounded number of times.
+    pub(crate) async fn place_at(
+        &self,
+        target: &str,
+        type_name: &str,
+        id: &ObjectId,
+        name: Option<&str>,
+    ) -> Result<String> {
+        if let Mode::Static { .. } = self.mode {
+            return Ok(target.to_string());
+        }
+        let mut asked = target.to_string();
+        for _ in 0..MAX_HOPS {
+            if self.me.as_deref() == Some(asked.as_str()) {
+                if !self.hosts.iter().any(|h| h == type_name) {
+                    return Err(Error::not_hosted(type_name));
+                }
+                return self.claim(type_name, id, name).await;
+            }
+            let request = DirectoryRequest::Place {
+                type_name: type_name.to_string(),
+                id: *id,
+                name: name.map(str::to_string),
+            };
+            let owner = self.ask(&asked, request).await?.ok_or_else(|| {
+                Error::Unavailable(format!(
+                    "node `{asked}` did not place `{type_name}` object {id}; retry later"
+                ))
+            })?;
+            if owner == asked {
+                self.cache(type_name, id, &owner);
+                return Ok(owner);
+            }
+            asked = owner;
+        }
+        Err(Error::Unavailable(format!(
+            "`{type_name}` object {id} could not be placed: {MAX_HOPS} nodes in a row sent the caller on; retry later"
+        )))
+    }
+
+    /// Asks node `node` one directory question.
+    async fn ask(&self, node: &str, request: DirectoryRequest) -> Result<Option<String>> {
+        let conn = self.connection(node).await?;
+        directory::ask(&conn, node, &request).await
+    }
+
+    /// In a PostgreSQL cluster, fails at once with `Unavailable` when node
+    /// `name` is dead or no member (reading the members again when it is
+    /// not known); a static cluster's peers are tried.
+    async fn check_alive(&self, name: &str) -> Result<()> {
+        let Mode::Postgres(pg) = &self.mode else { return Ok(()) };
+        if self.me.as_deref() == Some(name) {
+            return Ok(());
+        }
+        let member = match pg.members.get(name) {
+            Some(member) => member,
+            None => {
+                pg.members.refresh(&self.connections, pg.members.timeout()).await?;
+                pg.members.get(name).ok_or_else(|| {
+                    Error::Unavailable(format!(
+                        "there is no node `{name}` in the cluster (it never joined, or its row was removed); \
+                         retry once it has joined"
+                    ))
+                })?
+            }
+        };
+        if !member.alive {
+            return Err(Error::Unavailable(format!(
+                "node `{name}` is down (its lease in PostgreSQL lapsed): its objects are unavailable until it \
+                 is back, they are never re-created elsewhere; retry later"
+            )));
+        }
+        Ok(())
     }
 
     /// Claims object `id` for this node (which hosts its type), unless it
-    /// lives somewhere already; returns its owner.
-    pub(crate) async fn claim(&self, type_name: &str, id: &ObjectId) -> Result<String> {
+    /// lives somewhere already; returns its owner. `name` is the object's
+    /// name, if its id was made with one.
+    pub(crate) async fn claim(&self, type_name: &str, id: &ObjectId, name: Option<&str>) -> Result<String> {
         if let Some(owner) = self.cached(type_name, id) {
             return Ok(owner);
         }
         let me = self.me.as_deref().ok_or_else(|| Error::Config("a client hosts no objects".into()))?;
-        let owner = self.directory.claim(type_name, id, me).await?;
+        self.serving()?;
+        let owner = self.directory.claim_named(type_name, id, me, name).await?;
         self.cache(type_name, id, &owner);
         Ok(owner)
     }
@@ -149,6 +434,21 @@ impl Cluster {
     fn cache(&self, type_name: &str, id: &ObjectId, owner: &str) {
         lock(&self.placements).insert((type_name.to_string(), *id), owner.to_string());
     }
+}
+
+/// A node of the cluster, as [`Runtime::nodes`](crate::Runtime::nodes)
+/// lists it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NodeInfo {
+    /// The node's name (its certificate's).
+    pub name: String,
+    /// The address other processes reach it at.
+    pub addr: SocketAddr,
+    /// Whether it holds its lease now, by PostgreSQL's clock (a static
+    /// cluster: this node, or a peer this process is connected to).
+    pub alive: bool,
+    /// The types it hosts (a static cluster knows only its own).
+    pub hosts: Vec<String>,
 }
 
 /// The owners a process remembers: at most `capacity`, the oldest

@@ -31,7 +31,7 @@ use tokio::sync::mpsc;
 use super::connections::connection_lost;
 use super::inbound::Inbound;
 use super::outbound::{Flushed, Outbound};
-use super::placement::Cluster;
+use super::placement::{Cluster, Placed};
 use crate::error::{Error, Result};
 use crate::host::Host;
 use crate::id::ObjectId;
@@ -67,7 +67,7 @@ struct Destination {
 impl ClusterRoute {
     /// A route that places the object on node `target`, if it is not placed
     /// yet (by default: this node if it hosts the type, else the
-    /// coordinator). Does no I/O: the pump starts with the first call.
+    /// coordinator, or in PostgreSQL a live node that hosts it). Does no I/O: the pump starts with the first call.
     pub(crate) fn new(
         host: Host,
         cluster: Arc<Cluster>,
@@ -96,15 +96,12 @@ impl ClusterRoute {
         if inbound.broken.load(Ordering::Acquire) {
             return Err(inbound.broken_error());
         }
-        if let Some(rx) = lock(&self.rx).take() {
-            let pump = Pump {
-                destination: self.destination.clone(),
-                inbound: inbound.clone(),
-                outbound: self.outbound.clone(),
-            };
-            self.destination.host.spawn(pump.run(rx));
-        }
-        self.outbound.send(call, inbound, |call| {
+        // The first call is queued before the pump starts: a pump that
+        // failed at once (a node known to be down) would otherwise close
+        // the queue first, and the call would get the broken stub's error
+        // instead of the reason.
+        let start = lock(&self.rx).take();
+        let sent = self.outbound.send(call, inbound, |call| {
             self.tx.try_send(call).map_err(|err| match err {
                 mpsc::error::TrySendError::Full(_) => Error::Overloaded(format!(
                     "{} calls to `{}` object {} are waiting to be sent; retry later",
@@ -114,7 +111,16 @@ impl ClusterRoute {
                 )),
                 mpsc::error::TrySendError::Closed(_) => inbound.broken_error(),
             })
-        })
+        });
+        if let Some(rx) = start {
+            let pump = Pump {
+                destination: self.destination.clone(),
+                inbound: inbound.clone(),
+                outbound: self.outbound.clone(),
+            };
+            self.destination.host.spawn(pump.run(rx));
+        }
+        sent
     }
 }
 
@@ -189,13 +195,17 @@ impl Pump {
     /// Finds the object's owner (placing the object if it has none) and
     /// opens a stream to it; `None` when the object lives here.
     async fn open(&self) -> Result<Option<(SendStream, RecvStream)>> {
-        let Destination { cluster, hosted, target, .. } = &self.destination;
+        let Destination { host, cluster, target, .. } = &self.destination;
         let (type_name, id) = (self.inbound.type_name(), self.inbound.id());
-        let target = target
-            .clone()
-            .or_else(|| cluster.me.clone().filter(|_| hosted.is_some()))
-            .unwrap_or_else(|| cluster.coordinator().to_string());
-        let owner = cluster.route(type_name, &id, &target).await?;
+        let target = match target {
+            Some(target) => target.clone(),
+            None => cluster.default_target(type_name, &id).await?,
+        };
+        let name = host.names().get(&id);
+        let owner = match cluster.route(type_name, &id, &target).await? {
+            Placed::Owner(owner) => owner,
+            Placed::Unplaced(target) => cluster.place_at(&target, type_name, &id, name.as_deref()).await?,
+        };
         self.inbound.placed(&owner);
         if cluster.me.as_deref() == Some(owner.as_str()) {
             return Ok(None);
@@ -203,7 +213,6 @@ impl Pump {
         let conn = cluster.connection(&owner).await?;
         let lost = |what: String| connection_lost(&conn, &owner, what);
         let (mut send, recv) = conn.open_bi().await.map_err(|e| lost(e.to_string()))?;
-        let name = self.destination.host.names().get(&id);
         let hello = codec::encode(&Hello::Object { type_name: type_name.to_string(), id, name })?;
         write_frame(&mut send, &hello).await.map_err(|e| lost(e.to_string()))?;
         Ok(Some((send, recv)))
@@ -219,6 +228,13 @@ impl Pump {
         while let Some(call) = rx.recv().await {
             if let Some(earlier) = &refused {
                 let _ = call.reply.send(Err(earlier.after_break()));
+                continue;
+            }
+            // A node cut off from the cluster's referee serves nothing,
+            // its own callers included; the stub breaks, as for a refusal.
+            if let Err(err) = self.destination.cluster.serving() {
+                refused = Some(err.clone());
+                let _ = call.reply.send(Err(err));
                 continue;
             }
             if let Err((err, Message::Call(call))) =

@@ -113,12 +113,14 @@ async fn check_cluster(
 ) -> bool {
     let hello = first_frame(node, &mut recv).await.and_then(|bytes| codec::decode::<Hello>(&bytes).ok());
     let answer: ClusterAnswer = match hello {
-        Some(Hello::Cluster(theirs)) => match cluster.connections.view.difference(&theirs) {
-            None => Ok(()),
-            Some(difference) => {
-                Err(Error::Config(format!("this process is not of the node's cluster: {difference}")))
+        Some(theirs @ (Hello::Cluster(_) | Hello::PostgresCluster(_))) => {
+            match cluster.connections.view.difference(&theirs) {
+                None => Ok(()),
+                Some(difference) => {
+                    Err(Error::Config(format!("this process is not of the node's cluster: {difference}")))
+                }
             }
-        },
+        }
         _ => Err(Error::Incompatible(
             "a connection must start by showing the caller's view of the cluster; the caller is not a \
              stead process of this version"
@@ -149,19 +151,26 @@ async fn serve_stream(node: Node, conn: Connection, mut send: SendStream, mut re
     let Some((objects, cluster)) = node.upgrade() else { return };
     match hello {
         Some(Hello::Object { type_name, id, name }) => {
-            if let (Some(name), Some(hosted)) = (name, objects.hosted(&type_name))
-                && hosted.keys.id_from_name(&name) == id
-            {
-                // A genuine name (it hashes to the id): kept for activation.
-                objects.host().names().remember(id, &name);
-            }
-            serve_object(&objects, &cluster, &type_name, id, send, recv).await;
+            let name = genuine_name(&objects, &type_name, id, name);
+            serve_object(&objects, &cluster, &type_name, id, name.as_deref(), send, recv).await;
         }
-        Some(Hello::Directory) => serve_directory(&cluster, &conn, send, recv).await,
+        Some(Hello::Directory) => serve_directory(&objects, &cluster, &conn, send, recv).await,
         // Only the first stream of a connection may show the cluster.
-        Some(Hello::Cluster(_)) => refuse(&mut send, &mut recv),
+        Some(Hello::Cluster(_) | Hello::PostgresCluster(_)) => refuse(&mut send, &mut recv),
         None => refuse(&mut send, &mut recv),
     }
+}
+
+/// The name a caller gave object `id`, if it is genuine (it hashes to the
+/// id): kept for the activation, and for the directory.
+fn genuine_name(objects: &Objects, type_name: &str, id: ObjectId, name: Option<String>) -> Option<String> {
+    let name = name?;
+    let hosted = objects.hosted(type_name)?;
+    if hosted.keys.id_from_name(&name) != id {
+        return None;
+    }
+    objects.host().names().remember(id, &name);
+    Some(name)
 }
 
 fn refuse(send: &mut SendStream, recv: &mut RecvStream) {
@@ -181,13 +190,15 @@ async fn admit(
     cluster: &Cluster,
     type_name: &str,
     id: ObjectId,
+    name: Option<&str>,
 ) -> Result<Arc<HostedType>> {
     let hosted = objects.hosted(type_name).cloned().ok_or_else(|| Error::not_hosted(type_name))?;
     hosted.keys.verify(&id)?;
     let me = cluster.me.clone().ok_or_else(|| Error::Config("a client hosts no objects".into()))?;
+    cluster.serving()?;
     // The first call to an object that lives nowhere yet places it here:
     // this node hosts its type, and claims it for itself.
-    let owner = cluster.claim(type_name, &id).await?;
+    let owner = cluster.claim(type_name, &id, name).await?;
     if owner != me {
         return Err(Error::Unavailable(format!(
             "`{type_name}` object {id} lives on node `{owner}`, not on `{me}`; the caller's directory cache is stale"
@@ -288,6 +299,7 @@ async fn serve_object(
     cluster: &Cluster,
     type_name: &str,
     id: ObjectId,
+    name: Option<&str>,
     send: SendStream,
     mut recv: RecvStream,
 ) {
@@ -295,8 +307,9 @@ async fn serve_object(
     let _serving = host.serving();
     let mut closed = std::pin::pin!(host.lifecycle().closed());
     let timeout = host.config().call_timeout;
-    let admitted =
-        tokio::time::timeout(timeout, admit(objects, cluster, type_name, id)).await.unwrap_or_else(|_| {
+    let admitted = tokio::time::timeout(timeout, admit(objects, cluster, type_name, id, name))
+        .await
+        .unwrap_or_else(|_| {
             Err(Error::Timeout(format!(
                 "could not confirm within {timeout:?} that `{type_name}` object {id} lives on this node (the \
                  directory did not answer); retry later"
@@ -331,6 +344,16 @@ async fn serve_object(
                  reachable again once its node is back: retry later"
             ));
             responder.respond(Response { seq, result: Err(err) }).await;
+            continue;
+        }
+        if refused.is_none()
+            && admitted.is_ok()
+            && let Err(err) = cluster.serving()
+        {
+            // Cut off from the cluster's referee: this call and every later
+            // one of the stream are refused (no gap in the order).
+            responder.respond(Response { seq, result: Err(err.clone()) }).await;
+            refused = Some(err);
             continue;
         }
         let hosted = match (&admitted, &refused) {
@@ -375,13 +398,29 @@ async fn serve_object(
     let _ = recv.stop(quinn_code(BAD_FRAME));
 }
 
-async fn serve_directory(cluster: &Cluster, conn: &Connection, mut send: SendStream, mut recv: RecvStream) {
+async fn serve_directory(
+    objects: &Objects,
+    cluster: &Cluster,
+    conn: &Connection,
+    mut send: SendStream,
+    mut recv: RecvStream,
+) {
     let request = match read_frame(&mut recv, MAX_CONTROL_FRAME).await {
         Ok(Some(bytes)) => codec::decode::<DirectoryRequest>(&bytes).ok(),
         _ => None,
     };
     let Some(request) = request else { return refuse(&mut send, &mut recv) };
     let answer: DirectoryAnswer = match (&cluster.local_directory, request) {
+        (_, DirectoryRequest::Place { type_name, id, name }) => {
+            let timeout = objects.host().config().call_timeout;
+            tokio::time::timeout(timeout, place_here(objects, cluster, &type_name, id, name))
+                .await
+                .unwrap_or_else(|_| {
+                    Err(Error::Timeout(format!(
+                        "node could not place `{type_name}` object {id} within {timeout:?}; retry later"
+                    )))
+                })
+        }
         (None, _) => Err(Error::Config(
             "this node is not the coordinator; the peer lists of the processes differ".into(),
         )),
@@ -390,7 +429,7 @@ async fn serve_directory(cluster: &Cluster, conn: &Connection, mut send: SendStr
         }
         (Some(directory), DirectoryRequest::Claim { type_name, id }) => {
             match cluster.connections.node_of(conn) {
-                Some(node) => directory.claim_now(&type_name, &id, node).map(Some),
+                Some(node) => directory.claim_now(&type_name, &id, &node).map(Some),
                 None => {
                     tracing::warn!(peer = %conn.remote_address(), "refused a claim from a peer that is no node");
                     Err(Error::Config(
@@ -406,4 +445,19 @@ async fn serve_directory(cluster: &Cluster, conn: &Connection, mut send: SendStr
         let _ = write_frame(&mut send, &frame).await;
     }
     let _ = send.finish();
+}
+
+/// Places object `id` on this node, unless it lives somewhere already
+/// (PostgreSQL cluster); answers its owner.
+async fn place_here(
+    objects: &Objects,
+    cluster: &Cluster,
+    type_name: &str,
+    id: ObjectId,
+    name: Option<String>,
+) -> Result<Option<String>> {
+    let hosted = objects.hosted(type_name).ok_or_else(|| Error::not_hosted(type_name))?;
+    hosted.keys.verify(&id)?;
+    let name = genuine_name(objects, type_name, id, name);
+    cluster.claim(type_name, &id, name.as_deref()).await.map(Some)
 }

@@ -1,0 +1,386 @@
+//! The cluster on PostgreSQL: the connection to it, its schema, and the
+//! directory kept in it.
+//!
+//! PostgreSQL is the cluster's referee: membership leases are judged by its
+//! clock (`now()`), placements by its unique keys. stead builds no consensus
+//! of its own. Tables (names start with `stead_`; set another schema with
+//! `options=-csearch_path=..` in the conninfo):
+//!
+//! - `stead_schema (version, cluster_id)`: one row; the version of these
+//!   tables, and the random id of the cluster, created with them, that
+//!   processes compare at every handshake.
+//! - `stead_nodes (name, incarnation, addr, hosts, lease_until, started_at)`:
+//!   the members (see `membership.rs`).
+//! - `stead_objects (type, id, name, owner, epoch, created_at)`: the
+//!   directory. A node claims an object for itself with one
+//!   `INSERT .. ON CONFLICT DO NOTHING RETURNING owner`, allowed only while
+//!   its lease holds (a conflict costs a second round trip, a lookup);
+//!   the first claim wins and is kept (`epoch` 1: moving an object will bump
+//!   it with one conditional `UPDATE`).
+//!
+//! stead connects without TLS (`NoTls`): reach a PostgreSQL on another host
+//! through a private network or a TLS tunnel; a conninfo with
+//! `sslmode=require` is refused by the driver.
+
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio_postgres::types::Type;
+use tokio_postgres::{Client, NoTls, Row, Statement};
+
+use super::membership::Lease;
+use crate::error::{Error, Result};
+use crate::id::ObjectId;
+use crate::local::BoxFuture;
+use crate::wire::MAX_TYPE_NAME;
+
+use super::Directory;
+
+/// The version of the tables this build reads and writes.
+pub(crate) const SCHEMA_VERSION: i32 = 1;
+
+/// The advisory lock under which the schema is created (its key spells
+/// "stead" and the lock's purpose).
+const SCHEMA_LOCK: i64 = 0x7374_6561_6400_0001;
+
+const SCHEMA: &str = "
+CREATE TABLE stead_schema (
+    version integer NOT NULL,
+    cluster_id text NOT NULL,
+    created_at timestamptz NOT NULL DEFAULT now()
+);
+CREATE TABLE stead_nodes (
+    name text PRIMARY KEY,
+    incarnation bigint NOT NULL,
+    addr text NOT NULL,
+    hosts text[] NOT NULL,
+    lease_until timestamptz NOT NULL,
+    started_at timestamptz NOT NULL
+);
+CREATE TABLE stead_objects (
+    type text NOT NULL,
+    id bytea NOT NULL,
+    name text,
+    owner text NOT NULL,
+    epoch bigint NOT NULL,
+    created_at timestamptz NOT NULL DEFAULT now(),
+    PRIMARY KEY (type, id)
+);
+";
+
+/// A claim: the object is inserted for node `$4` only while its
+/// incarnation `$5` holds its lease, and its owner returned. No row: it was
+/// placed already (or the lease lapsed), and a lookup says by whom.
+const CLAIM: &str = "
+INSERT INTO stead_objects (type, id, name, owner, epoch)
+SELECT $1, $2, $3, $4, 1
+WHERE EXISTS (SELECT 1 FROM stead_nodes WHERE name = $4 AND incarnation = $5 AND lease_until > now())
+ON CONFLICT (type, id) DO NOTHING
+RETURNING owner";
+
+const LOOKUP: &str = "SELECT owner FROM stead_objects WHERE type = $1 AND id = $2";
+
+/// One connection to PostgreSQL (made on first use, made again after it
+/// broke) with its prepared statements. Every use is bounded in time.
+pub(crate) struct Pg {
+    conninfo: String,
+    timeout: Duration,
+    conn: tokio::sync::Mutex<Option<Arc<PgConn>>>,
+}
+
+/// A live connection and its statements.
+pub(crate) struct PgConn {
+    pub(crate) client: Client,
+    claim: Statement,
+    lookup: Statement,
+}
+
+impl Pg {
+    /// A connection to `conninfo`, each use of which (connecting included)
+    /// may take `timeout`.
+    pub(crate) fn new(conninfo: &str, timeout: Duration) -> Self {
+        Pg { conninfo: conninfo.to_string(), timeout, conn: tokio::sync::Mutex::new(None) }
+    }
+
+    /// Runs `f` on the connection, within the timeout; `what` says what
+    /// for, in errors. A connection that failed or did not answer is
+    /// dropped (the next use connects again).
+    pub(crate) async fn with<T, F>(&self, what: &str, f: impl FnOnce(Arc<PgConn>) -> F) -> Result<T>
+    where
+        F: Future<Output = Result<T, tokio_postgres::Error>>,
+    {
+        self.with_timeout(self.timeout, what, f).await
+    }
+
+    /// Like [`with`](Self::with), bounded by `timeout` instead.
+    pub(crate) async fn with_timeout<T, F>(
+        &self,
+        timeout: Duration,
+        what: &str,
+        f: impl FnOnce(Arc<PgConn>) -> F,
+    ) -> Result<T>
+    where
+        F: Future<Output = Result<T, tokio_postgres::Error>>,
+    {
+        let deadline = tokio::time::Instant::now() + timeout;
+        let late = || {
+            Error::Unavailable(format!("PostgreSQL did not answer within {timeout:?} ({what}); retry later"))
+        };
+        let conn = tokio::time::timeout_at(deadline, self.connection()).await.map_err(|_| late())??;
+        match tokio::time::timeout_at(deadline, f(conn.clone())).await {
+            Ok(Ok(value)) => Ok(value),
+            Ok(Err(err)) => {
+                if conn.client.is_closed() {
+                    self.forget(&conn).await;
+                }
+                Err(pg_error(what, &err))
+            }
+            Err(_) => {
+                // Its answer may still come, late; queries behind it would
+                // wait for it: start afresh.
+                self.forget(&conn).await;
+                Err(late())
+            }
+        }
+    }
+
+    async fn connection(&self) -> Result<Arc<PgConn>> {
+        let mut conn = self.conn.lock().await;
+        if let Some(live) = conn.as_ref()
+            && !live.client.is_closed()
+        {
+            return Ok(live.clone());
+        }
+        let client = connect(&self.conninfo).await?;
+        let claim_types = [Type::TEXT, Type::BYTEA, Type::TEXT, Type::TEXT, Type::INT8];
+        let lookup_types = [Type::TEXT, Type::BYTEA];
+        let (claim, lookup) = tokio::try_join!(
+            client.prepare_typed(CLAIM, &claim_types),
+            client.prepare_typed(LOOKUP, &lookup_types),
+        )
+        .map_err(|e| pg_error("preparing the directory's statements", &e))?;
+        let live = Arc::new(PgConn { client, claim, lookup });
+        *conn = Some(live.clone());
+        Ok(live)
+    }
+
+    /// A new connection of its own, outside this `Pg`, within the timeout.
+    pub(crate) async fn connect_raw(&self) -> Result<Client> {
+        tokio::time::timeout(self.timeout, connect(&self.conninfo)).await.unwrap_or_else(|_| {
+            Err(Error::Unavailable(format!(
+                "PostgreSQL did not accept a connection within {:?} (`connect_timeout`); check that it \
+                 runs and that the conninfo reaches it",
+                self.timeout
+            )))
+        })
+    }
+
+    async fn forget(&self, broken: &Arc<PgConn>) {
+        let mut conn = self.conn.lock().await;
+        if conn.as_ref().is_some_and(|live| Arc::ptr_eq(live, broken)) {
+            *conn = None;
+        }
+    }
+}
+
+/// Connects to `conninfo`; the connection's task runs on the current tokio
+/// runtime until the client is dropped.
+async fn connect(conninfo: &str) -> Result<Client> {
+    let (client, connection) =
+        tokio_postgres::connect(conninfo, NoTls).await.map_err(|e| pg_error("connecting", &e))?;
+    tokio::spawn(async move {
+        if let Err(err) = connection.await {
+            tracing::debug!(%err, "a connection to PostgreSQL ended");
+        }
+    });
+    Ok(client)
+}
+
+/// The error for a failed use of PostgreSQL: a refusal by the server is a
+/// `Storage` error, anything else (down, unreachable, cut off) makes it
+/// `Unavailable`.
+pub(crate) fn pg_error(what: &str, err: &tokio_postgres::Error) -> Error {
+    match err.as_db_error() {
+        Some(db) => Error::Storage(format!("PostgreSQL refused {what}: {}", db.message())),
+        None => Error::Unavailable(format!("PostgreSQL is unavailable ({what}): {err}; retry later")),
+    }
+}
+
+/// Creates the tables on first start (a node only; `create` false for a
+/// client, which never writes) and checks their version; returns the
+/// cluster's id.
+pub(crate) async fn setup(conninfo: &str, timeout: Duration, create: bool) -> Result<String> {
+    tokio::time::timeout(timeout, setup_now(conninfo, create)).await.unwrap_or_else(|_| {
+        Err(Error::Unavailable(format!(
+            "PostgreSQL did not answer within {timeout:?} (`connect_timeout`) while checking the \
+             cluster's tables; check that it runs and that the conninfo reaches it"
+        )))
+    })
+}
+
+async fn setup_now(conninfo: &str, create: bool) -> Result<String> {
+    let mut client = connect(conninfo).await?;
+    let failed = |e: tokio_postgres::Error| pg_error("checking the cluster's tables", &e);
+    let tx = client.transaction().await.map_err(failed)?;
+    // Nodes starting together create the tables once.
+    tx.execute("SELECT pg_advisory_xact_lock($1)", &[&SCHEMA_LOCK]).await.map_err(failed)?;
+    let exists: bool = tx
+        .query_one("SELECT to_regclass('stead_schema') IS NOT NULL", &[])
+        .await
+        .map_err(failed)?
+        .try_get(0)
+        .map_err(failed)?;
+    if !exists {
+        if !create {
+            return Err(Error::Config(
+                "the PostgreSQL database holds no stead cluster yet (no table `stead_schema`): start a \
+                 node of the cluster first (a client never writes to PostgreSQL), or check the conninfo"
+                    .into(),
+            ));
+        }
+        let mut id = [0u8; 16];
+        getrandom::fill(&mut id)
+            .map_err(|e| Error::Config(format!("cannot draw a random cluster id: {e}")))?;
+        let id: String = id.iter().map(|b| format!("{b:02x}")).collect();
+        tx.batch_execute(SCHEMA).await.map_err(failed)?;
+        tx.execute("INSERT INTO stead_schema (version, cluster_id) VALUES ($1, $2)", &[&SCHEMA_VERSION, &id])
+            .await
+            .map_err(failed)?;
+    }
+    // The version first, alone: a newer release may have changed the rest.
+    let versions = tx.query("SELECT version FROM stead_schema", &[]).await.map_err(failed)?;
+    let version = match versions.as_slice() {
+        [row] => get::<i32>(row, 0, "stead_schema.version")?,
+        _ => {
+            return Err(Error::Storage(format!(
+                "the table `stead_schema` must hold one row, and it holds {}: it was changed by hand; \
+                 restore it from a backup",
+                versions.len()
+            )));
+        }
+    };
+    if version > SCHEMA_VERSION {
+        return Err(Error::Config(format!(
+            "the PostgreSQL database holds stead tables of version {version}, newer than version \
+             {SCHEMA_VERSION}, the newest this build knows: run the stead release of the cluster's other \
+             nodes here, or point this process at another database"
+        )));
+    }
+    if version < 1 {
+        return Err(Error::Storage(format!(
+            "the table `stead_schema` names version {version}, which no stead release wrote: it was \
+             changed by hand"
+        )));
+    }
+    let row = tx.query_one("SELECT cluster_id FROM stead_schema", &[]).await.map_err(failed)?;
+    let cluster_id = get::<String>(&row, 0, "stead_schema.cluster_id")?;
+    tx.commit().await.map_err(failed)?;
+    Ok(cluster_id)
+}
+
+/// Column `i` of `row`, or an error naming `column`.
+pub(crate) fn get<'a, T: tokio_postgres::types::FromSql<'a>>(
+    row: &'a Row,
+    i: usize,
+    column: &str,
+) -> Result<T> {
+    row.try_get(i)
+        .map_err(|e| Error::Storage(format!("PostgreSQL returned an unexpected value in `{column}`: {e}")))
+}
+
+/// The directory in PostgreSQL. Lookups are anyone's; claims only the
+/// node's own, fenced by its lease.
+pub(crate) struct PostgresDirectory {
+    pg: Pg,
+    /// This node's lease; none for a client, which never claims.
+    lease: Option<Arc<Lease>>,
+}
+
+impl PostgresDirectory {
+    pub(crate) fn new(pg: Pg, lease: Option<Arc<Lease>>) -> Self {
+        PostgresDirectory { pg, lease }
+    }
+
+    async fn lookup_now(&self, type_name: &str, id: &ObjectId) -> Result<Option<String>> {
+        check_type_name(type_name)?;
+        let row = self
+            .pg
+            .with("looking an object up", |c| async move {
+                c.client.query_opt(&c.lookup, &[&type_name, &id.as_bytes().as_slice()]).await
+            })
+            .await?;
+        row.map(|row| get::<String>(&row, 0, "stead_objects.owner")).transpose()
+    }
+
+    async fn claim_now(
+        &self,
+        type_name: &str,
+        id: &ObjectId,
+        node: &str,
+        name: Option<&str>,
+    ) -> Result<String> {
+        check_type_name(type_name)?;
+        let lease =
+            self.lease.as_ref().filter(|lease| lease.name == node).ok_or_else(|| {
+                Error::Config(format!("only node `{node}` itself may claim objects for it"))
+            })?;
+        lease.check()?;
+        let incarnation = lease.incarnation;
+        let rows = self
+            .pg
+            .with("placing an object", |c| async move {
+                c.client
+                    .query(&c.claim, &[&type_name, &id.as_bytes().as_slice(), &name, &node, &incarnation])
+                    .await
+            })
+            .await?;
+        if let Some(row) = rows.first() {
+            return get::<String>(row, 0, "stead_objects.owner");
+        }
+        // Nothing inserted: placed already, or this node's lease lapsed.
+        match self.lookup_now(type_name, id).await? {
+            Some(owner) => Ok(owner),
+            None => Err(Error::Unavailable(format!(
+                "node `{node}` could not place `{type_name}` object {id}: its lease in PostgreSQL has \
+                 lapsed; it places nothing until it has renewed it: retry later"
+            ))),
+        }
+    }
+}
+
+/// Refuses type names no hosted type can have (the directory stores them).
+fn check_type_name(type_name: &str) -> Result<()> {
+    if type_name.is_empty() || type_name.len() > MAX_TYPE_NAME {
+        return Err(Error::Config(format!(
+            "a type name of {} bytes was refused: type names have 1 to {MAX_TYPE_NAME} bytes",
+            type_name.len()
+        )));
+    }
+    Ok(())
+}
+
+impl Directory for PostgresDirectory {
+    fn lookup<'a>(&'a self, type_name: &'a str, id: &'a ObjectId) -> BoxFuture<'a, Result<Option<String>>> {
+        Box::pin(self.lookup_now(type_name, id))
+    }
+
+    fn claim<'a>(
+        &'a self,
+        type_name: &'a str,
+        id: &'a ObjectId,
+        node: &'a str,
+    ) -> BoxFuture<'a, Result<String>> {
+        Box::pin(self.claim_now(type_name, id, node, None))
+    }
+
+    fn claim_named<'a>(
+        &'a self,
+        type_name: &'a str,
+        id: &'a ObjectId,
+        node: &'a str,
+        name: Option<&'a str>,
+    ) -> BoxFuture<'a, Result<String>> {
+        Box::pin(self.claim_now(type_name, id, node, name))
+    }
+}
