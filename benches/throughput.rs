@@ -226,12 +226,86 @@ fn rusqlite_threads(c: &mut Criterion, objects: usize) {
     latencies.report(&format!("rusqlite_threads/{objects}"));
 }
 
+/// Single-row upserts from one tokio-postgres connection per caller, with
+/// `synchronous_commit` on (a commit waits for its WAL flush) or off.
+fn postgres(
+    c: &mut Criterion,
+    tokio: &tokio::runtime::Runtime,
+    conninfo: &str,
+    objects: usize,
+    synchronous_commit: bool,
+) {
+    let name = if synchronous_commit { "postgres_on" } else { "postgres_off" };
+    let setting = if synchronous_commit { "on" } else { "off" };
+    let table = format!("registers_{objects}");
+    let clients = tokio.block_on(async {
+        let mut clients = Vec::new();
+        for _ in 0..CALLERS {
+            let (client, connection) =
+                tokio_postgres::connect(conninfo, tokio_postgres::NoTls).await.unwrap();
+            tokio::spawn(connection);
+            client.batch_execute(&format!("SET synchronous_commit = {setting}")).await.unwrap();
+            clients.push(client);
+        }
+        clients[0]
+            .batch_execute(&format!(
+                "CREATE TABLE IF NOT EXISTS {table} (id integer PRIMARY KEY, value bytea NOT NULL)"
+            ))
+            .await
+            .unwrap();
+        let mut prepared = Vec::new();
+        for client in clients {
+            let upsert = client
+                .prepare(&format!(
+                    "INSERT INTO {table} (id, value) VALUES ($1, $2) \
+                     ON CONFLICT (id) DO UPDATE SET value = excluded.value"
+                ))
+                .await
+                .unwrap();
+            prepared.push((client, upsert));
+        }
+        for i in 0..objects {
+            let (client, upsert) = &prepared[0];
+            client.execute(upsert, &[&(i as i32), &value(i as u64)]).await.unwrap();
+        }
+        Arc::new(prepared)
+    });
+    let latencies = Latencies::default();
+    let mut group = c.benchmark_group("durable_throughput");
+    group.bench_function(BenchmarkId::new(name, objects), |b| {
+        b.iter_custom(|iters| {
+            let clients = clients.clone();
+            concurrently(tokio, iters, CALLERS, &latencies, move |caller, seq| {
+                let clients = clients.clone();
+                async move {
+                    let (client, upsert) = &clients[caller];
+                    let id = object_of(caller, seq, objects) as i32;
+                    client.execute(upsert, &[&id, &value(seq)]).await.unwrap();
+                }
+            })
+        })
+    });
+    group.finish();
+    latencies.report(&format!("{name}/{objects}"));
+}
+
 fn durable_throughput(c: &mut Criterion) {
     let tokio = tokio::runtime::Builder::new_multi_thread().enable_all().build().unwrap();
+    let pg = match stead_pgtemp::TempPostgres::start_durable() {
+        Ok(pg) => Some(pg),
+        Err(err) => {
+            eprintln!("no PostgreSQL baselines: {err}");
+            None
+        }
+    };
     for objects in [1, 100, 1000] {
         stead(c, &tokio, objects, Durability::Full);
         stead(c, &tokio, objects, Durability::Normal);
         rusqlite_threads(c, objects);
+        if let Some(pg) = &pg {
+            postgres(c, &tokio, &pg.conninfo(), objects, true);
+            postgres(c, &tokio, &pg.conninfo(), objects, false);
+        }
     }
 }
 

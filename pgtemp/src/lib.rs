@@ -9,8 +9,10 @@
 //! when this process is root, the server runs as the unprivileged
 //! `postgres` user, which must exist.
 //!
-//! The server is made for speed, not safety: `fsync` is off. It accepts any
-//! local connection as the superuser `postgres` without a password.
+//! [`TempPostgres::start`] makes a server for speed, not safety: `fsync` is
+//! off. [`TempPostgres::start_durable`] keeps PostgreSQL's durable defaults
+//! (`fsync` on), for benchmarks that compare durable writes. Either accepts
+//! any local connection as the superuser `postgres` without a password.
 //!
 //! ```no_run
 //! let pg = stead_pgtemp::TempPostgres::start().unwrap();
@@ -39,6 +41,8 @@ pub struct TempPostgres {
     bin: PathBuf,
     user: Option<(u32, u32)>,
     port: u16,
+    /// `fsync` on (PostgreSQL's default) instead of off.
+    durable: bool,
     server: Option<Server>,
 }
 
@@ -68,6 +72,20 @@ impl TempPostgres {
     /// When the binaries cannot be found, `initdb` fails, or the server does
     /// not come up within 30 s; the message says why and what to install.
     pub fn start() -> Result<TempPostgres, Error> {
+        Self::launch(false)
+    }
+
+    /// Like [`start`](Self::start), with `fsync` on, as PostgreSQL ships:
+    /// a commit waits for its WAL to reach the disk (with
+    /// `synchronous_commit = on`, the default).
+    ///
+    /// # Errors
+    /// As [`start`](Self::start).
+    pub fn start_durable() -> Result<TempPostgres, Error> {
+        Self::launch(true)
+    }
+
+    fn launch(durable: bool) -> Result<TempPostgres, Error> {
         let bin = bindir()?;
         let user = server_user()?;
         let dir = tempfile::Builder::new()
@@ -94,7 +112,7 @@ impl TempPostgres {
                 String::from_utf8_lossy(&out.stderr).trim()
             )));
         }
-        let mut pg = TempPostgres { dir, bin, user, port: 0, server: None };
+        let mut pg = TempPostgres { dir, bin, user, port: 0, durable, server: None };
         // A port just handed out by the OS may be taken again before the
         // server binds it: try a few.
         let mut last = None;
@@ -169,7 +187,8 @@ impl TempPostgres {
             .arg("-k")
             .arg(self.dir.path())
             .args(["-p", &self.port.to_string()])
-            .args(["-c", "listen_addresses=127.0.0.1", "-c", "fsync=off", "-c", "logging_collector=off"])
+            .args(["-c", "listen_addresses=127.0.0.1", "-c", "logging_collector=off"])
+            .args(["-c", if self.durable { "fsync=on" } else { "fsync=off" }])
             .current_dir(self.dir.path())
             .stdin(Stdio::null())
             .stdout(Stdio::null())
