@@ -54,6 +54,21 @@ LIMIT $6";
 /// The types that have objects in the directory.
 const TYPES: &str = "SELECT DISTINCT type FROM stead_objects ORDER BY type";
 
+/// An error and its causes, on one line ("error connecting to server:
+/// Connection refused (os error 111)").
+fn with_sources(err: &dyn std::error::Error) -> String {
+    let mut text = err.to_string();
+    let mut source = err.source();
+    while let Some(cause) = source {
+        let cause_text = cause.to_string();
+        if !text.contains(&cause_text) {
+            text = format!("{text}: {cause_text}");
+        }
+        source = cause.source();
+    }
+    text
+}
+
 /// A read-only connection to a PostgreSQL cluster's tables, their version
 /// checked.
 pub struct ClusterReader {
@@ -126,14 +141,11 @@ impl ClusterReader {
     /// `Error::Unavailable` when PostgreSQL cannot be reached or does not
     /// answer in time; `Error::Storage` when it refuses a query.
     pub async fn connect(conninfo: &str, timeout: Duration) -> Result<Self> {
-        let mut config: tokio_postgres::Config = conninfo.parse().map_err(|e| {
+        let config: tokio_postgres::Config = conninfo.parse().map_err(|e| {
             Error::Config(format!(
                 "the conninfo cannot be read: {e} (it looks like `host=db.internal user=stead dbname=stead`)"
             ))
         })?;
-        if config.get_connect_timeout().is_none() {
-            config.connect_timeout(timeout);
-        }
         let connected = tokio::time::timeout(timeout, config.connect(NoTls)).await.map_err(|_| {
             Error::Unavailable(format!(
                 "PostgreSQL did not accept a connection within {timeout:?}: check that it runs and that the \
@@ -143,7 +155,8 @@ impl ClusterReader {
         let (client, connection) = connected.map_err(|e| match e.as_db_error() {
             Some(db) => Error::Unavailable(format!("PostgreSQL refused the connection: {}", db.message())),
             None => Error::Unavailable(format!(
-                "cannot connect to PostgreSQL: {e}; check that it runs and that the conninfo reaches it"
+                "cannot connect to PostgreSQL: {}; check that it runs and that the conninfo reaches it",
+                with_sources(&e)
             )),
         })?;
         tokio::spawn(async move {
