@@ -198,10 +198,10 @@ async fn objects_with_postgres_filters_by_type_name_and_owner_and_stops_at_the_l
             .map(|row| row[1].clone())
             .collect()
     };
-    assert_eq!(ids(&["--type", "Ledger"]), [placed.books.clone()]);
-    assert_eq!(ids(&["--name", "li"]), [placed.alice.clone()]);
-    assert_eq!(ids(&["--type", "Account", "--name", "o"]), [placed.bob.clone()]);
-    assert_eq!(ids(&["--owner", "ohio", "--type", "Ledger"]), [placed.books.clone()]);
+    assert_eq!(ids(&["--type", "Ledger"]), [placed.books.as_str()]);
+    assert_eq!(ids(&["--name", "li"]), [placed.alice.as_str()]);
+    assert_eq!(ids(&["--type", "Account", "--name", "o"]), [placed.bob.as_str()]);
+    assert_eq!(ids(&["--owner", "ohio", "--type", "Ledger"]), [placed.books.as_str()]);
     assert_eq!(ids(&["--limit", "2"]).len(), 2);
     assert_eq!(json_lines(&cluster.stead("objects", &["--limit", "3", "--json"])).len(), 3);
 
