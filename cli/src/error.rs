@@ -70,6 +70,15 @@ pub(crate) enum Error {
     #[error("could not make the certificate: {0}")]
     Certificate(#[from] rcgen::Error),
 
+    /// Options that do not go together (where clap cannot tell).
+    #[error("{0}")]
+    Usage(String),
+
+    /// Reading a PostgreSQL cluster failed: unreachable, not a stead
+    /// cluster, newer tables than this build knows, a refused query.
+    #[error("{0}")]
+    Cluster(String),
+
     /// Writing the command's output failed (a closed pipe is not reported).
     #[error("cannot write the output: {0}")]
     Output(#[from] std::io::Error),

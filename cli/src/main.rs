@@ -2,6 +2,10 @@
 //!
 //! - `stead objects <data_dir>` lists the objects of a node's data directory
 //!   (type, id, size, alarm, last write, name), with filters;
+//! - `stead objects --postgres <conninfo>` lists the directory of a
+//!   PostgreSQL cluster (type, id, owner, epoch, whether the owner is
+//!   alive, name), and `stead nodes --postgres <conninfo>` its nodes (name,
+//!   address, alive, lease, hosted types), both read-only;
 //! - `stead show <data_dir> <type> <id>` prints a stopped or evicted
 //!   object's keys and the sizes of their values, or runs a read-only SQL
 //!   query on its database (`--sql`);
@@ -13,11 +17,14 @@
 //! status.
 
 mod certs;
+mod cluster_objects;
 mod data_dir;
 mod error;
 mod format;
+mod nodes;
 mod object_db;
 mod objects;
+mod postgres;
 mod progress;
 mod show;
 
@@ -28,7 +35,8 @@ use clap::{Parser, Subcommand};
 
 use crate::error::Error;
 
-/// Inspect stead data directories and issue cluster certificates.
+/// Inspect stead data directories and clusters, and issue cluster
+/// certificates.
 #[derive(Parser)]
 #[command(name = "stead", version)]
 struct Cli {
@@ -39,8 +47,14 @@ struct Cli {
 #[derive(Subcommand)]
 enum Command {
     /// Lists the objects of a node's data directory: type, id, size, alarm,
-    /// last write and name, in order of type then id.
+    /// last write and name, in order of type then id; or, with
+    /// `--postgres`, of a PostgreSQL cluster's directory: type, id, owner,
+    /// epoch, whether the owner is alive, and name.
     Objects(objects::Args),
+    /// Lists the nodes of a PostgreSQL cluster: name, address, whether it
+    /// holds its lease (by PostgreSQL's clock), until when, and the types it
+    /// hosts.
+    Nodes(nodes::Args),
     /// Prints an object's storage (name, alarm, keys and the sizes of their
     /// values), or runs a read-only SQL query on it. The object must not be
     /// active in a running node.
@@ -58,6 +72,7 @@ fn main() -> ExitCode {
     let mut out = stdout.lock();
     let result = match cli.command {
         Command::Objects(args) => objects::run(args, &mut out),
+        Command::Nodes(args) => nodes::run(args, &mut out),
         Command::Show(args) => show::run(args, &mut out),
         Command::Certs { command } => certs::run(command, &mut out),
     };

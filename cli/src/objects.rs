@@ -1,5 +1,6 @@
 //! `stead objects <data_dir>`: the objects of a node's data directory, one
-//! line each, in order of type then id.
+//! line each, in order of type then id. (`stead objects --postgres` lists
+//! a PostgreSQL cluster's directory instead: `cluster_objects.rs`.)
 //!
 //! Rows are printed as the directory is walked (a data directory may hold
 //! millions of objects), so the name, the only column of unknown width,
@@ -9,6 +10,7 @@
 use std::io::Write;
 use std::ops::ControlFlow;
 use std::path::PathBuf;
+use std::time::Duration;
 
 use serde::Serialize;
 
@@ -23,23 +25,37 @@ use crate::progress::Progress;
 #[derive(clap::Args)]
 pub(crate) struct Args {
     /// The node's data directory (what it was given with `.data_dir(...)`).
-    data_dir: PathBuf,
+    #[arg(required_unless_present = "postgres")]
+    data_dir: Option<PathBuf>,
+    /// Lists the directory of a PostgreSQL cluster instead (type, id,
+    /// owner, epoch, whether the owner is alive, name): its database, as
+    /// the nodes are given it with `.postgres(..)`.
+    #[arg(long, value_name = "CONNINFO", conflicts_with_all = ["data_dir", "with_alarm"])]
+    pub(crate) postgres: Option<String>,
     /// Only objects of this type (its name in ids and storage: the type's
     /// name, or the one given with `#[durable_object(name = "...")]`).
     #[arg(long = "type", value_name = "TYPE")]
-    type_name: Option<String>,
-    /// Only objects that have an alarm set.
+    pub(crate) type_name: Option<String>,
+    /// Only objects that have an alarm set (not with `--postgres`: alarms
+    /// live in the nodes' storage).
     #[arg(long)]
     with_alarm: bool,
     /// Only objects whose name (given to `id_from_name`) contains TEXT.
     #[arg(long, value_name = "TEXT")]
-    name: Option<String>,
+    pub(crate) name: Option<String>,
+    /// With `--postgres`: only objects that node NODE owns.
+    #[arg(long, value_name = "NODE")]
+    pub(crate) owner: Option<String>,
     /// At most N objects.
     #[arg(long, value_name = "N")]
-    limit: Option<usize>,
+    pub(crate) limit: Option<usize>,
     /// One JSON object per line instead of a table.
     #[arg(long)]
-    json: bool,
+    pub(crate) json: bool,
+    /// With `--postgres`: how long PostgreSQL may take to accept the
+    /// connection and to answer each query [default: 5s].
+    #[arg(long, value_name = "DURATION", value_parser = crate::postgres::parse_timeout)]
+    pub(crate) timeout: Option<Duration>,
 }
 
 /// What could be read of one object.
@@ -56,9 +72,28 @@ enum State {
     Unreadable(String),
 }
 
-/// Lists the objects of `args.data_dir` on `out`.
+/// Lists the objects of `args.data_dir` (or, with `--postgres`, of a
+/// cluster's directory) on `out`.
 pub(crate) fn run(args: Args, out: &mut impl Write) -> Result<()> {
-    let dir = DataDir::open(&args.data_dir)?;
+    let data_dir = match (&args.postgres, &args.data_dir) {
+        (Some(conninfo), _) => return crate::cluster_objects::run(conninfo, &args, out),
+        (None, Some(data_dir)) => {
+            // Checked here: clap lets a positional argument satisfy `requires`.
+            for (given, option) in [(args.owner.is_some(), "--owner"), (args.timeout.is_some(), "--timeout")]
+            {
+                if given {
+                    return Err(Error::Usage(format!(
+                        "`{option}` applies to a PostgreSQL cluster's directory: give `--postgres <CONNINFO>` \
+                         instead of a data directory"
+                    )));
+                }
+            }
+            data_dir
+        }
+        // clap requires one of them.
+        (None, None) => unreachable!("clap requires a data directory or `--postgres`"),
+    };
+    let dir = DataDir::open(data_dir)?;
     let types = match &args.type_name {
         Some(type_name) => {
             dir.check_type(type_name)?;

@@ -64,6 +64,11 @@ mod wire;
 #[doc(hidden)]
 pub mod __private;
 
+/// The `stead` command's read-only view of a PostgreSQL cluster's tables;
+/// not part of the API (its rows follow the schema's version).
+#[doc(hidden)]
+pub use cluster::inspect;
+
 pub use cluster::{Directory, NodeInfo};
 pub use context::Context;
 pub use error::{Error, Result};

@@ -30,6 +30,7 @@
 //! | `connections.rs` | the QUIC endpoint and one connection per peer |
 //! | `directory.rs` | where objects live: the trait, the coordinator's SQLite directory and its client |
 //! | `postgres.rs` | PostgreSQL: the connection, the schema and its version, the directory kept there |
+//! | `inspect.rs` | PostgreSQL: a read-only view of the tables, for the `stead` command |
 //! | `membership.rs` | PostgreSQL: nodes' registration, leases and self-fencing, the members |
 //! | `route.rs` | the caller's side: a stub's stream, opened on its first call |
 //! | `outbound.rs`, `inbound.rs` | requests written, and responses read, by the callers themselves |
@@ -39,6 +40,7 @@ mod config;
 mod connections;
 mod directory;
 mod inbound;
+pub mod inspect;
 mod membership;
 mod outbound;
 mod placement;

@@ -303,8 +303,14 @@ impl Cluster {
     /// Where calls to object `id` go: its owner, if it has one (cached
     /// once known); else `target`, which places the object. A node that is
     /// its own target claims it here, so that it never runs an object
-    /// another node owns.
-    pub(crate) async fn route(&self, type_name: &str, id: &ObjectId, target: &str) -> Result<Placed> {
+    /// another node owns, keeping `name`, the name of a named id.
+    pub(crate) async fn route(
+        &self,
+        type_name: &str,
+        id: &ObjectId,
+        target: &str,
+        name: Option<&str>,
+    ) -> Result<Placed> {
         if let Some(owner) = self.cached(type_name, id) {
             return Ok(Placed::Owner(owner));
         }
@@ -312,7 +318,7 @@ impl Cluster {
         if let Mode::Postgres(_) = self.mode {
             if me && self.hosts.iter().any(|h| h == type_name) {
                 // One round trip: the claim answers the owner either way.
-                return self.claim(type_name, id, None).await.map(Placed::Owner);
+                return self.claim(type_name, id, name).await.map(Placed::Owner);
             }
             if let Some(owner) = self.directory.lookup(type_name, id).await? {
                 self.cache(type_name, id, &owner);
@@ -326,7 +332,7 @@ impl Cluster {
             return Ok(Placed::Owner(owner));
         }
         if me {
-            return self.claim(type_name, id, None).await.map(Placed::Owner);
+            return self.claim(type_name, id, name).await.map(Placed::Owner);
         }
         if !self.connections.is_peer(target) {
             return Err(Error::Config(format!("there is no node `{target}` in the peer list")));

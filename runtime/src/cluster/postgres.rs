@@ -27,7 +27,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use tokio_postgres::types::Type;
-use tokio_postgres::{Client, NoTls, Row, Statement};
+use tokio_postgres::{Client, GenericClient, NoTls, Row, Statement};
 
 use super::membership::Lease;
 use crate::error::{Error, Result};
@@ -225,13 +225,7 @@ async fn setup_now(conninfo: &str, create: bool) -> Result<String> {
     let tx = client.transaction().await.map_err(failed)?;
     // Nodes starting together create the tables once.
     tx.execute("SELECT pg_advisory_xact_lock($1)", &[&SCHEMA_LOCK]).await.map_err(failed)?;
-    let exists: bool = tx
-        .query_one("SELECT to_regclass('stead_schema') IS NOT NULL", &[])
-        .await
-        .map_err(failed)?
-        .try_get(0)
-        .map_err(failed)?;
-    if !exists {
+    if !tables_exist(&tx).await? {
         if !create {
             return Err(Error::Config(
                 "the PostgreSQL database holds no stead cluster yet (no table `stead_schema`): start a \
@@ -248,8 +242,40 @@ async fn setup_now(conninfo: &str, create: bool) -> Result<String> {
             .await
             .map_err(failed)?;
     }
+    let cluster_id = check_version(&tx, |version| {
+        Error::Config(format!(
+            "the PostgreSQL database holds stead tables of version {version}, newer than version \
+             {SCHEMA_VERSION}, the newest this build knows: run the stead release of the cluster's other \
+             nodes here, or point this process at another database"
+        ))
+    })
+    .await?;
+    tx.commit().await.map_err(failed)?;
+    Ok(cluster_id)
+}
+
+/// Whether the database (on the connection's `search_path`) holds stead's
+/// tables.
+pub(crate) async fn tables_exist(client: &impl GenericClient) -> Result<bool> {
+    let failed = |e: tokio_postgres::Error| pg_error("checking the cluster's tables", &e);
+    client
+        .query_one("SELECT to_regclass('stead_schema') IS NOT NULL", &[])
+        .await
+        .map_err(failed)?
+        .try_get(0)
+        .map_err(failed)
+}
+
+/// Checks the version of stead's tables, which must exist, and returns the
+/// cluster's id. A version newer than [`SCHEMA_VERSION`] gives the error
+/// `newer` makes of it: what to do depends on who reads.
+pub(crate) async fn check_version(
+    client: &impl GenericClient,
+    newer: impl FnOnce(i32) -> Error,
+) -> Result<String> {
+    let failed = |e: tokio_postgres::Error| pg_error("checking the cluster's tables", &e);
     // The version first, alone: a newer release may have changed the rest.
-    let versions = tx.query("SELECT version FROM stead_schema", &[]).await.map_err(failed)?;
+    let versions = client.query("SELECT version FROM stead_schema", &[]).await.map_err(failed)?;
     let version = match versions.as_slice() {
         [row] => get::<i32>(row, 0, "stead_schema.version")?,
         _ => {
@@ -261,11 +287,7 @@ async fn setup_now(conninfo: &str, create: bool) -> Result<String> {
         }
     };
     if version > SCHEMA_VERSION {
-        return Err(Error::Config(format!(
-            "the PostgreSQL database holds stead tables of version {version}, newer than version \
-             {SCHEMA_VERSION}, the newest this build knows: run the stead release of the cluster's other \
-             nodes here, or point this process at another database"
-        )));
+        return Err(newer(version));
     }
     if version < 1 {
         return Err(Error::Storage(format!(
@@ -273,10 +295,8 @@ async fn setup_now(conninfo: &str, create: bool) -> Result<String> {
              changed by hand"
         )));
     }
-    let row = tx.query_one("SELECT cluster_id FROM stead_schema", &[]).await.map_err(failed)?;
-    let cluster_id = get::<String>(&row, 0, "stead_schema.cluster_id")?;
-    tx.commit().await.map_err(failed)?;
-    Ok(cluster_id)
+    let row = client.query_one("SELECT cluster_id FROM stead_schema", &[]).await.map_err(failed)?;
+    get::<String>(&row, 0, "stead_schema.cluster_id")
 }
 
 /// Column `i` of `row`, or an error naming `column`.

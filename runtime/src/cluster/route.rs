@@ -202,7 +202,7 @@ impl Pump {
             None => cluster.default_target(type_name, &id).await?,
         };
         let name = host.names().get(&id);
-        let owner = match cluster.route(type_name, &id, &target).await? {
+        let owner = match cluster.route(type_name, &id, &target, name.as_deref()).await? {
             Placed::Owner(owner) => owner,
             Placed::Unplaced(target) => cluster.place_at(&target, type_name, &id, name.as_deref()).await?,
         };
