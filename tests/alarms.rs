@@ -356,8 +356,8 @@ async fn alarms_due_at_once_are_delivered_a_bounded_number_at_a_time() {
     a_crowd_of_alarms_due_at_once(rt, 0, 2_000, Duration::from_secs(120)).await;
 }
 
-/// Heavy: `cargo test --release --test alarms -- --ignored` (a debug build
-/// on a busy 2-core machine delivers about 120 alarms a second).
+/// Heavy: `cargo test --release --test alarms -- --ignored` (how long it
+/// takes, on tmpfs and on disk: the README's "Tests").
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 #[ignore = "heavy: 100,000 objects with a database file each"]
 async fn a_hundred_thousand_alarms_due_at_once_are_delivered_a_bounded_number_at_a_time() {

@@ -754,29 +754,39 @@ async fn a_reply_over_the_frame_limit_fails_its_call_and_the_stub_keeps_working(
     assert_eq!(stub.make(10).await.unwrap(), vec![7; 10], "the stub keeps working");
 }
 
-// Eight workers on a small machine: idle workers steal the reader task
-// that a stub's pump spawns, so that it may start while the pump is still
-// registering the stub's first calls.
-#[tokio::test(flavor = "multi_thread", worker_threads = 8)]
-async fn the_first_calls_of_many_fresh_stubs_awaited_at_once_all_get_their_replies() {
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn calls_made_before_a_stubs_stream_opens_get_their_replies_however_its_opening_interleaves() {
     let cluster = TestCluster::start();
-    let rt = cluster.client("client").await;
+    let identity = stead::tls::dev_identity(&cluster.tls_dir(), "client").unwrap();
+    // The pump pauses between its two steps of opening the stream: whichever
+    // it takes first, the stub's reader task (spawned by one of them) gets
+    // to run before the other. Had the reader started before the queued
+    // calls were registered, it would have found none waiting, gone idle,
+    // and left their replies unread until the calls' own timers woke their
+    // callers. So that only a lost reply can keep a caller waiting here,
+    // `call_timeout` is far beyond the 30 s this test waits.
+    let builder = Runtime::builder()
+        .client()
+        .tls(identity)
+        .secret(SECRET)
+        .in_memory()
+        .call_timeout(Duration::from_secs(600))
+        .stream_open_pause_for_tests(Duration::from_millis(200));
+    let rt = with_peers(builder, &cluster.peers).build().await.unwrap();
     let counters = rt.namespace::<Counter>();
-    for round in 0..20 {
-        // Each stub's first call waits in its pump's queue until the stream
-        // opens; its caller polls no stream, so the stub's reader task must
-        // read its response.
-        let calls: Vec<_> = (0..100)
-            .map(|i| {
-                counters.stub_at(&counters.id_from_name(&format!("fresh {round} {i}")), "seoul").increment(1)
-            })
-            .collect();
-        let replies = tokio::time::timeout(Duration::from_secs(30), futures::future::join_all(calls))
+    for round in 0..3 {
+        let stub = counters.stub_at(&counters.id_from_name(&format!("queued {round}")), "seoul");
+        // Both calls wait in the pump's queue: placing the object and
+        // connecting to seoul take round trips, and their task polls them
+        // at once, before any stream exists, so it reads no stream itself.
+        // They are awaited in a task of their own: the timeout below then
+        // never polls them (which would read the stream on their behalf).
+        let calls = tokio::spawn(futures::future::join(stub.increment(1), stub.increment(2)));
+        let (first, second) = tokio::time::timeout(Duration::from_secs(30), calls)
             .await
-            .unwrap_or_else(|_| panic!("round {round}: a first call never got its reply"));
-        for reply in replies {
-            assert_eq!(reply.unwrap().unwrap(), 1);
-        }
+            .unwrap_or_else(|_| panic!("round {round}: the calls made before the stream opened got no reply"))
+            .unwrap();
+        assert_eq!((first.unwrap().unwrap(), second.unwrap().unwrap()), (1, 3), "round {round}");
     }
 }
 

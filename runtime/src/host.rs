@@ -33,6 +33,9 @@ pub(crate) struct Config {
     pub(crate) shutdown_timeout: Duration,
     /// The memory bounds.
     pub(crate) limits: Limits,
+    /// A pause in the middle of opening a stub's stream (tests only: see
+    /// `RuntimeBuilder::stream_open_pause_for_tests`).
+    pub(crate) stream_open_pause: Option<Duration>,
 }
 
 tokio::task_local! {

@@ -87,6 +87,8 @@ pub struct RuntimeBuilder {
     metrics_listen: Option<SocketAddr>,
     /// Alarms run only when `stead::testing::run_alarm` says so.
     manual_alarms: bool,
+    /// See [`RuntimeBuilder::stream_open_pause_for_tests`].
+    stream_open_pause: Option<Duration>,
 }
 
 impl RuntimeBuilder {
@@ -353,6 +355,16 @@ impl RuntimeBuilder {
         self
     }
 
+    /// Makes each stub's pump, as it opens the stub's stream, pause for
+    /// `pause` between registering the calls queued so far as waiting for
+    /// their responses and starting the stream's reader task: only for
+    /// testing that no response is lost whatever runs in between.
+    #[doc(hidden)]
+    pub fn stream_open_pause_for_tests(mut self, pause: Duration) -> Self {
+        self.stream_open_pause = Some(pause);
+        self
+    }
+
     /// Hosts objects of type `T` in this runtime.
     pub fn host<T: DurableObject>(mut self) -> Self {
         self.hosts.push((T::NAME, hosted_type::<T>));
@@ -467,6 +479,7 @@ impl RuntimeBuilder {
             call_timeout: self.call_timeout,
             shutdown_timeout: self.shutdown_timeout,
             limits: self.limits,
+            stream_open_pause: self.stream_open_pause,
         };
         let node = match (&self.cluster.node, self.cluster.client) {
             (Some(node), _) => node.clone(),
@@ -594,6 +607,7 @@ impl Runtime {
             #[cfg(feature = "prometheus")]
             metrics_listen: None,
             manual_alarms: false,
+            stream_open_pause: None,
         }
     }
 

@@ -173,6 +173,9 @@ impl Pump {
         // before it existed).
         let queued = std::iter::from_fn(|| rx.try_recv().ok());
         self.outbound.open(send, &self.inbound, queued);
+        if let Some(pause) = host.config().stream_open_pause {
+            tokio::time::sleep(pause).await;
+        }
         self.inbound.open(FrameReader::new(recv, MAX_FRAME_LEN), |reader| host.spawn(reader));
         // From now on callers write; the pump writes what they could not.
         loop {
