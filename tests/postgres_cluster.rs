@@ -8,9 +8,9 @@
 #![allow(missing_docs)] // test objects are exercised, not documented
 
 use std::path::{Path, PathBuf};
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use stead::{Context, Error, Runtime, durable_object};
+use stead::{AlarmInfo, Context, Error, Runtime, durable_object};
 use stead_pgtemp::TempPostgres;
 
 #[path = "common/process.rs"]
@@ -52,6 +52,22 @@ impl Register {
         let total = self.ctx.storage().get::<u64>("total")?.unwrap_or(0) + n;
         self.ctx.storage().put("total", &total)?;
         Ok(total)
+    }
+
+    /// Sets the alarm `millis` from now.
+    pub fn alarm_in(&mut self, millis: u64) -> stead::Result<()> {
+        self.ctx.storage().set_alarm(SystemTime::now() + Duration::from_millis(millis))
+    }
+
+    /// When the alarm fired (milliseconds since the epoch), if it did.
+    pub fn fired_at(&self) -> stead::Result<Option<u64>> {
+        self.ctx.storage().get("fired_at")
+    }
+
+    #[alarm]
+    async fn alarm(&mut self, _info: AlarmInfo) -> Result<(), String> {
+        let now = SystemTime::now().duration_since(UNIX_EPOCH).map_err(|e| e.to_string())?;
+        self.ctx.storage().put("fired_at", &(now.as_millis() as u64)).map_err(|e| e.to_string())
     }
 }
 
@@ -404,6 +420,45 @@ async fn a_node_cut_off_from_postgres_stops_serving_before_its_lease_runs_out() 
     cluster.pg.resume();
     let value = eventually(Duration::from_secs(10), || registers.stub(&id).get()).await.unwrap();
     assert_eq!(value.as_deref(), Some("placed"), "serves again once it renewed");
+}
+
+/// A node cut off from PostgreSQL fires no alarm once it has stopped
+/// serving (the cluster may count it dead): an alarm that comes due then
+/// fires only after the node renewed its lease again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_cut_off_from_postgres_fires_no_alarm_until_it_serves_again() {
+    let lease = Duration::from_secs(3);
+    let cluster = PgCluster::start(&["ohio"], lease);
+    let client = cluster.client("client").await;
+    let registers = client.namespace::<Register>();
+    let id = registers.unique_id();
+    // Due well after the node has fenced itself (at most two thirds of the
+    // lease after its last renewal), well before PostgreSQL comes back.
+    registers.stub(&id).alarm_in(2_500).await.unwrap().unwrap();
+    cluster.pg.pause();
+    let paused = Instant::now();
+    // Fenced: it refuses calls.
+    while registers.stub(&id).get().await.is_ok() {
+        assert!(paused.elapsed() < lease, "still serving {:?} after the pause", paused.elapsed());
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    // The alarm comes due while the node is fenced; give it time to fire.
+    tokio::time::sleep(Duration::from_millis(4_500).saturating_sub(paused.elapsed())).await;
+    let resumed = SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_millis() as u64;
+    cluster.pg.resume();
+    let fired_at = eventually(Duration::from_secs(15), || async {
+        match registers.stub(&id).fired_at().await? {
+            Ok(Some(at)) => Ok(at),
+            Ok(None) => Err(Error::Unavailable("the alarm has not fired yet".into())),
+            Err(err) => Err(err),
+        }
+    })
+    .await;
+    assert!(
+        fired_at >= resumed,
+        "the alarm fired {} ms before PostgreSQL came back, while the node was fenced",
+        resumed - fired_at
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -63,7 +63,14 @@ struct HostInner {
     storage: Arc<StorageRoot>,
     watchdog: Arc<Watchdog>,
     observe: Observe,
+    /// Whether this process may act for its objects on its own (fire their
+    /// alarms): in a PostgreSQL cluster, only while its lease holds. Set by
+    /// the cluster layer; unset, it always may.
+    fence: std::sync::OnceLock<Fence>,
 }
+
+/// Says whether the process may act for its objects now, or why not.
+pub(crate) type Fence = Box<dyn Fn() -> crate::error::Result<()> + Send + Sync>;
 
 impl Host {
     pub(crate) fn new(
@@ -80,8 +87,20 @@ impl Host {
             storage: Arc::new(storage),
             watchdog: Arc::default(),
             observe,
+            fence: std::sync::OnceLock::new(),
         };
         Host { inner: Arc::new(inner) }
+    }
+
+    /// Sets what [`check_fence`](Self::check_fence) asks (once).
+    pub(crate) fn set_fence(&self, fence: Fence) {
+        let _ = self.inner.fence.set(fence);
+    }
+
+    /// Whether this process may act for its objects on its own now (fire
+    /// their alarms); in a PostgreSQL cluster, not once it fenced itself.
+    pub(crate) fn check_fence(&self) -> crate::error::Result<()> {
+        self.inner.fence.get().map_or(Ok(()), |fence| fence())
     }
 
     pub(crate) fn config(&self) -> &Config {

@@ -487,6 +487,11 @@ impl RuntimeBuilder {
             (None, false) => "local".to_string(),
         };
         let host = Host::new(config, handle, storage, Observe::new(node, self.record_metrics));
+        if let Some(cluster) = &cluster {
+            // Alarms fire only while this node may serve (its lease holds).
+            let cluster = Arc::downgrade(cluster);
+            host.set_fence(Box::new(move || cluster.upgrade().map_or(Ok(()), |cluster| cluster.serving())));
+        }
         let inner = Arc::new_cyclic(|runtime: &Weak<RuntimeInner>| {
             let types = self
                 .hosts

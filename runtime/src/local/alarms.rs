@@ -269,6 +269,15 @@ pub(crate) async fn run_scheduler(objects: Weak<Objects>) {
             return;
         }
         let index = &host.storage().alarms;
+        // A node that fenced itself (its lease in PostgreSQL lapsed) fires
+        // nothing: the cluster may count it dead. Its alarms wait, and fire
+        // once it serves again.
+        if let Err(err) = host.check_fence() {
+            tracing::debug!(%err, "alarms wait: this node is fenced");
+            drop(live);
+            tokio::time::sleep(IDLE_POLL).await;
+            continue;
+        }
         // Only this node's types: entries of types hosted elsewhere (or no
         // longer hosted) are left alone.
         let types: Vec<&str> = live.type_names().collect();
