@@ -113,7 +113,7 @@ impl SqliteDirectory {
 }
 
 /// Refuses type names no hosted type can have (the directory stores them).
-fn check_type_name(type_name: &str) -> Result<()> {
+pub(super) fn check_type_name(type_name: &str) -> Result<()> {
     if type_name.is_empty() || type_name.len() > MAX_TYPE_NAME {
         return Err(Error::Config(format!(
             "a type name of {} bytes was refused: type names have 1 to {MAX_TYPE_NAME} bytes",

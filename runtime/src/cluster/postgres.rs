@@ -29,11 +29,11 @@ use std::time::Duration;
 use tokio_postgres::types::Type;
 use tokio_postgres::{Client, GenericClient, NoTls, Row, Statement};
 
+use super::directory::check_type_name;
 use super::membership::Lease;
 use crate::error::{Error, Result};
 use crate::id::ObjectId;
 use crate::local::BoxFuture;
-use crate::wire::MAX_TYPE_NAME;
 
 use super::Directory;
 
@@ -367,17 +367,6 @@ impl PostgresDirectory {
             ))),
         }
     }
-}
-
-/// Refuses type names no hosted type can have (the directory stores them).
-fn check_type_name(type_name: &str) -> Result<()> {
-    if type_name.is_empty() || type_name.len() > MAX_TYPE_NAME {
-        return Err(Error::Config(format!(
-            "a type name of {} bytes was refused: type names have 1 to {MAX_TYPE_NAME} bytes",
-            type_name.len()
-        )));
-    }
-    Ok(())
 }
 
 impl Directory for PostgresDirectory {
