@@ -118,16 +118,18 @@ fn open_file(path: &Path, durability: Durability) -> Result<Opened> {
     let what = format!("the database {}", path.display());
     let mut new_dirs = Vec::new();
     if let Some(dir) = path.parent() {
-        // The directories about to be made, and the one of the new file.
+        // With `Full`, the directories about to be made and the one of the
+        // new file are synced with the first commit (`Normal` never syncs).
+        let full = durability == Durability::Full;
         let mut missing = dir;
-        while !missing.exists() {
+        while full && !missing.exists() {
             let Some(parent) = missing.parent() else { break };
             new_dirs.push(parent.to_path_buf());
             missing = parent;
         }
         std::fs::create_dir_all(dir)
             .map_err(|e| Error::Storage(format!("cannot create {}: {e}", dir.display())))?;
-        if !path.exists() {
+        if full && !path.exists() {
             new_dirs.push(dir.to_path_buf());
         }
     }

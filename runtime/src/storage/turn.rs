@@ -43,8 +43,11 @@ impl Storage {
     /// the commits of its object's earlier turns are durable; returns at
     /// once outside a turn or with nothing to sync. See `flush.rs`.
     pub(crate) fn hold_output() {
-        let Ok(storage) = TURN.try_with(Storage::clone) else { return };
-        if let Some(threads) = &storage.inner.root.sync {
+        // Cloned only when the runtime syncs: most calls cost a lookup.
+        let syncing = TURN.try_with(|storage| storage.inner.root.sync.is_some().then(|| storage.clone()));
+        if let Ok(Some(storage)) = syncing
+            && let Some(threads) = &storage.inner.root.sync
+        {
             storage.inner.flush.wait(threads);
         }
     }
