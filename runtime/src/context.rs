@@ -7,6 +7,7 @@ use std::fmt;
 use std::sync::Arc;
 
 use crate::id::ObjectId;
+use crate::postgres::Postgres;
 use crate::runtime::Runtime;
 use crate::storage::Storage;
 
@@ -48,6 +49,13 @@ impl Context {
     /// [`Storage`].
     pub fn storage(&self) -> Storage {
         self.inner.storage.clone()
+    }
+
+    /// Statements for the cluster's PostgreSQL that commit in the same
+    /// transaction as this turn's writes (a PostgreSQL cluster with a data
+    /// directory only). See [`Postgres`].
+    pub fn postgres(&self) -> Postgres {
+        Postgres::new(self.inner.storage.clone())
     }
 
     /// The name of this object's type, as used in ids and storage paths.

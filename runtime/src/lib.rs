@@ -53,6 +53,7 @@ mod local;
 mod namespace;
 mod object;
 mod observe;
+mod postgres;
 mod runtime;
 mod secret;
 mod storage;
@@ -77,11 +78,14 @@ pub use limits::Limits;
 pub use local::{AlarmInfo, MAX_ALARM_RETRIES, MAX_ALARMS_IN_FLIGHT};
 pub use namespace::Namespace;
 pub use object::DurableObject;
+pub use postgres::{Param, Postgres};
 pub use runtime::{
     DEFAULT_ALARM_RETRY_DELAY, DEFAULT_CALL_TIMEOUT, DEFAULT_IDLE_TIMEOUT, DEFAULT_MAILBOX_CAPACITY,
     DEFAULT_MAX_OPEN_DATABASES, DEFAULT_SHUTDOWN_TIMEOUT, DEFAULT_SYNC_THREADS, Runtime, RuntimeBuilder,
 };
 pub use storage::{Durability, ListOptions, MAX_KEY_LEN, Storage};
+/// The PostgreSQL driver stead uses, for [`Param`] values (`ToSql`).
+pub use tokio_postgres;
 
 /// TLS identities for cluster nodes and clients.
 pub mod tls {

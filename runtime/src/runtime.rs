@@ -11,7 +11,7 @@ use std::path::PathBuf;
 use std::sync::{Arc, Weak};
 use std::time::Duration;
 
-use crate::cluster::{self, Cluster, ClusterConfig, NodeInfo};
+use crate::cluster::{self, Cluster, ClusterConfig, NodeInfo, PostgresLog};
 use crate::context::Context;
 use crate::error::{Error, Result};
 use crate::host::{Config, Host};
@@ -22,7 +22,7 @@ use crate::local::{self, Constructor, HostedType, Objects};
 use crate::object::{DurableObject, construct_erased};
 use crate::observe::{Observe, PressureEvictions};
 use crate::secret;
-use crate::storage::{AlarmIndex, Durability, Location, OpenDatabases, StorageRoot, SyncThreads};
+use crate::storage::{AlarmIndex, Durability, Location, ObjectLog, OpenDatabases, StorageRoot, SyncThreads};
 
 /// How long an idle object stays in memory unless configured otherwise.
 pub const DEFAULT_IDLE_TIMEOUT: Duration = Duration::from_secs(60);
@@ -457,6 +457,14 @@ impl RuntimeBuilder {
             }
             None => None,
         };
+        // A node of a PostgreSQL cluster with a data directory replicates
+        // its objects' storage there (see `storage/replica.rs`).
+        let log: Option<Arc<dyn ObjectLog>> = match (&self.cluster.postgres, &self.cluster.node, &data_dir) {
+            (Some(conninfo), Some(node), Some(_)) => {
+                Some(Arc::new(PostgresLog::start(conninfo, self.cluster.liveness.connect_timeout, node)?))
+            }
+            _ => None,
+        };
         let pressure = PressureEvictions::new(self.record_metrics, self.hosts.iter().map(|(name, _)| *name));
         let storage = StorageRoot {
             location: match &data_dir {
@@ -469,8 +477,9 @@ impl RuntimeBuilder {
                 pressure,
             ),
             alarms: AlarmIndex::open(data_dir.as_deref(), self.durability)?,
-            sync: (data_dir.is_some() && self.durability == Durability::Full)
+            sync: (data_dir.is_some() && (self.durability == Durability::Full || log.is_some()))
                 .then(|| SyncThreads::new(self.sync_threads)),
+            log,
         };
         let config = Config {
             idle_timeout: self.idle_timeout,
@@ -520,6 +529,14 @@ impl RuntimeBuilder {
                     cluster.endpoint().clone(),
                 ));
             }
+            // A node whose lease lapsed drops its idle objects from memory
+            // (another node may have taken them over meanwhile).
+            let lapsed = objects.clone();
+            cluster.on_lapse(Box::new(move || {
+                if let Some(objects) = lapsed.upgrade() {
+                    objects.evict_idle(u64::MAX);
+                }
+            }));
             host.spawn(Cluster::maintain(Arc::downgrade(cluster)));
         }
         host.spawn(local::evict_idle_objects(objects.clone()));

@@ -43,10 +43,13 @@ ON CONFLICT (name) DO UPDATE
     WHERE stead_nodes.lease_until < now()
 RETURNING incarnation";
 
+/// Renews the lease; answers whether it still held (`false`: it had
+/// lapsed, and the cluster may have counted the node dead meanwhile).
 const RENEW: &str = "
-UPDATE stead_nodes SET lease_until = now() + make_interval(secs => $3)
-WHERE name = $1 AND incarnation = $2
-RETURNING 1";
+UPDATE stead_nodes n SET lease_until = now() + make_interval(secs => $3)
+FROM (SELECT lease_until > now() AS held FROM stead_nodes WHERE name = $1 AND incarnation = $2) old
+WHERE n.name = $1 AND n.incarnation = $2
+RETURNING old.held";
 
 const LEAVE: &str = "UPDATE stead_nodes SET lease_until = now() WHERE name = $1 AND incarnation = $2";
 
@@ -249,8 +252,9 @@ impl Members {
     }
 
     /// Renews `lease`; a renewal that no longer matches (a newer
-    /// incarnation has the name) ends it for good.
-    pub(crate) async fn renew(&self, lease: &Lease) {
+    /// incarnation has the name) ends it for good. A renewal that finds the
+    /// lease lapsed runs `on_lapse` before the node may serve again.
+    pub(crate) async fn renew(&self, lease: &Lease, on_lapse: impl FnOnce()) {
         let sent = Instant::now();
         let (name, incarnation, secs) = (&lease.name, lease.incarnation, lease.length.as_secs_f64());
         // A renewal answered later than this could not extend anything.
@@ -261,7 +265,18 @@ impl Members {
             })
             .await;
         match renewed {
-            Ok(Some(_)) => lease.renewed(sent),
+            Ok(Some(row)) => {
+                if !row.try_get::<_, bool>(0).unwrap_or(false) {
+                    // Counted dead meanwhile: its objects may live elsewhere
+                    // now. What it remembers goes before it serves again.
+                    tracing::warn!(
+                        node = %name, incarnation,
+                        "the node's lease had lapsed in PostgreSQL; it forgets its placements and objects in memory before it serves again"
+                    );
+                    on_lapse();
+                }
+                lease.renewed(sent)
+            }
             Ok(None) => {
                 lease.end("a newer process of the same name joined the cluster");
                 tracing::error!(

@@ -45,6 +45,7 @@ mod membership;
 mod outbound;
 mod placement;
 mod postgres;
+mod replication;
 mod route;
 mod serve;
 
@@ -53,5 +54,6 @@ pub use directory::Directory;
 pub(crate) use inbound::RemoteReply;
 pub(crate) use placement::Cluster;
 pub use placement::NodeInfo;
+pub(crate) use replication::PostgresLog;
 pub(crate) use route::ClusterRoute;
 pub(crate) use serve::serve;

@@ -42,6 +42,8 @@ pub(crate) struct Cluster {
     /// The coordinator's own directory, when this node is the coordinator.
     pub(crate) local_directory: Option<Arc<SqliteDirectory>>,
     placements: Mutex<Placements>,
+    /// What the node forgets when its lease had lapsed (see `lapsed`).
+    on_lapse: Mutex<Option<Box<dyn Fn() + Send + Sync>>>,
 }
 
 /// How the cluster finds its nodes.
@@ -135,7 +137,11 @@ impl Cluster {
                 None => None,
             };
             members.refresh(&connections, timeout).await?;
-            let directory = Arc::new(PostgresDirectory::new(Pg::new(conninfo, timeout), lease.clone()));
+            // A node with a data directory replicates its objects' storage
+            // in PostgreSQL, so it may take over a dead node's objects.
+            let takes_over = data_dir.is_some();
+            let directory =
+                Arc::new(PostgresDirectory::new(Pg::new(conninfo, timeout), lease.clone(), takes_over));
             return Ok(Arc::new(Cluster {
                 me: config.node.clone(),
                 hosts: hosts_owned,
@@ -144,6 +150,7 @@ impl Cluster {
                 directory,
                 local_directory: None,
                 placements,
+                on_lapse: Mutex::new(None),
             }));
         }
         // A node listens where the peer list says, unless told otherwise
@@ -177,6 +184,7 @@ impl Cluster {
             directory,
             local_directory,
             placements,
+            on_lapse: Mutex::new(None),
         }))
     }
 
@@ -201,11 +209,28 @@ impl Cluster {
                 if lease.has_ended() {
                     return;
                 }
-                pg.members.renew(lease).await;
+                pg.members.renew(lease, || cluster.lapsed()).await;
             }
             if let Err(err) = pg.members.refresh(&cluster.connections, length / 4).await {
                 tracing::debug!(%err, "could not read the cluster's members");
             }
+        }
+    }
+
+    /// Sets what this node forgets when it finds its lease lapsed: its
+    /// objects in memory (set by the runtime, which owns them).
+    pub(crate) fn on_lapse(&self, forget: Box<dyn Fn() + Send + Sync>) {
+        *lock(&self.on_lapse) = Some(forget);
+    }
+
+    /// The node's lease had lapsed in PostgreSQL: other nodes may have
+    /// taken its objects over. It forgets every placement and every object
+    /// in memory before it serves again; storage it keeps is checked
+    /// against the log when next opened (see `storage/replica.rs`).
+    fn lapsed(&self) {
+        self.forget_all();
+        if let Some(forget) = lock(&self.on_lapse).as_ref() {
+            forget();
         }
     }
 
@@ -311,22 +336,13 @@ impl Cluster {
         target: &str,
         name: Option<&str>,
     ) -> Result<Placed> {
+        if let Mode::Postgres(pg) = &self.mode {
+            return self.route_postgres(pg, type_name, id, target, name).await;
+        }
         if let Some(owner) = self.cached(type_name, id) {
             return Ok(Placed::Owner(owner));
         }
         let me = self.me.as_deref() == Some(target);
-        if let Mode::Postgres(_) = self.mode {
-            if me && self.hosts.iter().any(|h| h == type_name) {
-                // One round trip: the claim answers the owner either way.
-                return self.claim(type_name, id, name).await.map(Placed::Owner);
-            }
-            if let Some(owner) = self.directory.lookup(type_name, id).await? {
-                self.cache(type_name, id, &owner);
-                return Ok(Placed::Owner(owner));
-            }
-            self.check_alive(target).await?;
-            return Ok(Placed::Unplaced(target.to_string()));
-        }
         if let Some(owner) = self.directory.lookup(type_name, id).await? {
             self.cache(type_name, id, &owner);
             return Ok(Placed::Owner(owner));
@@ -338,6 +354,45 @@ impl Cluster {
             return Err(Error::Config(format!("there is no node `{target}` in the peer list")));
         }
         Ok(Placed::Unplaced(target.to_string()))
+    }
+
+    /// [`route`](Self::route) in a PostgreSQL cluster. An owner known to
+    /// be dead is forgotten, and the object placed again: a node that
+    /// replicates storage takes it over (see `postgres.rs`); one that does
+    /// not answers the dead owner, which then fails `Unavailable`.
+    async fn route_postgres(
+        &self,
+        pg: &PostgresMode,
+        type_name: &str,
+        id: &ObjectId,
+        target: &str,
+        name: Option<&str>,
+    ) -> Result<Placed> {
+        let hosting = self.me.as_deref() == Some(target) && self.hosts.iter().any(|h| h == type_name);
+        let owner = match self.cached(type_name, id) {
+            Some(owner) => Some(owner),
+            // One round trip: the claim answers the owner either way.
+            None if hosting => None,
+            None => self.directory.lookup(type_name, id).await?,
+        };
+        let mut target = target.to_string();
+        if let Some(owner) = owner {
+            let dead = self.me.as_deref() != Some(owner.as_str())
+                && pg.members.get(&owner).is_some_and(|member| !member.alive);
+            if !dead {
+                self.cache(type_name, id, &owner);
+                return Ok(Placed::Owner(owner));
+            }
+            self.forget(type_name, id);
+            if target == owner {
+                target = self.default_target(type_name, id).await?;
+            }
+        }
+        if self.me.as_deref() == Some(target.as_str()) && self.hosts.iter().any(|h| h == type_name) {
+            return self.claim(type_name, id, name).await.map(Placed::Owner);
+        }
+        self.check_alive(&target).await?;
+        Ok(Placed::Unplaced(target))
     }
 
     /// The owner of object `id`, which lives nowhere yet and is meant for
@@ -413,7 +468,7 @@ impl Cluster {
         if !member.alive {
             return Err(Error::Unavailable(format!(
                 "node `{name}` is down (its lease in PostgreSQL lapsed): its objects are unavailable until it \
-                 is back, they are never re-created elsewhere; retry later"
+                 is back, or until a node that replicates storage takes them over; retry later"
             )));
         }
         Ok(())
@@ -439,6 +494,16 @@ impl Cluster {
 
     fn cache(&self, type_name: &str, id: &ObjectId, owner: &str) {
         lock(&self.placements).insert((type_name.to_string(), *id), owner.to_string());
+    }
+
+    fn forget(&self, type_name: &str, id: &ObjectId) {
+        lock(&self.placements).owners.remove(&(type_name.to_string(), *id));
+    }
+
+    /// Forgets every placement (the order list's stale keys are skipped
+    /// when they come up).
+    fn forget_all(&self) {
+        lock(&self.placements).owners.clear();
     }
 }
 
@@ -474,6 +539,11 @@ impl Placements {
     fn insert(&mut self, key: (String, ObjectId), owner: String) {
         if self.owners.insert(key.clone(), owner).is_none() {
             self.order.push_back(key);
+        }
+        if self.order.len() > 2 * self.capacity.max(1) {
+            // Forgotten keys linger in the order; drop them.
+            let owners = &self.owners;
+            self.order.retain(|key| owners.contains_key(key));
         }
         while self.owners.len() > self.capacity {
             let Some(oldest) = self.order.pop_front() else { break };

@@ -15,8 +15,17 @@
 //!   directory. A node claims an object for itself with one
 //!   `INSERT .. ON CONFLICT DO NOTHING RETURNING owner`, allowed only while
 //!   its lease holds (a conflict costs a second round trip, a lookup);
-//!   the first claim wins and is kept (`epoch` 1: moving an object will bump
-//!   it with one conditional `UPDATE`).
+//!   the first claim wins (`epoch` 1). When the owner's lease has lapsed,
+//!   a node that replicates storage takes the object over in the same
+//!   statement, bumping `epoch` (see `replication.rs`). `log_seq` and
+//!   `snapshot_seq` number the object's replicated log.
+//! - `stead_log (type, id, seq, wal_offset, frames)`: each shipped commit's
+//!   WAL frames; `stead_snapshots (type, id, seq, data)`: the object's
+//!   database as of log entry `seq` (the log before it is trimmed). See
+//!   `replication.rs`.
+//!
+//! The tables are versioned (`stead_schema.version`): a node upgrades older
+//! ones in place, one migration after the other, under the schema lock.
 //!
 //! stead connects without TLS (`NoTls`): reach a PostgreSQL on another host
 //! through a private network or a TLS tunnel; a conninfo with
@@ -38,7 +47,7 @@ use crate::local::BoxFuture;
 use super::Directory;
 
 /// The version of the tables this build reads and writes.
-pub(crate) const SCHEMA_VERSION: i32 = 1;
+pub(crate) const SCHEMA_VERSION: i32 = 2;
 
 /// The advisory lock under which the schema is created (its key spells
 /// "stead" and the lock's purpose).
@@ -69,14 +78,42 @@ CREATE TABLE stead_objects (
 );
 ";
 
+/// The migrations from each version to the next: `MIGRATIONS[0]` takes
+/// version 1 to 2, and so on.
+const MIGRATIONS: &[&str] = &["
+ALTER TABLE stead_objects
+    ADD COLUMN log_seq bigint NOT NULL DEFAULT 0,
+    ADD COLUMN snapshot_seq bigint NOT NULL DEFAULT 0;
+CREATE TABLE stead_log (
+    type text NOT NULL,
+    id bytea NOT NULL,
+    seq bigint NOT NULL,
+    wal_offset bigint NOT NULL,
+    frames bytea NOT NULL,
+    PRIMARY KEY (type, id, seq)
+);
+CREATE TABLE stead_snapshots (
+    type text NOT NULL,
+    id bytea NOT NULL,
+    seq bigint NOT NULL,
+    data bytea NOT NULL,
+    PRIMARY KEY (type, id)
+);
+"];
+
 /// A claim: the object is inserted for node `$4` only while its
-/// incarnation `$5` holds its lease, and its owner returned. No row: it was
-/// placed already (or the lease lapsed), and a lookup says by whom.
+/// incarnation `$5` holds its lease, and its owner returned. When `$6` (the
+/// node replicates its objects' storage) and the owner's lease has lapsed,
+/// the object is taken over instead: a new owner and the next epoch, in
+/// the same statement. No row: it lives on a live node (or this node's
+/// lease lapsed), and a lookup says where.
 const CLAIM: &str = "
-INSERT INTO stead_objects (type, id, name, owner, epoch)
+INSERT INTO stead_objects AS o (type, id, name, owner, epoch)
 SELECT $1, $2, $3, $4, 1
 WHERE EXISTS (SELECT 1 FROM stead_nodes WHERE name = $4 AND incarnation = $5 AND lease_until > now())
-ON CONFLICT (type, id) DO NOTHING
+ON CONFLICT (type, id) DO UPDATE SET owner = EXCLUDED.owner, epoch = o.epoch + 1
+    WHERE $6 AND o.owner <> EXCLUDED.owner
+      AND NOT EXISTS (SELECT 1 FROM stead_nodes WHERE name = o.owner AND lease_until > now())
 RETURNING owner";
 
 const LOOKUP: &str = "SELECT owner FROM stead_objects WHERE type = $1 AND id = $2";
@@ -153,7 +190,7 @@ impl Pg {
             return Ok(live.clone());
         }
         let client = connect(&self.conninfo).await?;
-        let claim_types = [Type::TEXT, Type::BYTEA, Type::TEXT, Type::TEXT, Type::INT8];
+        let claim_types = [Type::TEXT, Type::BYTEA, Type::TEXT, Type::TEXT, Type::INT8, Type::BOOL];
         let lookup_types = [Type::TEXT, Type::BYTEA];
         let (claim, lookup) = tokio::try_join!(
             client.prepare_typed(CLAIM, &claim_types),
@@ -238,9 +275,12 @@ async fn setup_now(conninfo: &str, create: bool) -> Result<String> {
             .map_err(|e| Error::Config(format!("cannot draw a random cluster id: {e}")))?;
         let id: String = id.iter().map(|b| format!("{b:02x}")).collect();
         tx.batch_execute(SCHEMA).await.map_err(failed)?;
-        tx.execute("INSERT INTO stead_schema (version, cluster_id) VALUES ($1, $2)", &[&SCHEMA_VERSION, &id])
+        tx.execute("INSERT INTO stead_schema (version, cluster_id) VALUES (1, $1)", &[&id])
             .await
             .map_err(failed)?;
+    }
+    if create {
+        migrate(&tx).await?;
     }
     let cluster_id = check_version(&tx, |version| {
         Error::Config(format!(
@@ -252,6 +292,22 @@ async fn setup_now(conninfo: &str, create: bool) -> Result<String> {
     .await?;
     tx.commit().await.map_err(failed)?;
     Ok(cluster_id)
+}
+
+/// Brings the tables from their version up to [`SCHEMA_VERSION`], one
+/// migration after the other (newer ones are left alone, and refused by
+/// `check_version`).
+async fn migrate(tx: &tokio_postgres::Transaction<'_>) -> Result<()> {
+    let failed = |e: tokio_postgres::Error| pg_error("upgrading the cluster's tables", &e);
+    let row = tx.query_one("SELECT version FROM stead_schema", &[]).await.map_err(failed)?;
+    let mut version = get::<i32>(&row, 0, "stead_schema.version")?;
+    while version >= 1 && version < SCHEMA_VERSION {
+        let Some(migration) = MIGRATIONS.get(version as usize - 1) else { break };
+        tx.batch_execute(migration).await.map_err(failed)?;
+        version += 1;
+        tx.execute("UPDATE stead_schema SET version = $1", &[&version]).await.map_err(failed)?;
+    }
+    Ok(())
 }
 
 /// Whether the database (on the connection's `search_path`) holds stead's
@@ -315,11 +371,14 @@ pub(crate) struct PostgresDirectory {
     pg: Pg,
     /// This node's lease; none for a client, which never claims.
     lease: Option<Arc<Lease>>,
+    /// This node replicates its objects' storage in PostgreSQL, so it may
+    /// take over the objects of a dead node (see `replication.rs`).
+    takes_over: bool,
 }
 
 impl PostgresDirectory {
-    pub(crate) fn new(pg: Pg, lease: Option<Arc<Lease>>) -> Self {
-        PostgresDirectory { pg, lease }
+    pub(crate) fn new(pg: Pg, lease: Option<Arc<Lease>>, takes_over: bool) -> Self {
+        PostgresDirectory { pg, lease, takes_over }
     }
 
     async fn lookup_now(&self, type_name: &str, id: &ObjectId) -> Result<Option<String>> {
@@ -346,13 +405,12 @@ impl PostgresDirectory {
                 Error::Config(format!("only node `{node}` itself may claim objects for it"))
             })?;
         lease.check()?;
-        let incarnation = lease.incarnation;
+        let (incarnation, takes_over) = (lease.incarnation, self.takes_over);
         let rows = self
             .pg
             .with("placing an object", |c| async move {
-                c.client
-                    .query(&c.claim, &[&type_name, &id.as_bytes().as_slice(), &name, &node, &incarnation])
-                    .await
+                let id = id.as_bytes().as_slice();
+                c.client.query(&c.claim, &[&type_name, &id, &name, &node, &incarnation, &takes_over]).await
             })
             .await?;
         if let Some(row) = rows.first() {

@@ -303,6 +303,9 @@ impl Activation {
     }
 
     async fn construct(&self) -> Result<Instance> {
+        // A replicated object is checked out of its log first: refused if
+        // this node no longer owns it, rebuilt if the local copy is stale.
+        self.storage.open_now()?;
         if let Some(name) = self.host().names().get(&self.id)
             && let Err(err) = self.storage.record_name(&name)
         {

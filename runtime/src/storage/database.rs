@@ -10,6 +10,7 @@ use rusqlite::config::DbConfig;
 use rusqlite::{Connection, OpenFlags};
 
 use super::durability::Durability;
+use super::replica::{ObjectLog, Replica};
 use crate::error::{Error, Result};
 use crate::id::ObjectId;
 use crate::sync::lock;
@@ -61,14 +62,34 @@ impl Location {
                         conn
                     }
                 };
-                Ok(Opened { conn, wal: None, new_dirs: Vec::new() })
+                Ok(Opened { conn, wal: None, new_dirs: Vec::new(), replica: None })
             }
         }
     }
 
-    /// Closes the database of an object (parks it, in memory).
-    pub(crate) fn close(&self, type_name: &'static str, id: &ObjectId, conn: Connection) {
+    /// Opens the database of an object as a copy of its log (see
+    /// `replica.rs`): rebuilt from the log unless the local copy matches
+    /// it. In memory there is nothing to replicate: it opens as usual.
+    pub(crate) fn open_replicated(
+        &self,
+        log: &Arc<dyn ObjectLog>,
+        type_name: &'static str,
+        id: &ObjectId,
+    ) -> Result<Opened> {
+        let Location::Files(root) = self else { return self.open(type_name, id, Durability::Normal) };
+        let path = Location::path(root, type_name, id);
+        // The log is what is durable: the local file is never synced.
+        let (conn, replica) = Replica::open(log.clone(), type_name, id, &path, |path| {
+            open_file(path, Durability::Normal).map(|opened| opened.conn)
+        })?;
+        Ok(Opened { conn, wal: None, new_dirs: Vec::new(), replica: Some(replica) })
+    }
+
+    /// Closes the database of an object (parks it, in memory). A replicated
+    /// one is not checkpointed: its WAL stays the same bytes as its log.
+    pub(crate) fn close(&self, type_name: &'static str, id: &ObjectId, conn: Connection, replicated: bool) {
         match self {
+            Location::Files(_) if replicated => drop(conn),
             Location::Files(_) => {
                 // Move the WAL's pages into the database and empty the WAL
                 // file, but keep it: the next open then creates no file. (A
@@ -112,6 +133,8 @@ pub(crate) struct Opened {
     /// in them), to sync with the first commit so that a crash cannot lose
     /// the new file.
     pub(crate) new_dirs: Vec<PathBuf>,
+    /// The object's place in its log, when its storage is replicated.
+    pub(crate) replica: Option<Arc<Replica>>,
 }
 
 fn open_file(path: &Path, durability: Durability) -> Result<Opened> {
@@ -158,7 +181,7 @@ fn open_file(path: &Path, durability: Durability) -> Result<Opened> {
         Durability::Full => Some(Arc::new(open_wal(path)?)),
         Durability::Normal => None,
     };
-    Ok(Opened { conn, wal, new_dirs })
+    Ok(Opened { conn, wal, new_dirs, replica: None })
 }
 
 /// A handle on the WAL of the database at `path`, to sync it. SQLite has

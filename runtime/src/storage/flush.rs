@@ -17,6 +17,11 @@
 //! for a reset: the runtime drops its instance and closes its database
 //! before its next turn, so that it starts again from what is on disk.
 //!
+//! With replicated storage (a PostgreSQL cluster, see `replica.rs`) the
+//! same gate holds replies until the commits they may have seen are
+//! *shipped* to the cluster's referee instead: the job ships where it
+//! would sync, and a refused shipment fails and resets like a failed sync.
+//!
 //! Output other than replies waits too: a turn that calls another object
 //! (`Flush::wait`, from the stub) first waits for the syncs of the turns
 //! before it, since the call could carry their writes (that wait blocks the
@@ -29,6 +34,7 @@ use std::fs::File;
 use std::path::PathBuf;
 use std::sync::{Arc, Condvar, Mutex};
 
+use super::replica::{Pending, Replica, Statement};
 use super::sync_threads::SyncThreads;
 use crate::error::{Error, Result};
 use crate::sync::lock;
@@ -60,8 +66,22 @@ struct State {
     wal: Option<Arc<File>>,
     /// Directories to sync before it: a file was created in them.
     dirs: Vec<PathBuf>,
+    /// Where to ship commits instead, when the storage is replicated.
+    replica: Option<Arc<Replica>>,
+    /// The end of the WAL after the newest commit to ship.
+    end: u64,
+    /// The statements of the turns to ship.
+    statements: Vec<Statement>,
     /// Why the last sync failed, until the object is reset.
-    failed: Option<String>,
+    failed: Option<Error>,
+}
+
+/// One sync job's work: everything committed up to `upto`.
+struct Work {
+    upto: u64,
+    wal: Option<Arc<File>>,
+    dirs: Vec<PathBuf>,
+    ship: Option<(Arc<Replica>, Pending)>,
 }
 
 impl Flush {
@@ -80,13 +100,36 @@ impl Flush {
         }
     }
 
+    /// Records a commit of a replicated object, to ship: the WAL now ends
+    /// at `end` (unchanged if none: the commit wrote no frames), and the
+    /// turn queued `statements`.
+    pub(crate) fn committed_to_log(
+        &self,
+        replica: &Arc<Replica>,
+        end: Option<u64>,
+        statements: Vec<Statement>,
+    ) {
+        let mut state = lock(&self.state);
+        state.committed += 1;
+        if let Some(end) = end {
+            // Not the larger: a checkpoint starts the WAL again from zero.
+            state.end = end;
+        }
+        state.statements.extend(statements);
+        if !state.replica.as_ref().is_some_and(|held| Arc::ptr_eq(held, replica)) {
+            // The database was opened again: ends are its new WAL's.
+            state.end = end.unwrap_or(0);
+            state.replica = Some(replica.clone());
+        }
+    }
+
     /// Runs `release` once every commit so far is durable: now, if it is
     /// and nothing is held before it; otherwise in order, from the thread
     /// that finishes the sync. With too many held, waits for that sync.
     pub(crate) fn release(self: &Arc<Self>, threads: &SyncThreads, release: Release) {
         let mut state = lock(&self.state);
-        if let Some(reason) = &state.failed {
-            let err = sync_failed(reason);
+        if let Some(err) = &state.failed {
+            let err = err.clone();
             drop(state);
             release(Err(err));
             return;
@@ -132,14 +175,14 @@ impl Flush {
     /// Syncs the database before it is closed (on the closing thread), so
     /// that nothing held waits for a file that is gone.
     pub(crate) fn settle(&self) {
-        let (upto, wal, dirs) = {
+        let work = {
             let mut state = lock(&self.state);
             if state.durable >= state.committed {
                 return;
             }
-            (state.committed, state.wal.clone(), std::mem::take(&mut state.dirs))
+            state.work()
         };
-        self.sync(upto, wal.as_deref(), &dirs);
+        self.sync(work);
     }
 
     /// Whether a sync failed and the object was not reset since.
@@ -151,24 +194,26 @@ impl Flush {
     /// instance dropped, its database closed) before its next turn.
     pub(crate) fn take_failure(&self) -> Option<String> {
         let mut state = lock(&self.state);
-        let reason = state.failed.take()?;
+        let failed = state.failed.take()?;
         // A fresh start: what was held failed with the sync.
         state.durable = state.committed;
-        Some(reason)
+        state.statements.clear();
+        state.replica = None;
+        Some(failed.to_string())
     }
 
     /// The sync job: syncs until every commit is durable.
     fn sync_until_done(&self) {
         loop {
-            let (upto, wal, dirs) = {
+            let work = {
                 let mut state = lock(&self.state);
                 if state.durable >= state.committed || state.failed.is_some() {
                     state.syncing = false;
                     return;
                 }
-                (state.committed, state.wal.clone(), std::mem::take(&mut state.dirs))
+                state.work()
             };
-            self.sync(upto, wal.as_deref(), &dirs);
+            self.sync(work);
         }
     }
 
@@ -178,11 +223,18 @@ impl Flush {
     /// `fdatasync` is enough for the WAL: it writes the file's data and the
     /// metadata needed to read it back (its size), which is all a commit
     /// adds; SQLite itself uses it where the system has it.
-    fn sync(&self, upto: u64, wal: Option<&File>, dirs: &[PathBuf]) {
-        let outcome = dirs
-            .iter()
-            .try_for_each(|dir| File::open(dir).and_then(|dir| dir.sync_all()))
-            .and_then(|()| wal.map_or(Ok(()), File::sync_data));
+    ///
+    /// A replicated object's commits are shipped instead (`replica.rs`).
+    fn sync(&self, work: Work) {
+        let Work { upto, wal, dirs, ship } = work;
+        let outcome = match ship {
+            Some((replica, pending)) => replica.ship(pending),
+            None => dirs
+                .iter()
+                .try_for_each(|dir| File::open(dir).and_then(|dir| dir.sync_all()))
+                .and_then(|()| wal.as_deref().map_or(Ok(()), File::sync_data))
+                .map_err(|err| sync_failed(&err.to_string())),
+        };
         let mut state = lock(&self.state);
         let released: Vec<(Release, Result<()>)> = match outcome {
             Ok(()) => {
@@ -196,10 +248,9 @@ impl Flush {
                 released
             }
             Err(err) => {
-                let reason = err.to_string();
-                tracing::error!(%err, "could not sync an object's database; its held replies fail and it is reset");
-                state.failed = Some(reason.clone());
-                state.held.drain(..).map(|(_, release)| (release, Err(sync_failed(&reason)))).collect()
+                tracing::error!(%err, "could not make an object's commits durable; its held replies fail and it is reset");
+                state.failed = Some(err.clone());
+                state.held.drain(..).map(|(_, release)| (release, Err(err.clone()))).collect()
             }
         };
         drop(state);
@@ -207,6 +258,16 @@ impl Flush {
         for (release, outcome) in released {
             release(outcome);
         }
+    }
+}
+
+impl State {
+    /// Takes what a sync job does for the commits so far.
+    fn work(&mut self) -> Work {
+        let ship = self.replica.clone().map(|replica| {
+            (replica, Pending { end: self.end, statements: std::mem::take(&mut self.statements) })
+        });
+        Work { upto: self.committed, wal: self.wal.clone(), dirs: std::mem::take(&mut self.dirs), ship }
     }
 }
 

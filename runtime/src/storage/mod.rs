@@ -38,6 +38,7 @@ mod flush;
 mod group_commit;
 mod listing;
 mod pool;
+mod replica;
 mod sync_threads;
 mod turn;
 
@@ -63,6 +64,9 @@ pub use durability::Durability;
 use flush::Flush;
 pub(crate) use pool::OpenDatabases;
 use pool::{Closable, CloseAttempt};
+use replica::Replica;
+pub(crate) use replica::Statement;
+pub(crate) use replica::{Entry, Fetched, Head, ObjectLog};
 pub(crate) use sync_threads::SyncThreads;
 
 /// The longest key, in bytes.
@@ -77,6 +81,10 @@ pub(crate) struct StorageRoot {
     /// The threads that sync databases, when the runtime syncs them
     /// (`Durability::Full` on disk; see `flush.rs`).
     pub(crate) sync: Option<SyncThreads>,
+    /// The log that objects' databases are copies of, when storage is
+    /// replicated (a PostgreSQL cluster with a data directory; see
+    /// `replica.rs`). The sync threads then ship commits to it.
+    pub(crate) log: Option<Arc<dyn ObjectLog>>,
 }
 
 /// Which keys [`Storage::list`] returns, in which order.
@@ -165,6 +173,10 @@ struct State {
     conn: Option<Connection>,
     /// The open database's WAL, when the runtime syncs it.
     wal: Option<Arc<File>>,
+    /// The open database's place in its log, when storage is replicated.
+    replica: Option<Arc<Replica>>,
+    /// Statements the turn queued for PostgreSQL (`Postgres::execute`).
+    statements: Vec<Statement>,
     /// Directories to sync with the next commit (see `Opened::new_dirs`).
     new_dirs: Vec<PathBuf>,
     /// `total_changes` of the connection when the turn's transaction began.
@@ -516,13 +528,19 @@ impl Storage {
         }
         if state.conn.is_none() {
             let root = &self.inner.root;
-            let opened =
-                root.location.open(self.inner.type_name, &self.inner.id, root.durability).map_err(|err| {
-                    Error::Storage(format!("`{}` object {}: {err}", self.inner.type_name, self.inner.id))
-                })?;
+            let (type_name, id) = (self.inner.type_name, &self.inner.id);
+            let opened = match &root.log {
+                // The log's errors say which object and what to do.
+                Some(log) => root.location.open_replicated(log, type_name, id)?,
+                None => root
+                    .location
+                    .open(type_name, id, root.durability)
+                    .map_err(|err| Error::Storage(format!("`{type_name}` object {id}: {err}")))?,
+            };
             state.conn = Some(opened.conn);
             state.wal = opened.wal;
             state.new_dirs = opened.new_dirs;
+            state.replica = opened.replica;
             root.open.opened(self.inner.clone());
             self.index_alarm_if_lost(state);
         }
@@ -570,7 +588,14 @@ impl Storage {
         database::begin(conn).map_err(|e| storage_error(doing, e))?;
         match f(conn) {
             Ok(value) => {
+                Replica::before_commit();
                 database::commit(conn).map_err(|e| storage_error(doing, e))?;
+                // Shipped with the next turn's commits.
+                if let Some(replica) = &state.replica
+                    && let Some(end) = replica.committed_end()
+                {
+                    self.inner.flush.committed_to_log(replica, Some(end), Vec::new());
+                }
                 Ok(value)
             }
             Err(err) => {
@@ -595,8 +620,9 @@ impl StorageInner {
         // Nothing held may wait for a file that is about to close.
         self.flush.settle();
         state.wal = None;
-        let empty = std::mem::take(&mut state.maybe_empty) && is_empty(&conn);
-        self.root.location.close(self.type_name, &self.id, conn);
+        let replicated = state.replica.take().is_some();
+        let empty = std::mem::take(&mut state.maybe_empty) && is_empty(&conn) && !replicated;
+        self.root.location.close(self.type_name, &self.id, conn, replicated);
         if empty {
             self.root.location.remove(self.type_name, &self.id);
         }

@@ -19,6 +19,7 @@ use std::future::Future;
 use std::sync::Arc;
 
 use super::database::{self, storage_error};
+use super::replica::{Replica, Statement};
 use super::{State, Storage};
 use crate::error::{Error, Result};
 
@@ -67,6 +68,18 @@ impl Storage {
     /// database before the next turn.
     pub(crate) fn take_sync_failure(&self) -> Option<String> {
         self.inner.flush.take_failure()
+    }
+
+    /// Opens the object's database now, if it is not open (a replicated
+    /// one checks first that this node owns the object, and is rebuilt
+    /// from the log if needed): before its constructor runs, so that an
+    /// object this node lost is refused with a clear, retryable error.
+    pub(crate) fn open_now(&self) -> Result<()> {
+        if self.inner.root.log.is_none() {
+            return Ok(());
+        }
+        let mut state = self.lock();
+        self.ready(&mut state).map(drop)
     }
 
     /// Whether a sync failure waits for [`take_sync_failure`](Self::take_sync_failure).
@@ -136,20 +149,88 @@ impl Storage {
         let mut state = self.lock();
         state.turn = false;
         state.savepoints = 0;
+        let statements = std::mem::take(&mut state.statements);
         if !std::mem::take(&mut state.txn) {
-            return Ok(());
+            return self.ship_statements(&state, statements);
         }
         let unknown_writes = std::mem::take(&mut state.unknown_writes);
         let Some(conn) = state.conn.as_ref() else { return Ok(()) };
         let wrote = unknown_writes || conn.total_changes() != state.changes;
+        Replica::before_commit();
         if let Err(err) = database::commit(conn) {
             let _ = conn.execute_batch("ROLLBACK");
             return Err(storage_error("commit the turn", err));
+        }
+        if let Some(replica) = state.replica.clone() {
+            let end = replica.committed_end();
+            if end.is_some() || !statements.is_empty() {
+                self.inner.flush.committed_to_log(&replica, end, statements);
+            }
+            if let Some(end) = end
+                && replica.wants_snapshot(end)
+            {
+                self.snapshot(&state, &replica);
+            }
+            return Ok(());
         }
         if wrote && let Some(wal) = state.wal.clone() {
             let dirs = std::mem::take(&mut state.new_dirs);
             self.inner.flush.committed(&wal, dirs);
         }
+        Ok(())
+    }
+
+    /// Queues statements of a turn that touched no storage, to be shipped
+    /// (they need the object's replicated log; see `Postgres::execute`).
+    fn ship_statements(&self, state: &State, statements: Vec<Statement>) -> Result<()> {
+        if statements.is_empty() {
+            return Ok(());
+        }
+        let Some(replica) = &state.replica else {
+            return Err(Error::Storage("the turn's PostgreSQL statements found no open database".into()));
+        };
+        self.inner.flush.committed_to_log(replica, None, statements);
+        Ok(())
+    }
+
+    /// Checkpoints the object's database once everything before is
+    /// shipped, so that its WAL starts again and its file becomes the
+    /// log's new snapshot (shipped with the next shipment, which this
+    /// turn's reply waits for). Blocks the turn's thread until then.
+    fn snapshot(&self, state: &State, replica: &Arc<Replica>) {
+        let (Some(threads), Some(conn)) = (&self.inner.root.sync, state.conn.as_ref()) else { return };
+        self.inner.flush.wait(threads);
+        if self.inner.flush.failed() {
+            return;
+        }
+        match replica.checkpoint(conn) {
+            Ok(()) => self.inner.flush.committed_to_log(replica, Some(0), Vec::new()),
+            Err(err) => tracing::warn!(
+                %err, r#type = self.inner.type_name, object = %self.inner.id,
+                "could not checkpoint the object's database to snapshot it; the next turn tries again"
+            ),
+        }
+    }
+
+    /// Queues `statement` to run in PostgreSQL in the same transaction as
+    /// the turn's writes (see [`Postgres::execute`](crate::Postgres::execute)).
+    pub(crate) fn queue_statement(&self, statement: Statement) -> Result<()> {
+        let mut state = self.lock();
+        self.check_access(&state)?;
+        if self.inner.root.log.is_none() {
+            return Err(Error::Config(
+                "`ctx.postgres()` writes to the cluster's PostgreSQL, and this runtime has none: build it \
+                 with `.postgres(conninfo)` and a `.data_dir(..)` (its storage is then replicated there)"
+                    .into(),
+            ));
+        }
+        if !state.turn {
+            return Err(Error::Storage("a PostgreSQL statement can only be queued during a turn".into()));
+        }
+        // The database is opened (and the object's ownership checked)
+        // before anything is queued.
+        self.ready(&mut state)?;
+        state.statements.push(statement);
         Ok(())
     }
 
@@ -159,6 +240,7 @@ impl Storage {
         state.turn = false;
         state.savepoints = 0;
         state.unknown_writes = false;
+        state.statements.clear();
         if std::mem::take(&mut state.txn)
             && let Some(conn) = state.conn.as_ref()
             && !conn.is_autocommit()

@@ -1,0 +1,467 @@
+//! Replicated object storage in PostgreSQL: the objects' log (see
+//! `storage/replica.rs` for what is shipped and how an object is rebuilt).
+//!
+//! Tables (created by `postgres.rs`): `stead_log (type, id, seq,
+//! wal_offset, frames)` holds each shipped entry, `stead_snapshots (type,
+//! id, seq, data)` each object's last snapshot, and `stead_objects` the
+//! object's `epoch`, `log_seq` (its last entry) and `snapshot_seq`.
+//!
+//! **Fencing.** An entry is appended by one statement that first bumps
+//! `log_seq` where the object's row still names this node *at the epoch the
+//! node activated it with*. A node that lost the object (it was taken over:
+//! a new owner, the next epoch) matches no row, appends nothing, and its
+//! turn fails. So there is never a second activation that can commit.
+//!
+//! **Group commit.** Entries of many objects that are ready at the same
+//! moment share one statement, hence one transaction and one round trip:
+//! a few shippers each take every entry waiting (up to [`MAX_BATCH`]) when
+//! they are free. Entries that carry the application's statements
+//! (`ctx.postgres()`) are shipped in an explicit transaction instead, each
+//! in a savepoint with its statements, so that one failing statement fails
+//! only its own turn.
+//!
+//! Storage is synchronous, so the log is reached from plain threads (the
+//! sync threads, and turns opening a database): requests go to a thread of
+//! its own ("stead-log") that runs the PostgreSQL connections on a small
+//! tokio runtime, and the asking thread waits for the answer, bounded by
+//! the connect timeout. No wait depends on the runtime the objects run on.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::sync::{Mutex as AsyncMutex, mpsc};
+use tokio_postgres::types::ToSql;
+
+use super::postgres::{Pg, get, pg_error};
+use crate::error::{Error, Result};
+use crate::id::ObjectId;
+use crate::storage::{Entry, Fetched, Head, ObjectLog};
+
+/// The most entries one shipment carries.
+const MAX_BATCH: usize = 256;
+
+/// The shippers: shipments in flight at once, each on its own connection.
+const SHIPPERS: usize = 4;
+
+const APPEND: &str = "
+WITH b AS (
+    SELECT * FROM unnest($1::text[], $2::bytea[], $3::int8[], $4::int8[], $5::bytea[])
+        AS b(type, id, epoch, wal_offset, frames)
+), f AS (
+    UPDATE stead_objects o SET log_seq = o.log_seq + 1 FROM b
+    WHERE o.type = b.type AND o.id = b.id AND o.epoch = b.epoch AND o.owner = $6
+    RETURNING o.type, o.id, o.log_seq
+)
+INSERT INTO stead_log (type, id, seq, wal_offset, frames)
+SELECT f.type, f.id, f.log_seq, b.wal_offset, b.frames FROM f JOIN b ON b.type = f.type AND b.id = f.id
+RETURNING type, id, seq";
+
+const HEAD: &str = "
+SELECT owner, epoch, log_seq, snapshot_seq,
+       EXISTS (SELECT 1 FROM stead_snapshots s WHERE s.type = o.type AND s.id = o.id)
+FROM stead_objects o WHERE type = $1 AND id = $2";
+
+const SNAPSHOT_DATA: &str = "SELECT data FROM stead_snapshots WHERE type = $1 AND id = $2";
+
+const LOG: &str =
+    "SELECT seq, wal_offset, frames FROM stead_log WHERE type = $1 AND id = $2 AND seq > $3 ORDER BY seq";
+
+const SNAPSHOT: &str = "
+WITH f AS (
+    UPDATE stead_objects SET snapshot_seq = $5
+    WHERE type = $1 AND id = $2 AND epoch = $3 AND owner = $4
+    RETURNING type, id
+), s AS (
+    INSERT INTO stead_snapshots (type, id, seq, data) SELECT type, id, $5, $6 FROM f
+    ON CONFLICT (type, id) DO UPDATE SET seq = EXCLUDED.seq, data = EXCLUDED.data
+    RETURNING 1
+), d AS (
+    DELETE FROM stead_log l USING f WHERE l.type = f.type AND l.id = f.id AND l.seq <= $5
+)
+SELECT count(*) FROM f";
+
+/// What the log thread is asked.
+enum Request {
+    Head { type_name: &'static str, id: ObjectId, reply: Reply<(Head, bool)> },
+    Fetch { type_name: &'static str, id: ObjectId, reply: Reply<Fetched> },
+    Append { entry: Entry, reply: Reply<i64> },
+    Snapshot { type_name: &'static str, id: ObjectId, epoch: i64, seq: i64, data: Vec<u8>, reply: Reply<()> },
+}
+
+type Reply<T> = std::sync::mpsc::SyncSender<Result<T>>;
+
+/// An entry waiting to be shipped, and who waits for it.
+struct Append {
+    entry: Entry,
+    reply: Reply<i64>,
+}
+
+/// The objects' log in the cluster's PostgreSQL, for node `me`.
+pub(crate) struct PostgresLog {
+    requests: mpsc::UnboundedSender<Request>,
+    /// How long a caller waits for an answer.
+    timeout: Duration,
+}
+
+impl PostgresLog {
+    /// Starts the log's thread; it connects on first use and ends when
+    /// the log is dropped.
+    pub(crate) fn start(conninfo: &str, timeout: Duration, me: &str) -> Result<Self> {
+        let (requests, receiver) = mpsc::unbounded_channel();
+        let (conninfo, me) = (conninfo.to_string(), Arc::<str>::from(me));
+        let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().map_err(|e| {
+            Error::Config(format!("cannot start the thread that ships the objects' log: {e}"))
+        })?;
+        std::thread::Builder::new()
+            .name("stead-log".into())
+            .spawn(move || runtime.block_on(serve(receiver, conninfo, timeout, me)))
+            .map_err(|e| {
+                Error::Config(format!("cannot start the thread that ships the objects' log: {e}"))
+            })?;
+        Ok(PostgresLog { requests, timeout })
+    }
+
+    /// Sends the request `make` builds and waits for its answer.
+    fn ask<T>(&self, what: &str, make: impl FnOnce(Reply<T>) -> Request) -> Result<T> {
+        let (reply, answer) = std::sync::mpsc::sync_channel(1);
+        let gone = || Error::Unavailable(format!("the runtime is shutting down ({what}); retry later"));
+        self.requests.send(make(reply)).map_err(|_| gone())?;
+        // The thread's own waits are bounded by `timeout` each; a shipment
+        // may wait for the one before it on its connection.
+        match answer.recv_timeout(self.timeout * 3) {
+            Ok(answer) => answer,
+            Err(std::sync::mpsc::RecvTimeoutError::Timeout) => Err(Error::Unavailable(format!(
+                "PostgreSQL did not answer within {:?} ({what}); retry later",
+                self.timeout * 3
+            ))),
+            Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => Err(gone()),
+        }
+    }
+}
+
+impl ObjectLog for PostgresLog {
+    fn head(&self, type_name: &'static str, id: &ObjectId) -> Result<(Head, bool)> {
+        self.ask("reading an object's log", |reply| Request::Head { type_name, id: *id, reply })
+    }
+
+    fn fetch(&self, type_name: &'static str, id: &ObjectId) -> Result<Fetched> {
+        self.ask("restoring an object from its log", |reply| Request::Fetch { type_name, id: *id, reply })
+    }
+
+    fn append(&self, entry: Entry) -> Result<i64> {
+        self.ask("shipping a turn's writes", |reply| Request::Append { entry, reply })
+    }
+
+    fn snapshot(
+        &self,
+        type_name: &'static str,
+        id: &ObjectId,
+        epoch: i64,
+        seq: i64,
+        data: Vec<u8>,
+    ) -> Result<()> {
+        self.ask("shipping an object's snapshot", |reply| Request::Snapshot {
+            type_name,
+            id: *id,
+            epoch,
+            seq,
+            data,
+            reply,
+        })
+    }
+}
+
+/// The log thread: reads and snapshots on one connection, appends on the
+/// shippers', until the log is dropped.
+async fn serve(
+    mut requests: mpsc::UnboundedReceiver<Request>,
+    conninfo: String,
+    timeout: Duration,
+    me: Arc<str>,
+) {
+    let reads = Arc::new(Pg::new(&conninfo, timeout));
+    let (appends, queue) = mpsc::unbounded_channel();
+    let queue = Arc::new(AsyncMutex::new(queue));
+    for _ in 0..SHIPPERS {
+        tokio::spawn(ship(Pg::new(&conninfo, timeout), me.clone(), queue.clone()));
+    }
+    while let Some(request) = requests.recv().await {
+        let (pg, me) = (reads.clone(), me.clone());
+        match request {
+            Request::Append { entry, reply } => {
+                let _ = appends.send(Append { entry, reply });
+            }
+            Request::Head { type_name, id, reply } => {
+                tokio::spawn(async move { reply.send(head(&pg, &me, type_name, &id).await).ok() });
+            }
+            Request::Fetch { type_name, id, reply } => {
+                tokio::spawn(async move { reply.send(fetch(&pg, &me, type_name, &id).await).ok() });
+            }
+            Request::Snapshot { type_name, id, epoch, seq, data, reply } => {
+                tokio::spawn(async move {
+                    reply.send(snapshot(&pg, &me, type_name, &id, epoch, seq, data).await).ok()
+                });
+            }
+        }
+    }
+}
+
+/// The object's row: its owner, epoch, last entry, snapshot's entry, and
+/// whether it has a snapshot. Fails unless `me` owns it.
+async fn owned_row(pg: &Pg, me: &str, type_name: &'static str, id: &ObjectId) -> Result<(Head, i64, bool)> {
+    let row = pg
+        .with("reading an object's log", |c| async move {
+            c.client.query_opt(HEAD, &[&type_name, &id.as_bytes().as_slice()]).await
+        })
+        .await?
+        .ok_or_else(|| {
+            Error::Unavailable(format!(
+                "`{type_name}` object {id} is not placed in the cluster's directory; retry: its next call places it"
+            ))
+        })?;
+    let owner: String = get(&row, 0, "stead_objects.owner")?;
+    let epoch: i64 = get(&row, 1, "stead_objects.epoch")?;
+    if owner != me {
+        return Err(Error::Unavailable(format!(
+            "`{type_name}` object {id} now lives on node `{owner}` (epoch {epoch}), not on `{me}`: this node \
+             serves and commits nothing more for it; retry, the call then goes to its owner"
+        )));
+    }
+    let head = Head { epoch, seq: get(&row, 2, "stead_objects.log_seq")? };
+    Ok((head, get(&row, 3, "stead_objects.snapshot_seq")?, get(&row, 4, "snapshot")?))
+}
+
+async fn head(pg: &Pg, me: &str, type_name: &'static str, id: &ObjectId) -> Result<(Head, bool)> {
+    owned_row(pg, me, type_name, id).await.map(|(head, _, snapshotted)| (head, snapshotted))
+}
+
+async fn fetch(pg: &Pg, me: &str, type_name: &'static str, id: &ObjectId) -> Result<Fetched> {
+    let (head, snapshot_seq, snapshotted) = owned_row(pg, me, type_name, id).await?;
+    let key = id.as_bytes().as_slice();
+    let (snapshot, entries) = pg
+        .with("restoring an object from its log", |c| async move {
+            let snapshot = match snapshotted {
+                true => c.client.query_opt(SNAPSHOT_DATA, &[&type_name, &key]).await?,
+                false => None,
+            };
+            let entries = c.client.query(LOG, &[&type_name, &key, &snapshot_seq]).await?;
+            Ok((snapshot, entries))
+        })
+        .await?;
+    let snapshot = snapshot.map(|row| get::<Vec<u8>>(&row, 0, "stead_snapshots.data")).transpose()?;
+    let mut wal = Vec::new();
+    let mut expected = snapshot_seq;
+    for row in &entries {
+        let (seq, offset): (i64, i64) = (get(row, 0, "stead_log.seq")?, get(row, 1, "stead_log.wal_offset")?);
+        let frames: &[u8] = get(row, 2, "stead_log.frames")?;
+        if seq != expected + 1 || offset != wal.len() as i64 {
+            return Err(Error::Storage(format!(
+                "the log of `{type_name}` object {id} in PostgreSQL is not whole: entry {seq} (at WAL offset \
+                 {offset}) follows entry {expected} ({} bytes); the tables were changed by hand, restore them \
+                 from a backup",
+                wal.len()
+            )));
+        }
+        wal.extend_from_slice(frames);
+        expected = seq;
+    }
+    if expected != head.seq {
+        return Err(Error::Storage(format!(
+            "the log of `{type_name}` object {id} in PostgreSQL ends at entry {expected}, its row says {}; \
+             the tables were changed by hand, restore them from a backup",
+            head.seq
+        )));
+    }
+    Ok(Fetched { head, snapshot, wal })
+}
+
+async fn snapshot(
+    pg: &Pg,
+    me: &str,
+    type_name: &'static str,
+    id: &ObjectId,
+    epoch: i64,
+    seq: i64,
+    data: Vec<u8>,
+) -> Result<()> {
+    let key = id.as_bytes().as_slice();
+    let data = data.as_slice();
+    let row = pg
+        .with("shipping an object's snapshot", |c| async move {
+            c.client.query_one(SNAPSHOT, &[&type_name, &key, &epoch, &me, &seq, &data]).await
+        })
+        .await?;
+    match get::<i64>(&row, 0, "count")? {
+        0 => Err(fenced(type_name, id, me)),
+        _ => Ok(()),
+    }
+}
+
+/// A shipper: takes every entry waiting (up to [`MAX_BATCH`]) and ships
+/// them in one transaction, until the log is dropped.
+async fn ship(pg: Pg, me: Arc<str>, queue: Arc<AsyncMutex<mpsc::UnboundedReceiver<Append>>>) {
+    loop {
+        let mut batch = Vec::new();
+        {
+            let mut queue = queue.lock().await;
+            match queue.recv().await {
+                Some(append) => batch.push(append),
+                None => return,
+            }
+            while batch.len() < MAX_BATCH {
+                match queue.try_recv() {
+                    Ok(append) => batch.push(append),
+                    Err(_) => break,
+                }
+            }
+        }
+        let (with_statements, plain): (Vec<Append>, Vec<Append>) =
+            batch.into_iter().partition(|append| !append.entry.statements.is_empty());
+        if with_statements.is_empty() {
+            let outcomes = append_plain(&pg, &me, &plain).await;
+            answer(plain, outcomes, &me);
+        } else {
+            let all: Vec<Append> = with_statements.into_iter().chain(plain).collect();
+            let outcomes = append_in_transaction(&pg, &me, &all).await;
+            answer(all, outcomes, &me);
+        }
+    }
+}
+
+/// What became of one entry.
+enum Outcome {
+    Appended(i64),
+    /// The object's epoch moved on: another node owns it.
+    Fenced,
+    /// One of its statements failed.
+    Refused(String),
+}
+
+fn answer(batch: Vec<Append>, outcomes: Result<Vec<Outcome>>, me: &str) {
+    for (i, Append { entry, reply }) in batch.into_iter().enumerate() {
+        let result = match &outcomes {
+            Err(err) => Err(err.clone()),
+            Ok(outcomes) => match outcomes.get(i) {
+                Some(Outcome::Appended(seq)) => Ok(*seq),
+                Some(Outcome::Fenced) | None => Err(fenced(entry.type_name, &entry.id, me)),
+                Some(Outcome::Refused(message)) => Err(Error::Storage(format!(
+                    "PostgreSQL refused a statement of a turn of `{}` object {}: {message}; the turn was \
+                     undone (its writes, in the object and in PostgreSQL, are gone)",
+                    entry.type_name, entry.id
+                ))),
+            },
+        };
+        let _ = reply.send(result);
+    }
+}
+
+fn fenced(type_name: &str, id: &ObjectId, me: &str) -> Error {
+    Error::Unavailable(format!(
+        "`{type_name}` object {id} was taken over by another node (its epoch in PostgreSQL moved on): node \
+         `{me}` commits nothing more for it, and this turn was undone; retry, the call then goes to its owner"
+    ))
+}
+
+/// Appends entries without statements in one statement.
+async fn append_plain(pg: &Pg, me: &str, batch: &[Append]) -> Result<Vec<Outcome>> {
+    let rows = pg
+        .with("shipping turns' writes", |c| async move {
+            let (types, ids, epochs, offsets, frames) = columns(batch);
+            c.client.query(APPEND, &[&types, &ids, &epochs, &offsets, &frames, &me]).await
+        })
+        .await?;
+    outcomes(batch, &rows)
+}
+
+/// The batch's columns, for `APPEND`.
+#[allow(clippy::type_complexity)]
+fn columns(batch: &[Append]) -> (Vec<&str>, Vec<&[u8]>, Vec<i64>, Vec<i64>, Vec<&[u8]>) {
+    let entries = batch.iter().map(|append| &append.entry);
+    (
+        entries.clone().map(|e| e.type_name).collect(),
+        entries.clone().map(|e| e.id.as_bytes().as_slice()).collect(),
+        entries.clone().map(|e| e.epoch).collect(),
+        entries.clone().map(|e| e.wal_offset).collect(),
+        entries.map(|e| e.frames.as_slice()).collect(),
+    )
+}
+
+/// Matches `APPEND`'s rows with the batch's entries; one without a row
+/// was fenced.
+fn outcomes(batch: &[Append], rows: &[tokio_postgres::Row]) -> Result<Vec<Outcome>> {
+    let mut appended = Vec::with_capacity(rows.len());
+    for row in rows {
+        let (type_name, id, seq): (String, Vec<u8>, i64) =
+            (get(row, 0, "stead_log.type")?, get(row, 1, "stead_log.id")?, get(row, 2, "stead_log.seq")?);
+        appended.push((type_name, id, seq));
+    }
+    Ok(batch
+        .iter()
+        .map(|append| {
+            let entry = &append.entry;
+            appended
+                .iter()
+                .find(|(t, id, _)| t == entry.type_name && id.as_slice() == entry.id.as_bytes())
+                .map_or(Outcome::Fenced, |(_, _, seq)| Outcome::Appended(*seq))
+        })
+        .collect())
+}
+
+/// Appends entries with the application's statements: one transaction,
+/// each entry with its statements in a savepoint, so that a failing
+/// statement undoes only its own turn.
+async fn append_in_transaction(pg: &Pg, me: &str, batch: &[Append]) -> Result<Vec<Outcome>> {
+    pg.with("shipping turns' writes with their statements", |c| async move {
+        let outcomes = transact(&c.client, me, batch).await;
+        if outcomes.is_err() {
+            // Leave no transaction open on the connection for the next
+            // shipment (a broken connection is made again anyway).
+            let _ = c.client.batch_execute("ROLLBACK").await;
+        }
+        outcomes
+    })
+    .await
+}
+
+async fn transact(
+    client: &tokio_postgres::Client,
+    me: &str,
+    batch: &[Append],
+) -> std::result::Result<Vec<Outcome>, tokio_postgres::Error> {
+    client.batch_execute("BEGIN").await?;
+    let mut outcomes = Vec::with_capacity(batch.len());
+    for append in batch {
+        client.batch_execute("SAVEPOINT stead_turn").await?;
+        let (types, ids, epochs, offsets, frames) = columns(std::slice::from_ref(append));
+        let rows = client.query(APPEND, &[&types, &ids, &epochs, &offsets, &frames, &me]).await?;
+        let Some(row) = rows.first() else {
+            client.batch_execute("ROLLBACK TO SAVEPOINT stead_turn").await?;
+            outcomes.push(Outcome::Fenced);
+            continue;
+        };
+        let seq: i64 = row.try_get(2)?;
+        let mut refused = None;
+        for statement in &append.entry.statements {
+            let params = statement.params.iter().map(|p| p.as_ref() as &(dyn ToSql + Sync));
+            if let Err(err) = client.execute_raw(statement.sql.as_str(), params).await {
+                if err.as_db_error().is_none() {
+                    return Err(err);
+                }
+                refused = Some(pg_error("the statement", &err).to_string());
+                break;
+            }
+        }
+        match refused {
+            Some(message) => {
+                client.batch_execute("ROLLBACK TO SAVEPOINT stead_turn").await?;
+                outcomes.push(Outcome::Refused(message));
+            }
+            None => {
+                client.batch_execute("RELEASE SAVEPOINT stead_turn").await?;
+                outcomes.push(Outcome::Appended(seq));
+            }
+        }
+    }
+    client.batch_execute("COMMIT").await?;
+    Ok(outcomes)
+}

@@ -1,0 +1,434 @@
+//! Replicated storage: an object's database as a cache of its log.
+//!
+//! In a PostgreSQL cluster with a data directory, every commit of an
+//! object is shipped to the cluster's referee before its reply is released
+//! (the output gate of `flush.rs`, with a shipment where a local sync would
+//! be). What is shipped is exactly what SQLite appended to the object's WAL
+//! for those commits: the WAL *frames*, read back from the file between the
+//! end of the last shipped commit and the end of the newest one (the
+//! `wal_hook` tells the number of frames after each commit). The log is
+//! therefore the WAL itself, cut into entries; to rebuild the object, its
+//! last snapshot becomes the database file and the entries since, put end
+//! to end, its WAL, which SQLite checks frame by frame (checksums, salts,
+//! commit marks) when it opens it.
+//!
+//! The runtime controls checkpoints: none happens by itself (the WAL hook
+//! replaces the automatic one, and closing does not checkpoint), so the
+//! local WAL and the shipped log stay the same bytes. When the WAL passes
+//! [`SNAPSHOT_AFTER`] bytes, a turn waits until everything is shipped,
+//! checkpoints (the WAL starts again from zero), and the database file is
+//! shipped as the new snapshot, which trims the log.
+//!
+//! Each entry is fenced by the object's *epoch*: the referee takes it only
+//! while the object still belongs to this node at that epoch, so a node
+//! that lost an object (its lease lapsed and another node took the object
+//! over) can never commit for it again.
+//!
+//! The local copy is trusted only when it is known to match the log: a
+//! small marker file beside the database (`<id>.sqlite-log`: epoch, entry
+//! number, shipped WAL length) is written after each shipment. At open, the
+//! object's head in the log (its epoch and last entry) is read; if the
+//! marker matches, the WAL is cut back to the shipped length (frames
+//! committed locally but never shipped were never acknowledged) and the
+//! copy is used; otherwise it is rebuilt from the log. A shipment that
+//! fails resets the object (see `flush.rs`): its marker is removed, so that
+//! its next activation rebuilds it from the log, which never had the failed
+//! turn.
+
+use std::cell::Cell;
+use std::fmt;
+use std::fs::File;
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+
+use rusqlite::Connection;
+use tokio_postgres::types::ToSql;
+
+use crate::error::{Error, Result};
+use crate::id::ObjectId;
+use crate::sync::lock;
+
+/// The WAL size past which a turn snapshots its object (and the log is
+/// trimmed): 8 MiB, about 2,000 pages.
+pub(crate) const SNAPSHOT_AFTER: u64 = 8 << 20;
+
+/// The size of a WAL file's header.
+const WAL_HEADER: u64 = 32;
+/// The size of a WAL frame's header (the page follows it).
+const FRAME_HEADER: u64 = 24;
+
+/// The log of every object of a runtime, kept by the cluster's referee
+/// (implemented in `cluster/replication.rs`). Every method blocks the
+/// calling thread (storage is synchronous) and is bounded in time.
+pub(crate) trait ObjectLog: Send + Sync + 'static {
+    /// The object's epoch and last entry, and whether it has a snapshot,
+    /// if this node owns it; else an `Unavailable` error naming its owner.
+    fn head(&self, type_name: &'static str, id: &ObjectId) -> Result<(Head, bool)>;
+
+    /// The object's snapshot and the WAL since (its entries end to end),
+    /// if this node owns it.
+    fn fetch(&self, type_name: &'static str, id: &ObjectId) -> Result<Fetched>;
+
+    /// Appends `entry` unless the object's epoch moved on, in one
+    /// transaction with its statements (shared with other objects'
+    /// entries: group commit); returns the entry's number.
+    fn append(&self, entry: Entry) -> Result<i64>;
+
+    /// Stores `data` as the object's database as of entry `seq`, and trims
+    /// the log up to it, unless the object's epoch moved on.
+    fn snapshot(
+        &self,
+        type_name: &'static str,
+        id: &ObjectId,
+        epoch: i64,
+        seq: i64,
+        data: Vec<u8>,
+    ) -> Result<()>;
+}
+
+/// Where an object's log stands.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Head {
+    pub(crate) epoch: i64,
+    pub(crate) seq: i64,
+}
+
+/// What rebuilds an object.
+pub(crate) struct Fetched {
+    pub(crate) head: Head,
+    /// The database file; none before the first snapshot.
+    pub(crate) snapshot: Option<Vec<u8>>,
+    /// The WAL since the snapshot.
+    pub(crate) wal: Vec<u8>,
+}
+
+/// One shipment of an object: the WAL bytes of its commits since the last
+/// one, and the statements its turns queued for the referee.
+pub(crate) struct Entry {
+    pub(crate) type_name: &'static str,
+    pub(crate) id: ObjectId,
+    pub(crate) epoch: i64,
+    /// Where `frames` start in the WAL.
+    pub(crate) wal_offset: i64,
+    pub(crate) frames: Vec<u8>,
+    pub(crate) statements: Vec<Statement>,
+}
+
+/// A statement a turn queued with [`Postgres::execute`](crate::Postgres::execute).
+pub(crate) struct Statement {
+    pub(crate) sql: String,
+    pub(crate) params: Vec<Box<dyn ToSql + Send + Sync>>,
+}
+
+impl fmt::Debug for Statement {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Statement").field("sql", &self.sql).field("params", &self.params.len()).finish()
+    }
+}
+
+thread_local! {
+    /// The number of frames in the WAL after the last commit on this thread
+    /// (set by the WAL hook, which SQLite calls inside `COMMIT`).
+    static WAL_FRAMES: Cell<Option<u64>> = const { Cell::new(None) };
+}
+
+fn record_wal_frames(_: &rusqlite::hooks::Wal, frames: std::ffi::c_int) -> rusqlite::Result<()> {
+    WAL_FRAMES.set(u64::try_from(frames).ok());
+    Ok(())
+}
+
+/// One replicated object's database: its place in the log.
+pub(crate) struct Replica {
+    log: Arc<dyn ObjectLog>,
+    type_name: &'static str,
+    id: ObjectId,
+    db: PathBuf,
+    /// The WAL, opened to read frames back.
+    wal: File,
+    frame_size: u64,
+    epoch: i64,
+    shipped: Mutex<Shipped>,
+}
+
+/// What the log has of this copy.
+struct Shipped {
+    /// The log's last entry.
+    seq: i64,
+    /// The WAL bytes it holds.
+    end: u64,
+    /// The database file must be shipped as a snapshot first (the WAL was
+    /// checkpointed).
+    snapshot: bool,
+}
+
+/// What a turn's commits give the next shipment.
+pub(crate) struct Pending {
+    /// The end of the WAL after the newest commit.
+    pub(crate) end: u64,
+    pub(crate) statements: Vec<Statement>,
+}
+
+impl Replica {
+    /// Opens object `id`'s database at `db` as a copy of its log: checks
+    /// that this node owns it, rebuilds the file from the log unless the
+    /// local copy matches it, and opens it with `open` (which sets the
+    /// connection up). The connection then reports its commits' frames.
+    pub(crate) fn open(
+        log: Arc<dyn ObjectLog>,
+        type_name: &'static str,
+        id: &ObjectId,
+        db: &Path,
+        open: impl FnOnce(&Path) -> Result<Connection>,
+    ) -> Result<(Connection, Arc<Replica>)> {
+        let (head, snapshotted) = log.head(type_name, id)?;
+        let files = Files::of(db);
+        let trusted = files.read_marker().filter(|marker| marker.head == head).and_then(|marker| {
+            let wal_len = std::fs::metadata(&files.wal).map_or(0, |m| m.len());
+            (db.exists() && wal_len >= marker.end).then_some(marker.end)
+        });
+        let end = match trusted {
+            Some(end) => {
+                // Frames committed here after the last shipment were never
+                // acknowledged: they go.
+                let wal = std::fs::OpenOptions::new()
+                    .write(true)
+                    .open(&files.wal)
+                    .map_err(|e| io(&files.wal, e))?;
+                wal.set_len(end).map_err(|e| io(&files.wal, e))?;
+                end
+            }
+            None => files.rebuild(&*log, type_name, id)?,
+        };
+        let conn = open(db)?;
+        // Replaces SQLite's automatic checkpoints: the runtime checkpoints.
+        conn.wal_hook(Some(record_wal_frames));
+        let page_size: u64 = conn
+            .query_row("PRAGMA page_size", [], |row| row.get::<_, i64>(0))
+            .map(|size| u64::try_from(size).unwrap_or(4096))
+            .map_err(|e| Error::Storage(format!("could not read the page size of {}: {e}", db.display())))?;
+        let wal = File::open(&files.wal).map_err(|e| io(&files.wal, e))?;
+        let replica = Replica {
+            log,
+            type_name,
+            id: *id,
+            db: db.to_path_buf(),
+            wal,
+            frame_size: FRAME_HEADER + page_size,
+            epoch: head.epoch,
+            // A new object's first shipment starts its log with the file
+            // SQLite made (its header says WAL mode, and only it).
+            shipped: Mutex::new(Shipped { seq: head.seq, end, snapshot: !snapshotted }),
+        };
+        Ok((conn, Arc::new(replica)))
+    }
+
+    /// The end of the WAL after the commit that just ran on this thread,
+    /// if it wrote frames.
+    pub(crate) fn committed_end(&self) -> Option<u64> {
+        WAL_FRAMES.take().map(|frames| if frames == 0 { 0 } else { WAL_HEADER + frames * self.frame_size })
+    }
+
+    /// Forgets any frames count left by an earlier commit on this thread.
+    pub(crate) fn before_commit() {
+        WAL_FRAMES.set(None);
+    }
+
+    /// Whether the WAL has grown past [`SNAPSHOT_AFTER`].
+    pub(crate) fn wants_snapshot(&self, end: u64) -> bool {
+        end > SNAPSHOT_AFTER
+    }
+
+    /// Checkpoints `conn` (everything is shipped: the caller waited) so
+    /// that the WAL starts again, and marks the database file to be
+    /// shipped as the next snapshot. The marker goes first: a crash from
+    /// now until the snapshot is shipped rebuilds the object from the log.
+    pub(crate) fn checkpoint(&self, conn: &Connection) -> Result<()> {
+        let files = Files::of(&self.db);
+        let _ = std::fs::remove_file(&files.marker);
+        conn.query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |row| row.get::<_, i64>(0))
+            .map_err(|e| Error::Storage(format!("could not checkpoint {}: {e}", self.db.display())))
+            .and_then(|busy| {
+                if busy == 0 {
+                    Ok(())
+                } else {
+                    Err(Error::Storage(format!(
+                        "could not checkpoint {}: the database was busy",
+                        self.db.display()
+                    )))
+                }
+            })?;
+        let mut shipped = lock(&self.shipped);
+        shipped.end = 0;
+        shipped.snapshot = true;
+        Ok(())
+    }
+
+    /// Ships what `pending` says (on a sync thread): the snapshot if one is
+    /// due, then the WAL from the last shipped end to `pending.end` with
+    /// the statements, as one entry. Then records it in the marker.
+    pub(crate) fn ship(&self, pending: Pending) -> Result<()> {
+        let shipped = self.ship_now(pending);
+        if shipped.is_err() {
+            self.discard_local();
+        }
+        shipped
+    }
+
+    fn ship_now(&self, pending: Pending) -> Result<()> {
+        let mut shipped = lock(&self.shipped);
+        if shipped.snapshot {
+            let data = std::fs::read(&self.db).map_err(|e| io(&self.db, e))?;
+            self.log.snapshot(self.type_name, &self.id, self.epoch, shipped.seq, data)?;
+            shipped.snapshot = false;
+        }
+        // The shipped end is newer after a checkpoint (zero) or a reopen.
+        let end = pending.end.max(shipped.end);
+        if end > shipped.end || !pending.statements.is_empty() {
+            let mut frames = vec![0; usize::try_from(end - shipped.end).unwrap_or(0)];
+            self.wal.read_exact_at(&mut frames, shipped.end).map_err(|e| {
+                Error::Storage(format!(
+                    "could not read back the WAL of {} to ship it: {e}",
+                    self.db.display()
+                ))
+            })?;
+            let entry = Entry {
+                type_name: self.type_name,
+                id: self.id,
+                epoch: self.epoch,
+                wal_offset: i64::try_from(shipped.end).unwrap_or(i64::MAX),
+                frames,
+                statements: pending.statements,
+            };
+            shipped.seq = self.log.append(entry)?;
+            shipped.end = end;
+        }
+        let marker = Marker { head: Head { epoch: self.epoch, seq: shipped.seq }, end: shipped.end };
+        // Not synced: a marker lost in a crash only costs a rebuild.
+        let _ = Files::of(&self.db).write_marker(&marker);
+        Ok(())
+    }
+
+    /// Forgets the local copy (after a failed shipment): its next open
+    /// rebuilds it from the log.
+    pub(crate) fn discard_local(&self) {
+        let _ = std::fs::remove_file(Files::of(&self.db).marker);
+    }
+}
+
+/// An object's files.
+struct Files {
+    db: PathBuf,
+    wal: PathBuf,
+    marker: PathBuf,
+}
+
+/// What the marker says: the log's head when this copy was last shipped,
+/// and the WAL length shipped.
+struct Marker {
+    head: Head,
+    end: u64,
+}
+
+impl Files {
+    fn of(db: &Path) -> Files {
+        let with = |suffix: &str| {
+            let mut path = db.as_os_str().to_owned();
+            path.push(suffix);
+            PathBuf::from(path)
+        };
+        Files { db: db.to_path_buf(), wal: with("-wal"), marker: with("-log") }
+    }
+
+    fn read_marker(&self) -> Option<Marker> {
+        let text = std::fs::read_to_string(&self.marker).ok()?;
+        let mut fields = text.split_whitespace().map(str::parse::<i64>);
+        let (Some(Ok(epoch)), Some(Ok(seq)), Some(Ok(end))) = (fields.next(), fields.next(), fields.next())
+        else {
+            return None;
+        };
+        Some(Marker { head: Head { epoch, seq }, end: u64::try_from(end).ok()? })
+    }
+
+    fn write_marker(&self, marker: &Marker) -> std::io::Result<()> {
+        let text = format!("{} {} {}\n", marker.head.epoch, marker.head.seq, marker.end);
+        let temp = self.marker.with_extension("sqlite-log-new");
+        std::fs::write(&temp, text)?;
+        std::fs::rename(&temp, &self.marker)
+    }
+
+    /// Rebuilds the database from the log; returns the WAL's length.
+    fn rebuild(&self, log: &dyn ObjectLog, type_name: &'static str, id: &ObjectId) -> Result<u64> {
+        let fetched = log.fetch(type_name, id)?;
+        for path in [&self.marker, &self.db, &self.wal] {
+            match std::fs::remove_file(path) {
+                Ok(()) => {}
+                Err(err) if err.kind() == std::io::ErrorKind::NotFound => {}
+                Err(err) => return Err(io(path, err)),
+            }
+        }
+        if let Some(dir) = self.db.parent() {
+            std::fs::create_dir_all(dir).map_err(|e| io(dir, e))?;
+        }
+        if let Some(snapshot) = &fetched.snapshot {
+            std::fs::write(&self.db, snapshot).map_err(|e| io(&self.db, e))?;
+        }
+        if !fetched.wal.is_empty() {
+            std::fs::write(&self.wal, &fetched.wal).map_err(|e| io(&self.wal, e))?;
+        }
+        let end = fetched.wal.len() as u64;
+        self.write_marker(&Marker { head: fetched.head, end }).map_err(|e| io(&self.marker, e))?;
+        Ok(end)
+    }
+}
+
+fn io(path: &Path, err: std::io::Error) -> Error {
+    Error::Storage(format!("{}: {err}", path.display()))
+}
+
+/// A log kept in memory, for the unit tests of the storage layer.
+#[cfg(test)]
+pub(crate) mod memory {
+    use std::collections::HashMap;
+
+    use super::*;
+
+    #[derive(Default)]
+    pub(crate) struct MemoryLog {
+        pub(crate) objects: Mutex<HashMap<ObjectId, (Head, Option<Vec<u8>>, Vec<u8>)>>,
+    }
+
+    impl ObjectLog for MemoryLog {
+        fn head(&self, _: &'static str, id: &ObjectId) -> Result<(Head, bool)> {
+            let mut objects = lock(&self.objects);
+            let (head, snapshot, _) =
+                objects.entry(*id).or_insert((Head { epoch: 1, seq: 0 }, None, Vec::new()));
+            Ok((*head, snapshot.is_some()))
+        }
+
+        fn fetch(&self, t: &'static str, id: &ObjectId) -> Result<Fetched> {
+            let (head, _) = self.head(t, id)?;
+            let objects = lock(&self.objects);
+            let (_, snapshot, wal) = &objects[id];
+            Ok(Fetched { head, snapshot: snapshot.clone(), wal: wal.clone() })
+        }
+
+        fn append(&self, entry: Entry) -> Result<i64> {
+            let mut objects = lock(&self.objects);
+            let (head, _, wal) = objects.get_mut(&entry.id).expect("opened first");
+            assert_eq!(entry.wal_offset as usize, wal.len(), "entries follow each other");
+            wal.extend_from_slice(&entry.frames);
+            head.seq += 1;
+            Ok(head.seq)
+        }
+
+        fn snapshot(&self, _: &'static str, id: &ObjectId, _: i64, seq: i64, data: Vec<u8>) -> Result<()> {
+            let mut objects = lock(&self.objects);
+            let (head, snapshot, wal) = objects.get_mut(id).expect("opened first");
+            assert_eq!(head.seq, seq);
+            *snapshot = Some(data);
+            wal.clear();
+            Ok(())
+        }
+    }
+}

@@ -1,0 +1,426 @@
+//! Replicated object storage in PostgreSQL: every acknowledged write
+//! survives its node, objects fail over to live nodes, and writes to the
+//! application's tables commit with the object's (a real throw-away
+//! PostgreSQL, real node processes, real `kill -9`, `SIGSTOP`).
+//!
+//! Nodes are this test binary, running the ignored test `failover_node`.
+
+#![allow(missing_docs)] // test objects are exercised, not documented
+
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use stead::{Context, Error, Runtime, durable_object, pg_params};
+use stead_pgtemp::TempPostgres;
+
+#[path = "common/process.rs"]
+mod process;
+use process::ChildGuard;
+
+const ROLE: &str = "STEAD_FAILOVER_ROLE";
+const NAME: &str = "STEAD_FAILOVER_NAME";
+const CONNINFO: &str = "STEAD_FAILOVER_CONNINFO";
+const TLS_DIR: &str = "STEAD_FAILOVER_TLS";
+const DATA_DIR: &str = "STEAD_FAILOVER_DATA";
+const SECRET: &str = "the failover test secret, shared by every process";
+
+/// Short, so that a dead node's objects move soon.
+const LEASE: Duration = Duration::from_secs(2);
+
+pub struct Account {
+    ctx: Context,
+}
+
+#[durable_object]
+impl Account {
+    pub async fn new(ctx: Context) -> Self {
+        println!("constructed {}", ctx.id());
+        Account { ctx }
+    }
+
+    /// Appends `n` to the list of deposits; returns how many there are.
+    pub fn deposit(&mut self, n: u64) -> stead::Result<u64> {
+        let mut deposits: Vec<u64> = self.ctx.storage().get("deposits")?.unwrap_or_default();
+        deposits.push(n);
+        self.ctx.storage().put("deposits", &deposits)?;
+        Ok(deposits.len() as u64)
+    }
+
+    pub fn deposits(&self) -> stead::Result<Vec<u64>> {
+        Ok(self.ctx.storage().get("deposits")?.unwrap_or_default())
+    }
+
+    /// Stores `len` bytes under `key`.
+    pub fn blob(&mut self, key: String, len: usize, fill: u8) -> stead::Result<()> {
+        self.ctx.storage().put(&key, &vec![fill; len])
+    }
+
+    /// The length and first byte of the value under `key`.
+    pub fn blob_of(&self, key: String) -> stead::Result<Option<(usize, u8)>> {
+        let value: Option<Vec<u8>> = self.ctx.storage().get(&key)?;
+        Ok(value.map(|v| (v.len(), v.first().copied().unwrap_or(0))))
+    }
+
+    /// Records a payment in the object and in the `payments` table, in one
+    /// transaction.
+    pub fn pay(&mut self, payment: i64, cents: i64) -> stead::Result<()> {
+        let paid = self.ctx.storage().get::<i64>("paid")?.unwrap_or(0) + cents;
+        self.ctx.storage().put("paid", &paid)?;
+        self.ctx.postgres().execute(
+            "INSERT INTO payments (payment, account, cents) VALUES ($1, $2, $3)",
+            pg_params![payment, self.ctx.id().to_string(), cents],
+        )
+    }
+
+    pub fn paid(&self) -> stead::Result<i64> {
+        Ok(self.ctx.storage().get::<i64>("paid")?.unwrap_or(0))
+    }
+}
+
+// ---------------------------------------------------------------- children
+
+/// A node: hosts `Account` until it is killed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "run by the failover tests as a child process"]
+async fn failover_node() {
+    if std::env::var(ROLE).as_deref() != Ok("node") {
+        return;
+    }
+    let name = std::env::var(NAME).unwrap();
+    let (tls, data) = (std::env::var(TLS_DIR).unwrap(), std::env::var(DATA_DIR).unwrap());
+    let rt = node(&name, &std::env::var(CONNINFO).unwrap(), Path::new(&tls), Path::new(&data)).await;
+    println!("listening {}", rt.local_addr().unwrap());
+    println!("ready");
+    loop {
+        tokio::time::sleep(Duration::from_secs(60)).await;
+    }
+}
+
+async fn node(name: &str, conninfo: &str, tls: &Path, data: &Path) -> Runtime {
+    Runtime::builder()
+        .node(name)
+        .postgres(conninfo)
+        .listen("127.0.0.1:0".parse().unwrap())
+        .lease(LEASE)
+        .tls(stead::tls::dev_identity(tls, name).unwrap())
+        .secret(SECRET)
+        .data_dir(data)
+        .keep_alive(Duration::from_millis(250))
+        .peer_timeout(Duration::from_secs(3))
+        .connect_timeout(Duration::from_secs(3))
+        .host::<Account>()
+        .build()
+        .await
+        .unwrap()
+}
+
+// ---------------------------------------------------------------- harness
+
+struct Cluster {
+    pg: TempPostgres,
+    dir: tempfile::TempDir,
+    nodes: Vec<(String, Option<ChildGuard>)>,
+}
+
+impl Cluster {
+    fn start(names: &[&str]) -> Cluster {
+        let mut cluster = Cluster {
+            pg: TempPostgres::start().unwrap(),
+            dir: tempfile::tempdir().unwrap(),
+            nodes: Vec::new(),
+        };
+        for name in names {
+            cluster.start_node(name);
+        }
+        cluster
+    }
+
+    fn tls(&self) -> std::path::PathBuf {
+        self.dir.path().join("tls")
+    }
+
+    fn start_node(&mut self, name: &str) {
+        let env = [
+            (ROLE, "node".to_string()),
+            (NAME, name.to_string()),
+            (CONNINFO, self.pg.conninfo()),
+            (TLS_DIR, self.tls().display().to_string()),
+            (DATA_DIR, self.dir.path().join(name).display().to_string()),
+        ];
+        let node = ChildGuard::spawn("failover_node", &env);
+        node.wait_for("ready");
+        match self.nodes.iter_mut().find(|(n, _)| n == name) {
+            Some((_, slot)) => *slot = Some(node),
+            None => self.nodes.push((name.to_string(), Some(node))),
+        }
+    }
+
+    fn node(&self, name: &str) -> &ChildGuard {
+        self.nodes.iter().find(|(n, _)| n == name).and_then(|(_, node)| node.as_ref()).unwrap()
+    }
+
+    /// `kill -9`.
+    fn kill(&mut self, name: &str) {
+        self.nodes.iter_mut().find(|(n, _)| n == name).unwrap().1 = None;
+    }
+
+    fn signal(&self, name: &str, signal: &str) {
+        let pid = self.node(name).child.id().to_string();
+        assert!(std::process::Command::new("kill").args([signal, &pid]).status().unwrap().success());
+    }
+
+    async fn client(&self) -> Runtime {
+        Runtime::builder()
+            .client()
+            .postgres(self.pg.conninfo())
+            .lease(LEASE)
+            .tls(stead::tls::dev_identity(&self.tls(), "client").unwrap())
+            .secret(SECRET)
+            .in_memory()
+            .keep_alive(Duration::from_millis(250))
+            .peer_timeout(Duration::from_secs(3))
+            .connect_timeout(Duration::from_secs(3))
+            .build()
+            .await
+            .unwrap()
+    }
+
+    async fn sql(&self) -> tokio_postgres::Client {
+        sql(&self.pg).await
+    }
+
+    /// The node that owns object `id`, as the directory says.
+    async fn owner(&self, id: &stead::ObjectId) -> String {
+        let row = self
+            .sql()
+            .await
+            .query_one("SELECT owner FROM stead_objects WHERE id = $1", &[&id.as_bytes().as_slice()])
+            .await
+            .unwrap();
+        row.get(0)
+    }
+}
+
+async fn sql(pg: &TempPostgres) -> tokio_postgres::Client {
+    let (client, connection) = tokio_postgres::connect(&pg.conninfo(), tokio_postgres::NoTls).await.unwrap();
+    tokio::spawn(connection);
+    client
+}
+
+/// Retries `call` while it fails with a retryable error, for `within`.
+async fn eventually<T, F: Future<Output = stead::Result<T>>>(
+    within: Duration,
+    mut call: impl FnMut() -> F,
+) -> T {
+    let deadline = Instant::now() + within;
+    loop {
+        match call().await {
+            Ok(value) => return value,
+            Err(err) if err.is_retryable() && Instant::now() < deadline => {
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+            Err(err) => panic!("still failing after {within:?}: {err}"),
+        }
+    }
+}
+
+// ---------------------------------------------------------------- tests
+
+/// A node in this process, in a cluster of its own.
+async fn local_node(pg: &TempPostgres, dir: &Path, name: &str) -> Runtime {
+    node(name, &pg.conninfo(), &dir.join("tls"), &dir.join(name)).await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_object_whose_local_copy_is_lost_is_rebuilt_from_postgres() {
+    let pg = TempPostgres::start().unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let rt = local_node(&pg, dir.path(), "ohio").await;
+    let accounts = rt.namespace::<Account>();
+    let id = accounts.id_from_name("rebuilt");
+    for n in 0..50 {
+        accounts.stub(&id).deposit(n).await.unwrap().unwrap();
+    }
+    rt.shutdown().await.unwrap();
+    // The disk is gone: only PostgreSQL has the object.
+    std::fs::remove_dir_all(dir.path().join("ohio")).unwrap();
+
+    let rt = local_node(&pg, dir.path(), "ohio").await;
+    let accounts = rt.namespace::<Account>();
+    let deposits = accounts.stub(&id).deposits().await.unwrap().unwrap();
+    assert_eq!(deposits, (0..50).collect::<Vec<_>>());
+    // And it goes on from there.
+    assert_eq!(accounts.stub(&id).deposit(50).await.unwrap().unwrap(), 51);
+    rt.shutdown().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn statements_commit_with_the_turn_or_neither_does() {
+    let pg = TempPostgres::start().unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let rt = local_node(&pg, dir.path(), "ohio").await;
+    let sql = sql(&pg).await;
+    sql.batch_execute(
+        "CREATE TABLE payments (payment bigint PRIMARY KEY, account text NOT NULL, cents bigint NOT NULL)",
+    )
+    .await
+    .unwrap();
+    let accounts = rt.namespace::<Account>();
+    let id = accounts.unique_id();
+    accounts.stub(&id).pay(1, 500).await.unwrap().unwrap();
+    accounts.stub(&id).pay(2, 250).await.unwrap().unwrap();
+    assert_eq!(accounts.stub(&id).paid().await.unwrap().unwrap(), 750);
+
+    // Payment 2 again: its row is refused (primary key), so the turn fails
+    // and the object's write is undone too.
+    let err = accounts.stub(&id).pay(2, 1_000).await.unwrap_err();
+    assert!(matches!(err, Error::Storage(ref m) if m.contains("refused a statement")), "{err}");
+    assert_eq!(accounts.stub(&id).paid().await.unwrap().unwrap(), 750, "the object's write was undone");
+    let rows: i64 = sql.query_one("SELECT sum(cents)::int8 FROM payments", &[]).await.unwrap().get(0);
+    assert_eq!(rows, 750, "the rows and the object agree");
+
+    // A turn that writes nothing to its storage still commits its rows.
+    accounts.stub(&id).pay(3, 0).await.unwrap().unwrap();
+    let count: i64 = sql.query_one("SELECT count(*) FROM payments", &[]).await.unwrap().get(0);
+    assert_eq!(count, 3);
+
+    // And after a rebuild from PostgreSQL, the object agrees still.
+    rt.shutdown().await.unwrap();
+    std::fs::remove_dir_all(dir.path().join("ohio")).unwrap();
+    let rt = local_node(&pg, dir.path(), "ohio").await;
+    assert_eq!(rt.namespace::<Account>().stub(&id).paid().await.unwrap().unwrap(), 750);
+    rt.shutdown().await.unwrap();
+}
+
+#[tokio::test]
+async fn postgres_statements_need_a_postgres_cluster() {
+    let rt = Runtime::builder().in_memory().host::<Account>().build().await.unwrap();
+    let accounts = rt.namespace::<Account>();
+    let err = accounts.stub(&accounts.unique_id()).pay(1, 1).await.unwrap().unwrap_err();
+    assert!(matches!(err, Error::Config(ref m) if m.contains(".postgres(conninfo)")), "{err}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn snapshots_keep_the_log_bounded_and_a_large_object_restores_intact() {
+    let pg = TempPostgres::start().unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let rt = local_node(&pg, dir.path(), "ohio").await;
+    let accounts = rt.namespace::<Account>();
+    let id = accounts.unique_id();
+    // 32 MB in 1 MB values: several snapshots on the way.
+    for i in 0..32u8 {
+        accounts.stub(&id).blob(format!("blob {i}"), 1 << 20, i).await.unwrap().unwrap();
+    }
+    let sql = sql(&pg).await;
+    let logged: i64 = sql
+        .query_one("SELECT coalesce(sum(length(frames)), 0)::int8 FROM stead_log", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert!(logged < 10 << 20, "the log holds {logged} bytes: snapshots should have trimmed it");
+    let snapshot: i64 =
+        sql.query_one("SELECT length(data)::int8 FROM stead_snapshots", &[]).await.unwrap().get(0);
+    assert!(snapshot > 16 << 20, "snapshot of {snapshot} bytes");
+
+    rt.shutdown().await.unwrap();
+    std::fs::remove_dir_all(dir.path().join("ohio")).unwrap();
+    let rt = local_node(&pg, dir.path(), "ohio").await;
+    let accounts = rt.namespace::<Account>();
+    for i in 0..32u8 {
+        let blob = accounts.stub(&id).blob_of(format!("blob {i}")).await.unwrap().unwrap();
+        assert_eq!(blob, Some((1 << 20, i)), "blob {i}");
+    }
+    rt.shutdown().await.unwrap();
+}
+
+/// Kills the owner during a stream of acknowledged deposits, several
+/// times: the object comes back on a live node with every one of them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_killed_owner_s_object_comes_back_elsewhere_with_every_acknowledged_write() {
+    let mut cluster = Cluster::start(&["ohio", "seoul", "osaka"]);
+    let client = cluster.client().await;
+    let accounts = client.namespace::<Account>();
+    let id = accounts.id_from_name("moving");
+    let mut acknowledged = Vec::new();
+    let mut n = 0;
+    for round in 0..3 {
+        let owner = {
+            accounts.stub(&id).deposit(n).await.unwrap().unwrap();
+            acknowledged.push(n);
+            n += 1;
+            cluster.owner(&id).await
+        };
+        // A stream of deposits; the owner dies in the middle of it.
+        let stub = accounts.stub(&id);
+        let killer = tokio::time::sleep(Duration::from_millis(300));
+        tokio::pin!(killer);
+        let mut killed = false;
+        let started = Instant::now();
+        loop {
+            tokio::select! {
+                () = &mut killer, if !killed => {
+                    cluster.kill(&owner);
+                    killed = true;
+                }
+                result = stub.deposit(n) => match result {
+                    Ok(Ok(_)) => { acknowledged.push(n); n += 1; }
+                    // Lost with its node: may or may not have run.
+                    Ok(Err(_)) | Err(_) => break,
+                }
+            }
+            assert!(started.elapsed() < Duration::from_secs(20), "round {round}: the stream never broke");
+        }
+        let failed_over = Instant::now();
+        let deposits = eventually(Duration::from_secs(20), || accounts.stub(&id).deposits()).await.unwrap();
+        println!(
+            "round {round}: {owner} killed; back on {} after {:?}",
+            cluster.owner(&id).await,
+            failed_over.elapsed()
+        );
+        // Every acknowledged deposit is there, in order; at most the one
+        // in flight when the node died may be there too.
+        assert!(
+            deposits.starts_with(&acknowledged),
+            "round {round}: lost writes: {deposits:?} vs {acknowledged:?}"
+        );
+        assert!(deposits.len() <= acknowledged.len() + 1, "{deposits:?}");
+        acknowledged = deposits;
+        n = acknowledged.last().map_or(0, |last| last + 1);
+        assert_ne!(cluster.owner(&id).await, owner);
+        cluster.start_node(&owner);
+    }
+}
+
+/// An owner paused (`SIGSTOP`) until another node took its object over,
+/// then resumed: it commits nothing more for the object, and stops
+/// answering for it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_paused_owner_that_lost_its_object_commits_nothing_more_for_it() {
+    let cluster = Cluster::start(&["ohio", "seoul"]);
+    let client = cluster.client().await;
+    let accounts = client.namespace::<Account>();
+    let id = accounts.id_from_name("paused");
+    let old = accounts.stub(&id);
+    old.deposit(1).await.unwrap().unwrap();
+    let owner = cluster.owner(&id).await;
+
+    cluster.signal(&owner, "-STOP");
+    let paused = Instant::now();
+    // Another node takes it over once the lease has lapsed.
+    let deposits = eventually(Duration::from_secs(20), || accounts.stub(&id).deposit(2)).await;
+    assert_eq!(deposits.unwrap(), 2);
+    let new_owner = cluster.owner(&id).await;
+    assert_ne!(new_owner, owner);
+    println!("taken over by {new_owner} {:?} after the pause", paused.elapsed());
+
+    cluster.signal(&owner, "-CONT");
+    // The old stub still points at the paused node: whatever it answers,
+    // nothing it does reaches the object's state.
+    let _ = old.deposit(3).await;
+    tokio::time::sleep(LEASE).await;
+    let _ = accounts.stub(&id).deposit(4).await;
+    let deposits = eventually(Duration::from_secs(10), || accounts.stub(&id).deposits()).await.unwrap();
+    assert!(!deposits.contains(&3), "the paused node committed after losing the object: {deposits:?}");
+    assert_eq!(deposits[..2], [1, 2]);
+    assert_eq!(cluster.owner(&id).await, new_owner, "the object stays where it moved");
+}
