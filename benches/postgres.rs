@@ -6,6 +6,14 @@
 //!
 //! Starts its own throw-away PostgreSQL (`fsync` off, on loopback).
 //!
+//! Replicated writes (groups `replicated_write` and `replicated_throughput`):
+//! a turn that writes a changed 100-byte value on a node whose storage is
+//! replicated in PostgreSQL (the reply waits for PostgreSQL's commit of the
+//! turn's WAL frames), next to a bare tokio-postgres upsert of such a value
+//! against the same server (`fsync` on, `synchronous_commit` on): one
+//! caller, then 64 callers over 1,000 objects (64 connections for the
+//! baseline).
+//!
 //! `cargo bench --bench postgres`
 
 #![allow(missing_docs)] // benchmark objects are measured, not documented
@@ -17,6 +25,7 @@ mod common;
 use common::{Counter, in_task};
 use criterion::{Criterion, criterion_group, criterion_main};
 use stead::Runtime;
+use stead::{Context, durable_object};
 use stead_pgtemp::TempPostgres;
 
 fn placement(c: &mut Criterion) {
@@ -97,5 +106,171 @@ fn placement(c: &mut Criterion) {
     });
 }
 
-criterion_group!(benches, placement);
+pub struct Register {
+    ctx: Context,
+}
+
+#[durable_object]
+impl Register {
+    pub async fn new(ctx: Context) -> Self {
+        Register { ctx }
+    }
+
+    pub fn put(&mut self, value: Vec<u8>) -> stead::Result<()> {
+        self.ctx.storage().put("v", &value)
+    }
+}
+
+/// A 100-byte value that differs from the last one written.
+fn value(seq: u64) -> Vec<u8> {
+    let mut value = vec![7u8; 100];
+    value[..8].copy_from_slice(&seq.to_le_bytes());
+    value
+}
+
+/// Concurrent callers of `replicated_throughput`.
+const CALLERS: usize = 64;
+/// Objects of `replicated_throughput`.
+const OBJECTS: usize = 1000;
+
+/// Runs `iters` operations, `op(caller, seq)`, from `callers` tasks at
+/// once; returns the elapsed time.
+fn concurrently<F, Fut>(tokio: &tokio::runtime::Runtime, iters: u64, callers: usize, op: F) -> Duration
+where
+    F: Fn(usize, u64) -> Fut + Send + Sync + Clone + 'static,
+    Fut: std::future::Future<Output = ()> + Send,
+{
+    let next = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
+    tokio.block_on(async move {
+        let start = std::time::Instant::now();
+        let tasks: Vec<_> = (0..callers)
+            .map(|caller| {
+                let (next, op) = (next.clone(), op.clone());
+                tokio::spawn(async move {
+                    loop {
+                        let seq = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                        if seq >= iters {
+                            break;
+                        }
+                        op(caller, seq).await;
+                    }
+                })
+            })
+            .collect();
+        for task in tasks {
+            task.await.unwrap();
+        }
+        start.elapsed()
+    })
+}
+
+fn replicated(c: &mut Criterion) {
+    let tokio = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
+    let pg = TempPostgres::start_durable().unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let (node, clients, upsert) = tokio.block_on(async {
+        let node = Runtime::builder()
+            .node("ohio")
+            .postgres(pg.conninfo())
+            .listen("127.0.0.1:0".parse().unwrap())
+            .secret("benchmark cluster secret")
+            .tls(stead::tls::dev_identity(&dir.path().join("tls"), "ohio").unwrap())
+            .data_dir(dir.path().join("data"))
+            .host::<Register>()
+            .build()
+            .await
+            .unwrap();
+        let mut clients = Vec::new();
+        for _ in 0..CALLERS {
+            let (client, connection) =
+                tokio_postgres::connect(&pg.conninfo(), tokio_postgres::NoTls).await.unwrap();
+            tokio::spawn(connection);
+            clients.push(client);
+        }
+        clients[0]
+            .batch_execute("CREATE TABLE registers (id integer PRIMARY KEY, value bytea NOT NULL)")
+            .await
+            .unwrap();
+        let mut upsert = Vec::new();
+        for client in &clients {
+            upsert.push(
+                client
+                    .prepare(
+                        "INSERT INTO registers (id, value) VALUES ($1, $2) \
+                         ON CONFLICT (id) DO UPDATE SET value = excluded.value",
+                    )
+                    .await
+                    .unwrap(),
+            );
+        }
+        (node, std::sync::Arc::new(clients), std::sync::Arc::new(upsert))
+    });
+    let registers = node.namespace::<Register>();
+    let ids: std::sync::Arc<Vec<_>> =
+        std::sync::Arc::new((0..OBJECTS).map(|_| registers.unique_id()).collect());
+    // Every object placed and written once before measuring.
+    concurrently(&tokio, OBJECTS as u64, CALLERS, {
+        let (registers, ids) = (registers.clone(), ids.clone());
+        move |_, seq| {
+            let stub = registers.stub(&ids[seq as usize]);
+            async move { stub.put(value(seq)).await.unwrap().unwrap() }
+        }
+    });
+
+    let mut group = c.benchmark_group("replicated_write");
+    group.measurement_time(Duration::from_secs(5)).warm_up_time(Duration::from_secs(1));
+    group.bench_function("stead_postgres", |b| {
+        let stub = registers.stub(&ids[0]);
+        b.iter_custom(|iters| {
+            let stub = stub.clone();
+            let mut seq = 0;
+            in_task(&tokio, iters, move || {
+                seq += 1;
+                let call = stub.put(value(seq));
+                async move { call.await.unwrap().unwrap() }
+            })
+        })
+    });
+    group.bench_function("postgres_upsert", |b| {
+        b.iter_custom(|iters| {
+            let (clients, upsert) = (clients.clone(), upsert.clone());
+            let mut seq = 0;
+            in_task(&tokio, iters, move || {
+                seq += 1;
+                let (clients, upsert) = (clients.clone(), upsert.clone());
+                async move { clients[0].execute(&upsert[0], &[&0i32, &value(seq)]).await.unwrap() }
+            })
+        })
+    });
+    group.finish();
+
+    let mut group = c.benchmark_group("replicated_throughput");
+    group.sample_size(10).measurement_time(Duration::from_secs(5)).warm_up_time(Duration::from_secs(1));
+    group.bench_function("stead_postgres", |b| {
+        b.iter_custom(|iters| {
+            let (registers, ids) = (registers.clone(), ids.clone());
+            concurrently(&tokio, iters, CALLERS, move |caller, seq| {
+                let object = (seq as usize).wrapping_mul(7919).wrapping_add(caller) % OBJECTS;
+                let call = registers.stub(&ids[object]).put(value(seq));
+                async move { call.await.unwrap().unwrap() }
+            })
+        })
+    });
+    group.bench_function("postgres_upsert", |b| {
+        b.iter_custom(|iters| {
+            let (clients, upsert) = (clients.clone(), upsert.clone());
+            concurrently(&tokio, iters, CALLERS, move |caller, seq| {
+                let (clients, upsert) = (clients.clone(), upsert.clone());
+                async move {
+                    let object = ((seq as usize).wrapping_mul(7919).wrapping_add(caller) % OBJECTS) as i32;
+                    clients[caller].execute(&upsert[caller], &[&object, &value(seq)]).await.unwrap();
+                }
+            })
+        })
+    });
+    group.finish();
+    tokio.block_on(async { node.shutdown().await.unwrap() });
+}
+
+criterion_group!(benches, placement, replicated);
 criterion_main!(benches);

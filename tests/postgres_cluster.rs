@@ -349,7 +349,9 @@ async fn a_killed_node_is_dead_within_its_lease_and_its_objects_move_to_a_live_n
     // The restarted node is a new incarnation, and serves again.
     cluster.start_node("seoul");
     let fresh = registers.unique_id();
-    eventually(Duration::from_secs(10), || registers.stub_at(&fresh, "seoul").set("new".into())).await.unwrap();
+    eventually(Duration::from_secs(10), || registers.stub_at(&fresh, "seoul").set("new".into()))
+        .await
+        .unwrap();
     assert_eq!(cluster.node("seoul").count(&format!("constructed {fresh}")), 1);
     let after = incarnation(
         sql.query("SELECT incarnation FROM stead_nodes WHERE name = 'seoul'", &[]).await.unwrap(),
