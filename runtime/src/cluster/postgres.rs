@@ -131,6 +131,24 @@ pub(crate) struct PgConn {
     pub(crate) client: Client,
     claim: Statement,
     lookup: Statement,
+    /// Other statements, prepared on first use.
+    prepared: std::sync::Mutex<std::collections::HashMap<&'static str, Statement>>,
+}
+
+impl PgConn {
+    /// `sql` prepared on this connection (once: later uses reuse it).
+    pub(crate) async fn prepared(
+        &self,
+        sql: &'static str,
+        types: &[Type],
+    ) -> std::result::Result<Statement, tokio_postgres::Error> {
+        if let Some(statement) = crate::sync::lock(&self.prepared).get(sql) {
+            return Ok(statement.clone());
+        }
+        let statement = self.client.prepare_typed(sql, types).await?;
+        crate::sync::lock(&self.prepared).insert(sql, statement.clone());
+        Ok(statement)
+    }
 }
 
 impl Pg {
@@ -197,7 +215,7 @@ impl Pg {
             client.prepare_typed(LOOKUP, &lookup_types),
         )
         .map_err(|e| pg_error("preparing the directory's statements", &e))?;
-        let live = Arc::new(PgConn { client, claim, lookup });
+        let live = Arc::new(PgConn { client, claim, lookup, prepared: Default::default() });
         *conn = Some(live.clone());
         Ok(live)
     }

@@ -21,18 +21,20 @@
 //! only its own turn.
 //!
 //! Storage is synchronous, so the log is reached from plain threads (the
-//! sync threads, and turns opening a database): requests go to a thread of
-//! its own ("stead-log") that runs the PostgreSQL connections on a small
-//! tokio runtime, and the asking thread waits for the answer, bounded by
-//! the connect timeout. No wait depends on the runtime the objects run on.
+//! sync threads, and turns opening a database): the PostgreSQL connections
+//! run on a small tokio runtime on a thread of its own ("stead-log"), work
+//! is handed to it directly (a task, or an entry in the shippers' queue),
+//! and the asking thread waits for the answer, bounded by the connect
+//! timeout. No wait depends on the runtime the objects run on.
 
+use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::sync::{Mutex as AsyncMutex, mpsc};
-use tokio_postgres::types::ToSql;
+use tokio_postgres::types::{ToSql, Type};
 
-use super::postgres::{Pg, get, pg_error};
+use super::postgres::{Pg, PgConn, get, pg_error};
 use crate::error::{Error, Result};
 use crate::id::ObjectId;
 use crate::storage::{Entry, Fetched, Head, ObjectLog};
@@ -43,18 +45,17 @@ const MAX_BATCH: usize = 256;
 /// The shippers: shipments in flight at once, each on its own connection.
 const SHIPPERS: usize = 4;
 
+/// Appends one entry where the object's row still names this node at the
+/// entry's epoch (by its primary key); no row: fenced.
 const APPEND: &str = "
-WITH b AS (
-    SELECT * FROM unnest($1::text[], $2::bytea[], $3::int8[], $4::int8[], $5::bytea[])
-        AS b(type, id, epoch, wal_offset, frames)
-), f AS (
-    UPDATE stead_objects o SET log_seq = o.log_seq + 1 FROM b
-    WHERE o.type = b.type AND o.id = b.id AND o.epoch = b.epoch AND o.owner = $6
-    RETURNING o.type, o.id, o.log_seq
+WITH f AS (
+    UPDATE stead_objects SET log_seq = log_seq + 1
+    WHERE type = $1 AND id = $2 AND epoch = $3 AND owner = $4
+    RETURNING log_seq
 )
 INSERT INTO stead_log (type, id, seq, wal_offset, frames)
-SELECT f.type, f.id, f.log_seq, b.wal_offset, b.frames FROM f JOIN b ON b.type = f.type AND b.id = f.id
-RETURNING type, id, seq";
+SELECT $1, $2, log_seq, $5, $6 FROM f
+RETURNING seq";
 
 const HEAD: &str = "
 SELECT owner, epoch, log_seq, snapshot_seq,
@@ -80,14 +81,6 @@ WITH f AS (
 )
 SELECT count(*) FROM f";
 
-/// What the log thread is asked.
-enum Request {
-    Head { type_name: &'static str, id: ObjectId, reply: Reply<(Head, bool)> },
-    Fetch { type_name: &'static str, id: ObjectId, reply: Reply<Fetched> },
-    Append { entry: Entry, reply: Reply<i64> },
-    Snapshot { type_name: &'static str, id: ObjectId, epoch: i64, seq: i64, data: Vec<u8>, reply: Reply<()> },
-}
-
 type Reply<T> = std::sync::mpsc::SyncSender<Result<T>>;
 
 /// An entry waiting to be shipped, and who waits for it.
@@ -98,34 +91,50 @@ struct Append {
 
 /// The objects' log in the cluster's PostgreSQL, for node `me`.
 pub(crate) struct PostgresLog {
-    requests: mpsc::UnboundedSender<Request>,
+    /// The log thread's runtime, which runs every use of PostgreSQL.
+    handle: tokio::runtime::Handle,
+    /// Entries for the shippers.
+    appends: mpsc::UnboundedSender<Append>,
+    /// The connection of reads and snapshots.
+    reads: Arc<Pg>,
+    me: Arc<str>,
     /// How long a caller waits for an answer.
     timeout: Duration,
+    /// Ends the log thread when the log is dropped.
+    _stop: tokio::sync::oneshot::Sender<()>,
 }
 
 impl PostgresLog {
-    /// Starts the log's thread; it connects on first use and ends when
-    /// the log is dropped.
+    /// Starts the log's thread and its shippers; they connect on first
+    /// use and end when the log is dropped.
     pub(crate) fn start(conninfo: &str, timeout: Duration, me: &str) -> Result<Self> {
-        let (requests, receiver) = mpsc::unbounded_channel();
-        let (conninfo, me) = (conninfo.to_string(), Arc::<str>::from(me));
-        let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().map_err(|e| {
+        let failed = |e: std::io::Error| {
             Error::Config(format!("cannot start the thread that ships the objects' log: {e}"))
-        })?;
+        };
+        let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().map_err(failed)?;
+        let handle = runtime.handle().clone();
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
         std::thread::Builder::new()
             .name("stead-log".into())
-            .spawn(move || runtime.block_on(serve(receiver, conninfo, timeout, me)))
-            .map_err(|e| {
-                Error::Config(format!("cannot start the thread that ships the objects' log: {e}"))
-            })?;
-        Ok(PostgresLog { requests, timeout })
+            .spawn(move || runtime.block_on(async move { drop(stopped.await) }))
+            .map_err(failed)?;
+        let me = Arc::<str>::from(me);
+        let (appends, queue) = mpsc::unbounded_channel();
+        let queue = Arc::new(AsyncMutex::new(queue));
+        for _ in 0..SHIPPERS {
+            handle.spawn(ship(Pg::new(conninfo, timeout), me.clone(), queue.clone()));
+        }
+        let reads = Arc::new(Pg::new(conninfo, timeout));
+        Ok(PostgresLog { handle, appends, reads, me, timeout, _stop: stop })
     }
 
-    /// Sends the request `make` builds and waits for its answer.
-    fn ask<T>(&self, what: &str, make: impl FnOnce(Reply<T>) -> Request) -> Result<T> {
+    /// Waits for the answer `send` arranges for, from the log thread.
+    fn wait<T>(&self, what: &str, send: impl FnOnce(Reply<T>) -> bool) -> Result<T> {
         let (reply, answer) = std::sync::mpsc::sync_channel(1);
         let gone = || Error::Unavailable(format!("the runtime is shutting down ({what}); retry later"));
-        self.requests.send(make(reply)).map_err(|_| gone())?;
+        if !send(reply) {
+            return Err(gone());
+        }
         // The thread's own waits are bounded by `timeout` each; a shipment
         // may wait for the one before it on its connection.
         match answer.recv_timeout(self.timeout * 3) {
@@ -137,19 +146,36 @@ impl PostgresLog {
             Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => Err(gone()),
         }
     }
+
+    /// Runs `work` on the log thread and waits for its answer.
+    fn run<T, F>(&self, what: &str, work: impl FnOnce(Arc<Pg>, Arc<str>) -> F) -> Result<T>
+    where
+        T: Send + 'static,
+        F: Future<Output = Result<T>> + Send + 'static,
+    {
+        let work = work(self.reads.clone(), self.me.clone());
+        self.wait(what, |reply| {
+            self.handle.spawn(async move { reply.send(work.await).ok() });
+            true
+        })
+    }
 }
 
 impl ObjectLog for PostgresLog {
     fn head(&self, type_name: &'static str, id: &ObjectId) -> Result<(Head, bool)> {
-        self.ask("reading an object's log", |reply| Request::Head { type_name, id: *id, reply })
+        let id = *id;
+        self.run("reading an object's log", move |pg, me| async move { head(&pg, &me, type_name, &id).await })
     }
 
     fn fetch(&self, type_name: &'static str, id: &ObjectId) -> Result<Fetched> {
-        self.ask("restoring an object from its log", |reply| Request::Fetch { type_name, id: *id, reply })
+        let id = *id;
+        self.run("restoring an object from its log", move |pg, me| async move {
+            fetch(&pg, &me, type_name, &id).await
+        })
     }
 
     fn append(&self, entry: Entry) -> Result<i64> {
-        self.ask("shipping a turn's writes", |reply| Request::Append { entry, reply })
+        self.wait("shipping a turn's writes", |reply| self.appends.send(Append { entry, reply }).is_ok())
     }
 
     fn snapshot(
@@ -160,49 +186,10 @@ impl ObjectLog for PostgresLog {
         seq: i64,
         data: Vec<u8>,
     ) -> Result<()> {
-        self.ask("shipping an object's snapshot", |reply| Request::Snapshot {
-            type_name,
-            id: *id,
-            epoch,
-            seq,
-            data,
-            reply,
+        let id = *id;
+        self.run("shipping an object's snapshot", move |pg, me| async move {
+            snapshot(&pg, &me, type_name, &id, epoch, seq, data).await
         })
-    }
-}
-
-/// The log thread: reads and snapshots on one connection, appends on the
-/// shippers', until the log is dropped.
-async fn serve(
-    mut requests: mpsc::UnboundedReceiver<Request>,
-    conninfo: String,
-    timeout: Duration,
-    me: Arc<str>,
-) {
-    let reads = Arc::new(Pg::new(&conninfo, timeout));
-    let (appends, queue) = mpsc::unbounded_channel();
-    let queue = Arc::new(AsyncMutex::new(queue));
-    for _ in 0..SHIPPERS {
-        tokio::spawn(ship(Pg::new(&conninfo, timeout), me.clone(), queue.clone()));
-    }
-    while let Some(request) = requests.recv().await {
-        let (pg, me) = (reads.clone(), me.clone());
-        match request {
-            Request::Append { entry, reply } => {
-                let _ = appends.send(Append { entry, reply });
-            }
-            Request::Head { type_name, id, reply } => {
-                tokio::spawn(async move { reply.send(head(&pg, &me, type_name, &id).await).ok() });
-            }
-            Request::Fetch { type_name, id, reply } => {
-                tokio::spawn(async move { reply.send(fetch(&pg, &me, type_name, &id).await).ok() });
-            }
-            Request::Snapshot { type_name, id, epoch, seq, data, reply } => {
-                tokio::spawn(async move {
-                    reply.send(snapshot(&pg, &me, type_name, &id, epoch, seq, data).await).ok()
-                });
-            }
-        }
     }
 }
 
@@ -362,57 +349,55 @@ fn fenced(type_name: &str, id: &ObjectId, me: &str) -> Error {
     ))
 }
 
-/// Appends entries without statements in one statement.
+/// Appends entries without statements: one statement each, all sent at
+/// once (pipelined) in one transaction, so that the batch costs one round
+/// trip and one commit. A single entry needs no explicit transaction.
 async fn append_plain(pg: &Pg, me: &str, batch: &[Append]) -> Result<Vec<Outcome>> {
-    let rows = pg
-        .with("shipping turns' writes", |c| async move {
-            let (types, ids, epochs, offsets, frames) = columns(batch);
-            c.client.query(APPEND, &[&types, &ids, &epochs, &offsets, &frames, &me]).await
-        })
-        .await?;
-    outcomes(batch, &rows)
+    pg.with("shipping turns' writes", |c| async move {
+        let client = &c.client;
+        let appends = batch.iter().map(|append| append_one(&c, me, &append.entry));
+        if batch.len() == 1 {
+            return futures_util::future::try_join_all(appends).await;
+        }
+        let (began, outcomes, committed) = tokio::join!(
+            client.batch_execute("BEGIN"),
+            futures_util::future::join_all(appends),
+            client.batch_execute("COMMIT"),
+        );
+        began?;
+        let outcomes = outcomes.into_iter().collect::<std::result::Result<Vec<_>, _>>()?;
+        committed?;
+        Ok(outcomes)
+    })
+    .await
 }
 
-/// The batch's columns, for `APPEND`.
-#[allow(clippy::type_complexity)]
-fn columns(batch: &[Append]) -> (Vec<&str>, Vec<&[u8]>, Vec<i64>, Vec<i64>, Vec<&[u8]>) {
-    let entries = batch.iter().map(|append| &append.entry);
-    (
-        entries.clone().map(|e| e.type_name).collect(),
-        entries.clone().map(|e| e.id.as_bytes().as_slice()).collect(),
-        entries.clone().map(|e| e.epoch).collect(),
-        entries.clone().map(|e| e.wal_offset).collect(),
-        entries.map(|e| e.frames.as_slice()).collect(),
-    )
+/// Appends one entry (the statement is prepared once per connection).
+async fn append_one(
+    c: &PgConn,
+    me: &str,
+    entry: &Entry,
+) -> std::result::Result<Outcome, tokio_postgres::Error> {
+    let statement = c.prepared(APPEND, APPEND_TYPES).await?;
+    let id = entry.id.as_bytes().as_slice();
+    let params: [&(dyn ToSql + Sync); 6] =
+        [&entry.type_name, &id, &entry.epoch, &me, &entry.wal_offset, &entry.frames.as_slice()];
+    let row = c.client.query_opt(&statement, &params).await?;
+    Ok(match row {
+        Some(row) => Outcome::Appended(row.try_get(0)?),
+        None => Outcome::Fenced,
+    })
 }
 
-/// Matches `APPEND`'s rows with the batch's entries; one without a row
-/// was fenced.
-fn outcomes(batch: &[Append], rows: &[tokio_postgres::Row]) -> Result<Vec<Outcome>> {
-    let mut appended = Vec::with_capacity(rows.len());
-    for row in rows {
-        let (type_name, id, seq): (String, Vec<u8>, i64) =
-            (get(row, 0, "stead_log.type")?, get(row, 1, "stead_log.id")?, get(row, 2, "stead_log.seq")?);
-        appended.push((type_name, id, seq));
-    }
-    Ok(batch
-        .iter()
-        .map(|append| {
-            let entry = &append.entry;
-            appended
-                .iter()
-                .find(|(t, id, _)| t == entry.type_name && id.as_slice() == entry.id.as_bytes())
-                .map_or(Outcome::Fenced, |(_, _, seq)| Outcome::Appended(*seq))
-        })
-        .collect())
-}
+/// The types of `APPEND`'s parameters.
+const APPEND_TYPES: &[Type] = &[Type::TEXT, Type::BYTEA, Type::INT8, Type::TEXT, Type::INT8, Type::BYTEA];
 
 /// Appends entries with the application's statements: one transaction,
 /// each entry with its statements in a savepoint, so that a failing
 /// statement undoes only its own turn.
 async fn append_in_transaction(pg: &Pg, me: &str, batch: &[Append]) -> Result<Vec<Outcome>> {
     pg.with("shipping turns' writes with their statements", |c| async move {
-        let outcomes = transact(&c.client, me, batch).await;
+        let outcomes = transact(&c, me, batch).await;
         if outcomes.is_err() {
             // Leave no transaction open on the connection for the next
             // shipment (a broken connection is made again anyway).
@@ -424,22 +409,20 @@ async fn append_in_transaction(pg: &Pg, me: &str, batch: &[Append]) -> Result<Ve
 }
 
 async fn transact(
-    client: &tokio_postgres::Client,
+    c: &PgConn,
     me: &str,
     batch: &[Append],
 ) -> std::result::Result<Vec<Outcome>, tokio_postgres::Error> {
+    let client = &c.client;
     client.batch_execute("BEGIN").await?;
     let mut outcomes = Vec::with_capacity(batch.len());
     for append in batch {
         client.batch_execute("SAVEPOINT stead_turn").await?;
-        let (types, ids, epochs, offsets, frames) = columns(std::slice::from_ref(append));
-        let rows = client.query(APPEND, &[&types, &ids, &epochs, &offsets, &frames, &me]).await?;
-        let Some(row) = rows.first() else {
+        let Outcome::Appended(seq) = append_one(c, me, &append.entry).await? else {
             client.batch_execute("ROLLBACK TO SAVEPOINT stead_turn").await?;
             outcomes.push(Outcome::Fenced);
             continue;
         };
-        let seq: i64 = row.try_get(2)?;
         let mut refused = None;
         for statement in &append.entry.statements {
             let params = statement.params.iter().map(|p| p.as_ref() as &(dyn ToSql + Sync));

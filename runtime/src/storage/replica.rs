@@ -146,6 +146,8 @@ pub(crate) struct Replica {
     db: PathBuf,
     /// The WAL, opened to read frames back.
     wal: File,
+    /// The marker, overwritten in place after each shipment.
+    marker: File,
     frame_size: u64,
     epoch: i64,
     shipped: Mutex<Shipped>,
@@ -208,12 +210,20 @@ impl Replica {
             .map(|size| u64::try_from(size).unwrap_or(4096))
             .map_err(|e| Error::Storage(format!("could not read the page size of {}: {e}", db.display())))?;
         let wal = File::open(&files.wal).map_err(|e| io(&files.wal, e))?;
+        let marker = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .open(&files.marker)
+            .map_err(|e| io(&files.marker, e))?;
         let replica = Replica {
             log,
             type_name,
             id: *id,
             db: db.to_path_buf(),
             wal,
+            marker,
             frame_size: FRAME_HEADER + page_size,
             epoch: head.epoch,
             // A new object's first shipment starts its log with the file
@@ -244,8 +254,7 @@ impl Replica {
     /// shipped as the next snapshot. The marker goes first: a crash from
     /// now until the snapshot is shipped rebuilds the object from the log.
     pub(crate) fn checkpoint(&self, conn: &Connection) -> Result<()> {
-        let files = Files::of(&self.db);
-        let _ = std::fs::remove_file(&files.marker);
+        self.discard_local();
         conn.query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |row| row.get::<_, i64>(0))
             .map_err(|e| Error::Storage(format!("could not checkpoint {}: {e}", self.db.display())))
             .and_then(|busy| {
@@ -305,14 +314,14 @@ impl Replica {
         }
         let marker = Marker { head: Head { epoch: self.epoch, seq: shipped.seq }, end: shipped.end };
         // Not synced: a marker lost in a crash only costs a rebuild.
-        let _ = Files::of(&self.db).write_marker(&marker);
+        let _ = marker.write(&self.marker);
         Ok(())
     }
 
     /// Forgets the local copy (after a failed shipment): its next open
     /// rebuilds it from the log.
     pub(crate) fn discard_local(&self) {
-        let _ = std::fs::remove_file(Files::of(&self.db).marker);
+        let _ = self.marker.write_all_at(&[0; MARKER_LEN], 0);
     }
 }
 
@@ -330,6 +339,45 @@ struct Marker {
     end: u64,
 }
 
+/// The marker's size: epoch, entry, WAL length and a check of the three,
+/// little-endian, written in place (one sector: a crash leaves the old
+/// marker, the new one, or one whose check fails, which means "rebuild").
+const MARKER_LEN: usize = 32;
+
+impl Marker {
+    fn encode(&self) -> [u8; MARKER_LEN] {
+        let mut bytes = [0; MARKER_LEN];
+        bytes[..8].copy_from_slice(&self.head.epoch.to_le_bytes());
+        bytes[8..16].copy_from_slice(&self.head.seq.to_le_bytes());
+        bytes[16..24].copy_from_slice(&self.end.to_le_bytes());
+        let check = check(&bytes[..24]);
+        bytes[24..].copy_from_slice(&check);
+        bytes
+    }
+
+    fn decode(bytes: &[u8; MARKER_LEN]) -> Option<Marker> {
+        if bytes[24..] != check(&bytes[..24]) {
+            return None;
+        }
+        let field = |i: usize| bytes[i..i + 8].try_into().ok().map(i64::from_le_bytes);
+        let end = u64::try_from(field(16)?).ok()?;
+        Some(Marker { head: Head { epoch: field(0)?, seq: field(8)? }, end })
+    }
+
+    fn write(&self, file: &File) -> std::io::Result<()> {
+        file.write_all_at(&self.encode(), 0)
+    }
+}
+
+/// Eight bytes of a hash of `fields`: a marker that was never written whole
+/// (or is all zeros: discarded) fails it.
+fn check(fields: &[u8]) -> [u8; 8] {
+    let hash = blake3::derive_key("stead 2026 replica marker", fields);
+    let mut check = [0; 8];
+    check.copy_from_slice(&hash[..8]);
+    check
+}
+
 impl Files {
     fn of(db: &Path) -> Files {
         let with = |suffix: &str| {
@@ -341,20 +389,9 @@ impl Files {
     }
 
     fn read_marker(&self) -> Option<Marker> {
-        let text = std::fs::read_to_string(&self.marker).ok()?;
-        let mut fields = text.split_whitespace().map(str::parse::<i64>);
-        let (Some(Ok(epoch)), Some(Ok(seq)), Some(Ok(end))) = (fields.next(), fields.next(), fields.next())
-        else {
-            return None;
-        };
-        Some(Marker { head: Head { epoch, seq }, end: u64::try_from(end).ok()? })
-    }
-
-    fn write_marker(&self, marker: &Marker) -> std::io::Result<()> {
-        let text = format!("{} {} {}\n", marker.head.epoch, marker.head.seq, marker.end);
-        let temp = self.marker.with_extension("sqlite-log-new");
-        std::fs::write(&temp, text)?;
-        std::fs::rename(&temp, &self.marker)
+        let mut bytes = [0; MARKER_LEN];
+        File::open(&self.marker).ok()?.read_exact_at(&mut bytes, 0).ok()?;
+        Marker::decode(&bytes)
     }
 
     /// Rebuilds the database from the log; returns the WAL's length.
@@ -377,7 +414,8 @@ impl Files {
             std::fs::write(&self.wal, &fetched.wal).map_err(|e| io(&self.wal, e))?;
         }
         let end = fetched.wal.len() as u64;
-        self.write_marker(&Marker { head: fetched.head, end }).map_err(|e| io(&self.marker, e))?;
+        let marker = File::create(&self.marker).map_err(|e| io(&self.marker, e))?;
+        Marker { head: fetched.head, end }.write(&marker).map_err(|e| io(&self.marker, e))?;
         Ok(end)
     }
 }
