@@ -319,7 +319,7 @@ async fn migrate(tx: &tokio_postgres::Transaction<'_>) -> Result<()> {
     let failed = |e: tokio_postgres::Error| pg_error("upgrading the cluster's tables", &e);
     let row = tx.query_one("SELECT version FROM stead_schema", &[]).await.map_err(failed)?;
     let mut version = get::<i32>(&row, 0, "stead_schema.version")?;
-    while version >= 1 && version < SCHEMA_VERSION {
+    while (1..SCHEMA_VERSION).contains(&version) {
         let Some(migration) = MIGRATIONS.get(version as usize - 1) else { break };
         tx.batch_execute(migration).await.map_err(failed)?;
         version += 1;

@@ -431,9 +431,12 @@ pub(crate) mod memory {
 
     use super::*;
 
+    /// An object's log: its head, snapshot and WAL since.
+    type Log = (Head, Option<Vec<u8>>, Vec<u8>);
+
     #[derive(Default)]
     pub(crate) struct MemoryLog {
-        pub(crate) objects: Mutex<HashMap<ObjectId, (Head, Option<Vec<u8>>, Vec<u8>)>>,
+        pub(crate) objects: Mutex<HashMap<ObjectId, Log>>,
     }
 
     impl ObjectLog for MemoryLog {
@@ -468,5 +471,85 @@ pub(crate) mod memory {
             wal.clear();
             Ok(())
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use rusqlite::config::DbConfig;
+
+    use super::memory::MemoryLog;
+    use super::*;
+
+    fn open(log: &Arc<MemoryLog>, db: &Path) -> (Connection, Arc<Replica>) {
+        let id = ObjectId::from_slice(&[7; 32]).unwrap();
+        Replica::open(log.clone(), "T", &id, db, |path| {
+            let conn = Connection::open(path).unwrap();
+            conn.execute_batch("PRAGMA locking_mode = EXCLUSIVE; PRAGMA journal_mode = WAL;").unwrap();
+            conn.set_db_config(DbConfig::SQLITE_DBCONFIG_NO_CKPT_ON_CLOSE, true).unwrap();
+            conn.execute_batch("CREATE TABLE IF NOT EXISTS t (n INTEGER)").unwrap();
+            Ok(conn)
+        })
+        .unwrap()
+    }
+
+    /// Inserts `n` and returns the commit's WAL end.
+    fn insert(conn: &Connection, replica: &Replica, n: i64) -> u64 {
+        Replica::before_commit();
+        conn.execute("INSERT INTO t VALUES (?1)", [n]).unwrap();
+        replica.committed_end().unwrap()
+    }
+
+    fn rows(conn: &Connection) -> Vec<i64> {
+        let mut stmt = conn.prepare("SELECT n FROM t ORDER BY n").unwrap();
+        stmt.query_map([], |row| row.get(0)).unwrap().map(Result::unwrap).collect()
+    }
+
+    #[test]
+    fn a_copy_is_rebuilt_from_the_log_and_loses_what_was_never_shipped() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = dir.path().join("objects").join("x.sqlite");
+        let log = Arc::new(MemoryLog::default());
+
+        let (conn, replica) = open(&log, &db);
+        let end = (1..=3).map(|n| insert(&conn, &replica, n)).last().unwrap();
+        replica.ship(Pending { end, statements: Vec::new() }).unwrap();
+        insert(&conn, &replica, 4); // committed here, never shipped
+        drop(conn);
+
+        // The local copy matches the log: used, cut back to what was shipped.
+        let (conn, replica) = open(&log, &db);
+        assert_eq!(rows(&conn), [1, 2, 3]);
+        drop((conn, replica));
+
+        // The disk is gone: rebuilt from the snapshot and the log.
+        std::fs::remove_dir_all(dir.path().join("objects")).unwrap();
+        let (conn, replica) = open(&log, &db);
+        assert_eq!(rows(&conn), [1, 2, 3]);
+
+        // A checkpoint makes the file the next snapshot and empties the log.
+        let end = insert(&conn, &replica, 5);
+        replica.ship(Pending { end, statements: Vec::new() }).unwrap();
+        replica.checkpoint(&conn).unwrap();
+        replica.ship(Pending { end: 0, statements: Vec::new() }).unwrap();
+        assert!(lock(&log.objects).values().all(|(_, _, wal)| wal.is_empty()), "the log was trimmed");
+        let end = insert(&conn, &replica, 6);
+        replica.ship(Pending { end, statements: Vec::new() }).unwrap();
+        drop((conn, replica));
+        std::fs::remove_dir_all(dir.path().join("objects")).unwrap();
+        let (conn, _replica) = open(&log, &db);
+        assert_eq!(rows(&conn), [1, 2, 3, 5, 6]);
+    }
+
+    #[test]
+    fn a_marker_that_was_not_written_whole_is_not_trusted() {
+        let marker = Marker { head: Head { epoch: 3, seq: 9 }, end: 4152 };
+        let bytes = marker.encode();
+        let read = Marker::decode(&bytes).unwrap();
+        assert_eq!((read.head, read.end), (marker.head, marker.end));
+        let mut torn = bytes;
+        torn[10] ^= 1;
+        assert!(Marker::decode(&torn).is_none());
+        assert!(Marker::decode(&[0; MARKER_LEN]).is_none(), "a discarded marker");
     }
 }
