@@ -10,7 +10,7 @@
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use stead::{Context, Error, Runtime, durable_object, pg_params};
+use stead::{AlarmInfo, Context, Error, Runtime, durable_object, pg_params};
 use stead_pgtemp::TempPostgres;
 
 #[path = "common/process.rs"]
@@ -74,6 +74,21 @@ impl Account {
 
     pub fn paid(&self) -> stead::Result<i64> {
         Ok(self.ctx.storage().get::<i64>("paid")?.unwrap_or(0))
+    }
+
+    /// Sets the alarm `millis` from now.
+    pub fn alarm_in(&mut self, millis: u64) -> stead::Result<()> {
+        self.ctx.storage().set_alarm(std::time::SystemTime::now() + Duration::from_millis(millis))
+    }
+
+    /// Whether the alarm fired.
+    pub fn fired(&self) -> stead::Result<bool> {
+        Ok(self.ctx.storage().get::<bool>("fired")?.unwrap_or(false))
+    }
+
+    #[alarm]
+    async fn alarm(&mut self, _info: AlarmInfo) -> Result<(), String> {
+        self.ctx.storage().put("fired", &true).map_err(|e| e.to_string())
     }
 }
 
@@ -423,4 +438,39 @@ async fn a_paused_owner_that_lost_its_object_commits_nothing_more_for_it() {
     assert!(!deposits.contains(&3), "the paused node committed after losing the object: {deposits:?}");
     assert_eq!(deposits[..2], [1, 2]);
     assert_eq!(cluster.owner(&id).await, new_owner, "the object stays where it moved");
+}
+
+/// The alarm of an object whose node died fires on another node, with no
+/// call to the object: a live node finds it in PostgreSQL and adopts it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dead_node_s_alarm_fires_on_another_node_by_itself() {
+    let mut cluster = Cluster::start(&["ohio", "seoul"]);
+    let client = cluster.client().await;
+    let accounts = client.namespace::<Account>();
+    let id = accounts.id_from_name("alarmed");
+    accounts.stub(&id).alarm_in(3_000).await.unwrap().unwrap();
+    let owner = cluster.owner(&id).await;
+    cluster.kill(&owner);
+
+    let sql = cluster.sql().await;
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let row = sql
+            .query_one(
+                "SELECT owner, alarm_at FROM stead_objects WHERE id = $1",
+                &[&id.as_bytes().as_slice()],
+            )
+            .await
+            .unwrap();
+        let (now_owner, alarm): (String, Option<i64>) = (row.get(0), row.get(1));
+        if now_owner != owner && alarm.is_none() {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the alarm never fired elsewhere (owner {now_owner}, alarm {alarm:?})"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(accounts.stub(&id).fired().await.unwrap().unwrap());
 }

@@ -538,6 +538,7 @@ impl RuntimeBuilder {
                 }
             }));
             host.spawn(Cluster::maintain(Arc::downgrade(cluster)));
+            host.spawn(cluster::adopt_alarms(objects.clone(), Arc::downgrade(cluster)));
         }
         host.spawn(local::evict_idle_objects(objects.clone()));
         host.spawn(Watchdog::run(Arc::downgrade(host.watchdog())));

@@ -56,6 +56,10 @@ enum Mode {
 
 struct PostgresMode {
     members: Members,
+    /// The directory, for the queries only it answers.
+    directory: Arc<PostgresDirectory>,
+    /// This node replicates storage, so it takes over dead nodes' objects.
+    takes_over: bool,
     /// This node's lease; none for a client.
     lease: Option<Arc<Lease>>,
     /// The lease every node of this process's configuration takes.
@@ -145,7 +149,13 @@ impl Cluster {
             return Ok(Arc::new(Cluster {
                 me: config.node.clone(),
                 hosts: hosts_owned,
-                mode: Mode::Postgres(Box::new(PostgresMode { members, lease, length })),
+                mode: Mode::Postgres(Box::new(PostgresMode {
+                    members,
+                    directory: directory.clone(),
+                    takes_over,
+                    lease,
+                    length,
+                })),
                 connections,
                 directory,
                 local_directory: None,
@@ -232,6 +242,36 @@ impl Cluster {
         if let Some(forget) = lock(&self.on_lapse).as_ref() {
             forget();
         }
+    }
+
+    /// How often to look for a dead node's due alarms: a quarter of the
+    /// lease, on a node that replicates storage; never otherwise.
+    pub(crate) fn orphan_poll(&self) -> Option<Duration> {
+        match &self.mode {
+            Mode::Postgres(pg) if pg.takes_over && self.me.is_some() => Some(pg.length / 4),
+            _ => None,
+        }
+    }
+
+    /// Due alarms (by `by`, milliseconds since the epoch) of objects of
+    /// `types` whose owner is dead: `(type, id, at)`.
+    pub(crate) async fn orphaned_alarms(
+        &self,
+        by: i64,
+        types: &[String],
+    ) -> Result<Vec<(String, ObjectId, i64)>> {
+        match (&self.mode, &self.me) {
+            (Mode::Postgres(pg), Some(me)) => pg.directory.orphaned_alarms(by, types, me).await,
+            _ => Ok(Vec::new()),
+        }
+    }
+
+    /// Takes object `id` over for this node if its owner is dead (see
+    /// `claim`); whether this node owns it now.
+    pub(crate) async fn adopt(&self, type_name: &str, id: &ObjectId) -> Result<bool> {
+        self.forget(type_name, id);
+        let owner = self.claim(type_name, id, None).await?;
+        Ok(self.me.as_deref() == Some(owner.as_str()))
     }
 
     /// Whether this node may serve calls now: in a PostgreSQL cluster, only

@@ -18,7 +18,9 @@
 //!   the first claim wins (`epoch` 1). When the owner's lease has lapsed,
 //!   a node that replicates storage takes the object over in the same
 //!   statement, bumping `epoch` (see `replication.rs`). `log_seq` and
-//!   `snapshot_seq` number the object's replicated log.
+//!   `snapshot_seq` number the object's replicated log; `alarm_at` is its
+//!   alarm (milliseconds since the epoch), so that a dead node's alarms
+//!   are found and fired elsewhere (see `orphans.rs`).
 //! - `stead_log (type, id, seq, wal_offset, frames)`: each shipped commit's
 //!   WAL frames; `stead_snapshots (type, id, seq, data)`: the object's
 //!   database as of log entry `seq` (the log before it is trimmed). See
@@ -83,7 +85,9 @@ CREATE TABLE stead_objects (
 const MIGRATIONS: &[&str] = &["
 ALTER TABLE stead_objects
     ADD COLUMN log_seq bigint NOT NULL DEFAULT 0,
-    ADD COLUMN snapshot_seq bigint NOT NULL DEFAULT 0;
+    ADD COLUMN snapshot_seq bigint NOT NULL DEFAULT 0,
+    ADD COLUMN alarm_at bigint;
+CREATE INDEX stead_objects_alarms ON stead_objects (alarm_at) WHERE alarm_at IS NOT NULL;
 CREATE TABLE stead_log (
     type text NOT NULL,
     id bytea NOT NULL,
@@ -442,6 +446,39 @@ impl PostgresDirectory {
                  lapsed; it places nothing until it has renewed it: retry later"
             ))),
         }
+    }
+}
+
+/// Due alarms of objects whose owner is dead, of the types `$2`, that
+/// node `$3` could adopt.
+const ORPHANED_ALARMS: &str = "
+SELECT o.type, o.id, o.alarm_at FROM stead_objects o
+WHERE o.alarm_at IS NOT NULL AND o.alarm_at <= $1 AND o.type = ANY($2) AND o.owner <> $3
+  AND NOT EXISTS (SELECT 1 FROM stead_nodes n WHERE n.name = o.owner AND n.lease_until > now())
+ORDER BY o.alarm_at LIMIT 100";
+
+impl PostgresDirectory {
+    /// Alarms due by `by` (milliseconds since the epoch) of objects of
+    /// `types` whose owner is dead: `(type, id, at)`, at most 100.
+    pub(crate) async fn orphaned_alarms(
+        &self,
+        by: i64,
+        types: &[String],
+        me: &str,
+    ) -> Result<Vec<(String, ObjectId, i64)>> {
+        let rows = self
+            .pg
+            .with("looking for a dead node's alarms", |c| async move {
+                c.client.query(ORPHANED_ALARMS, &[&by, &types, &me]).await
+            })
+            .await?;
+        let mut alarms = Vec::with_capacity(rows.len());
+        for row in &rows {
+            let bytes: Vec<u8> = get(row, 1, "stead_objects.id")?;
+            let Some(id) = ObjectId::from_slice(&bytes) else { continue };
+            alarms.push((get(row, 0, "stead_objects.type")?, id, get(row, 2, "stead_objects.alarm_at")?));
+        }
+        Ok(alarms)
     }
 }
 

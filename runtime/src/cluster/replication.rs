@@ -46,10 +46,11 @@ const MAX_BATCH: usize = 256;
 const SHIPPERS: usize = 4;
 
 /// Appends one entry where the object's row still names this node at the
-/// entry's epoch (by its primary key); no row: fenced.
+/// entry's epoch (by its primary key), and sets the object's alarm when
+/// the entry changed it (`$7`); no row: fenced.
 const APPEND: &str = "
 WITH f AS (
-    UPDATE stead_objects SET log_seq = log_seq + 1
+    UPDATE stead_objects SET log_seq = log_seq + 1, alarm_at = CASE WHEN $7 THEN $8 ELSE alarm_at END
     WHERE type = $1 AND id = $2 AND epoch = $3 AND owner = $4
     RETURNING log_seq
 )
@@ -380,8 +381,17 @@ async fn append_one(
 ) -> std::result::Result<Outcome, tokio_postgres::Error> {
     let statement = c.prepared(APPEND, APPEND_TYPES).await?;
     let id = entry.id.as_bytes().as_slice();
-    let params: [&(dyn ToSql + Sync); 6] =
-        [&entry.type_name, &id, &entry.epoch, &me, &entry.wal_offset, &entry.frames.as_slice()];
+    let (alarm_changed, alarm) = (entry.alarm.is_some(), entry.alarm.flatten());
+    let params: [&(dyn ToSql + Sync); 8] = [
+        &entry.type_name,
+        &id,
+        &entry.epoch,
+        &me,
+        &entry.wal_offset,
+        &entry.frames.as_slice(),
+        &alarm_changed,
+        &alarm,
+    ];
     let row = c.client.query_opt(&statement, &params).await?;
     Ok(match row {
         Some(row) => Outcome::Appended(row.try_get(0)?),
@@ -390,7 +400,8 @@ async fn append_one(
 }
 
 /// The types of `APPEND`'s parameters.
-const APPEND_TYPES: &[Type] = &[Type::TEXT, Type::BYTEA, Type::INT8, Type::TEXT, Type::INT8, Type::BYTEA];
+const APPEND_TYPES: &[Type] =
+    &[Type::TEXT, Type::BYTEA, Type::INT8, Type::TEXT, Type::INT8, Type::BYTEA, Type::BOOL, Type::INT8];
 
 /// Appends entries with the application's statements: one transaction,
 /// each entry with its statements in a savepoint, so that a failing

@@ -72,8 +72,19 @@ struct State {
     end: u64,
     /// The statements of the turns to ship.
     statements: Vec<Statement>,
+    /// The alarm, if the turns to ship changed it.
+    alarm: Option<Option<i64>>,
     /// Why the last sync failed, until the object is reset.
     failed: Option<Error>,
+}
+
+/// What a turn gives the log besides its frames.
+#[derive(Default)]
+pub(crate) struct Shipment {
+    /// Statements for PostgreSQL (`Postgres::execute`).
+    pub(crate) statements: Vec<Statement>,
+    /// The alarm, if the turn changed it.
+    pub(crate) alarm: Option<Option<i64>>,
 }
 
 /// One sync job's work: everything committed up to `upto`.
@@ -102,15 +113,14 @@ impl Flush {
 
     /// Records a commit of a replicated object, to ship: the WAL now ends
     /// at `end` (unchanged if none: the commit wrote no frames), and the
-    /// turn queued `statements`.
-    pub(crate) fn committed_to_log(
-        &self,
-        replica: &Arc<Replica>,
-        end: Option<u64>,
-        statements: Vec<Statement>,
-    ) {
+    /// turn gave `turn` (its statements, its alarm if it changed it).
+    pub(crate) fn committed_to_log(&self, replica: &Arc<Replica>, end: Option<u64>, turn: Shipment) {
         let mut state = lock(&self.state);
         state.committed += 1;
+        let Shipment { statements, alarm } = turn;
+        if alarm.is_some() {
+            state.alarm = alarm;
+        }
         if let Some(end) = end {
             // Not the larger: a checkpoint starts the WAL again from zero.
             state.end = end;
@@ -198,6 +208,7 @@ impl Flush {
         // A fresh start: what was held failed with the sync.
         state.durable = state.committed;
         state.statements.clear();
+        state.alarm = None;
         state.replica = None;
         Some(failed.to_string())
     }
@@ -265,7 +276,8 @@ impl State {
     /// Takes what a sync job does for the commits so far.
     fn work(&mut self) -> Work {
         let ship = self.replica.clone().map(|replica| {
-            (replica, Pending { end: self.end, statements: std::mem::take(&mut self.statements) })
+            let statements = std::mem::take(&mut self.statements);
+            (replica, Pending { end: self.end, statements, alarm: self.alarm.take() })
         });
         Work { upto: self.committed, wal: self.wal.clone(), dirs: std::mem::take(&mut self.dirs), ship }
     }

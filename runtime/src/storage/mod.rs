@@ -61,7 +61,7 @@ pub(crate) use alarm_index::{AlarmDue, AlarmIndex};
 pub(crate) use database::Location;
 use database::storage_error;
 pub use durability::Durability;
-use flush::Flush;
+use flush::{Flush, Shipment};
 pub(crate) use pool::OpenDatabases;
 use pool::{Closable, CloseAttempt};
 use replica::Replica;
@@ -177,6 +177,9 @@ struct State {
     replica: Option<Arc<Replica>>,
     /// Statements the turn queued for PostgreSQL (`Postgres::execute`).
     statements: Vec<Statement>,
+    /// The alarm as the turn left it, if it changed it (`Some(None)`:
+    /// deleted): shipped with the turn when storage is replicated.
+    alarm: Option<Option<i64>>,
     /// Directories to sync with the next commit (see `Opened::new_dirs`).
     new_dirs: Vec<PathBuf>,
     /// `total_changes` of the connection when the turn's transaction began.
@@ -458,7 +461,9 @@ impl Storage {
             conn.prepare_cached("INSERT OR REPLACE INTO _stead_meta (name, value) VALUES ('alarm', ?1)")?
                 .execute([at])
                 .map(drop)
-        })
+        })?;
+        self.lock().alarm = Some(Some(at));
+        Ok(())
     }
 
     /// When the object's alarm is set to fire, if it is.
@@ -470,7 +475,9 @@ impl Storage {
     pub fn delete_alarm(&self) -> Result<()> {
         self.with_conn("delete the alarm", |conn| {
             conn.prepare_cached("DELETE FROM _stead_meta WHERE name = 'alarm'")?.execute([]).map(drop)
-        })
+        })?;
+        self.lock().alarm = Some(None);
+        Ok(())
     }
 
     /// Stores the object's name, unless it has one (in the turn that
@@ -559,7 +566,9 @@ impl Storage {
     /// `alarm_index.rs`). With `Full` the entry was synced first.
     fn index_alarm_if_lost(&self, state: &State) {
         let root = &self.inner.root;
-        if !self.inner.has_alarm || root.durability != Durability::Normal {
+        // A replicated object may have been restored from the log, its
+        // alarm set on another node.
+        if !self.inner.has_alarm || (root.durability != Durability::Normal && root.log.is_none()) {
             return;
         }
         let Some(conn) = state.conn.as_ref() else { return };
@@ -594,7 +603,7 @@ impl Storage {
                 if let Some(replica) = &state.replica
                     && let Some(end) = replica.committed_end()
                 {
-                    self.inner.flush.committed_to_log(replica, Some(end), Vec::new());
+                    self.inner.flush.committed_to_log(replica, Some(end), Shipment::default());
                 }
                 Ok(value)
             }

@@ -113,6 +113,9 @@ pub(crate) struct Entry {
     pub(crate) wal_offset: i64,
     pub(crate) frames: Vec<u8>,
     pub(crate) statements: Vec<Statement>,
+    /// The object's alarm, if the entry's turns changed it (`Some(None)`:
+    /// deleted), so that the log's keeper can fire it if this node dies.
+    pub(crate) alarm: Option<Option<i64>>,
 }
 
 /// A statement a turn queued with [`Postgres::execute`](crate::Postgres::execute).
@@ -169,6 +172,8 @@ pub(crate) struct Pending {
     /// The end of the WAL after the newest commit.
     pub(crate) end: u64,
     pub(crate) statements: Vec<Statement>,
+    /// The alarm as the newest commit that changed it left it.
+    pub(crate) alarm: Option<Option<i64>>,
 }
 
 impl Replica {
@@ -293,7 +298,7 @@ impl Replica {
         }
         // The shipped end is newer after a checkpoint (zero) or a reopen.
         let end = pending.end.max(shipped.end);
-        if end > shipped.end || !pending.statements.is_empty() {
+        if end > shipped.end || !pending.statements.is_empty() || pending.alarm.is_some() {
             let mut frames = vec![0; usize::try_from(end - shipped.end).unwrap_or(0)];
             self.wal.read_exact_at(&mut frames, shipped.end).map_err(|e| {
                 Error::Storage(format!(
@@ -308,6 +313,7 @@ impl Replica {
                 wal_offset: i64::try_from(shipped.end).unwrap_or(i64::MAX),
                 frames,
                 statements: pending.statements,
+                alarm: pending.alarm,
             };
             shipped.seq = self.log.append(entry)?;
             shipped.end = end;
@@ -513,7 +519,7 @@ mod tests {
 
         let (conn, replica) = open(&log, &db);
         let end = (1..=3).map(|n| insert(&conn, &replica, n)).last().unwrap();
-        replica.ship(Pending { end, statements: Vec::new() }).unwrap();
+        replica.ship(Pending { end, statements: Vec::new(), alarm: None }).unwrap();
         insert(&conn, &replica, 4); // committed here, never shipped
         drop(conn);
 
@@ -529,12 +535,12 @@ mod tests {
 
         // A checkpoint makes the file the next snapshot and empties the log.
         let end = insert(&conn, &replica, 5);
-        replica.ship(Pending { end, statements: Vec::new() }).unwrap();
+        replica.ship(Pending { end, statements: Vec::new(), alarm: None }).unwrap();
         replica.checkpoint(&conn).unwrap();
-        replica.ship(Pending { end: 0, statements: Vec::new() }).unwrap();
+        replica.ship(Pending { end: 0, statements: Vec::new(), alarm: None }).unwrap();
         assert!(lock(&log.objects).values().all(|(_, _, wal)| wal.is_empty()), "the log was trimmed");
         let end = insert(&conn, &replica, 6);
-        replica.ship(Pending { end, statements: Vec::new() }).unwrap();
+        replica.ship(Pending { end, statements: Vec::new(), alarm: None }).unwrap();
         drop((conn, replica));
         std::fs::remove_dir_all(dir.path().join("objects")).unwrap();
         let (conn, _replica) = open(&log, &db);

@@ -19,6 +19,7 @@ use std::future::Future;
 use std::sync::Arc;
 
 use super::database::{self, storage_error};
+use super::flush::Shipment;
 use super::replica::{Replica, Statement};
 use super::{State, Storage};
 use crate::error::{Error, Result};
@@ -149,9 +150,9 @@ impl Storage {
         let mut state = self.lock();
         state.turn = false;
         state.savepoints = 0;
-        let statements = std::mem::take(&mut state.statements);
+        let turn = Shipment { statements: std::mem::take(&mut state.statements), alarm: state.alarm.take() };
         if !std::mem::take(&mut state.txn) {
-            return self.ship_statements(&state, statements);
+            return self.ship_statements(&state, turn);
         }
         let unknown_writes = std::mem::take(&mut state.unknown_writes);
         let Some(conn) = state.conn.as_ref() else { return Ok(()) };
@@ -163,8 +164,8 @@ impl Storage {
         }
         if let Some(replica) = state.replica.clone() {
             let end = replica.committed_end();
-            if end.is_some() || !statements.is_empty() {
-                self.inner.flush.committed_to_log(&replica, end, statements);
+            if end.is_some() || !turn.statements.is_empty() || turn.alarm.is_some() {
+                self.inner.flush.committed_to_log(&replica, end, turn);
             }
             if let Some(end) = end
                 && replica.wants_snapshot(end)
@@ -182,14 +183,14 @@ impl Storage {
 
     /// Queues statements of a turn that touched no storage, to be shipped
     /// (they need the object's replicated log; see `Postgres::execute`).
-    fn ship_statements(&self, state: &State, statements: Vec<Statement>) -> Result<()> {
-        if statements.is_empty() {
+    fn ship_statements(&self, state: &State, turn: Shipment) -> Result<()> {
+        if turn.statements.is_empty() {
             return Ok(());
         }
         let Some(replica) = &state.replica else {
             return Err(Error::Storage("the turn's PostgreSQL statements found no open database".into()));
         };
-        self.inner.flush.committed_to_log(replica, None, statements);
+        self.inner.flush.committed_to_log(replica, None, turn);
         Ok(())
     }
 
@@ -204,7 +205,7 @@ impl Storage {
             return;
         }
         match replica.checkpoint(conn) {
-            Ok(()) => self.inner.flush.committed_to_log(replica, Some(0), Vec::new()),
+            Ok(()) => self.inner.flush.committed_to_log(replica, Some(0), Shipment::default()),
             Err(err) => tracing::warn!(
                 %err, r#type = self.inner.type_name, object = %self.inner.id,
                 "could not checkpoint the object's database to snapshot it; the next turn tries again"
@@ -241,6 +242,7 @@ impl Storage {
         state.savepoints = 0;
         state.unknown_writes = false;
         state.statements.clear();
+        state.alarm = None;
         if std::mem::take(&mut state.txn)
             && let Some(conn) = state.conn.as_ref()
             && !conn.is_autocommit()
