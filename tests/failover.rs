@@ -352,13 +352,24 @@ async fn snapshots_keep_the_log_bounded_and_a_large_object_restores_intact() {
 /// times: the object comes back on a live node with every one of them.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_killed_owner_s_object_comes_back_elsewhere_with_every_acknowledged_write() {
+    kill_rounds(3).await;
+}
+
+/// The same, ten rounds: `cargo test --test failover -- --ignored ten_rounds`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "heavy: ten rounds of kill -9; run with --ignored"]
+async fn ten_rounds_of_kill_9_lose_no_acknowledged_write() {
+    kill_rounds(10).await;
+}
+
+async fn kill_rounds(rounds: usize) {
     let mut cluster = Cluster::start(&["ohio", "seoul", "osaka"]);
     let client = cluster.client().await;
     let accounts = client.namespace::<Account>();
     let id = accounts.id_from_name("moving");
     let mut acknowledged = Vec::new();
     let mut n = 0;
-    for round in 0..3 {
+    for round in 0..rounds {
         let owner = {
             accounts.stub(&id).deposit(n).await.unwrap().unwrap();
             acknowledged.push(n);
@@ -473,4 +484,97 @@ async fn a_dead_node_s_alarm_fires_on_another_node_by_itself() {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     assert!(accounts.stub(&id).fired().await.unwrap().unwrap());
+}
+
+/// Kills the owner at random moments of a stream of turns that write to
+/// the object and insert into an application table in one transaction:
+/// afterwards the rows and the object's state always agree.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn killed_during_postgres_turns_the_rows_and_the_object_agree() {
+    let mut cluster = Cluster::start(&["ohio", "seoul"]);
+    let sql = cluster.sql().await;
+    sql.batch_execute(
+        "CREATE TABLE payments (payment bigint PRIMARY KEY, account text NOT NULL, cents bigint NOT NULL)",
+    )
+    .await
+    .unwrap();
+    let client = cluster.client().await;
+    let accounts = client.namespace::<Account>();
+    let id = accounts.id_from_name("paying");
+    let mut payment = 0i64;
+    for round in 0..2u64 {
+        accounts.stub(&id).pay(payment, 1).await.unwrap().unwrap();
+        payment += 1;
+        let owner = cluster.owner(&id).await;
+        let stub = accounts.stub(&id);
+        // A moment that differs from round to round and run to run.
+        let jitter = u64::from(
+            std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().subsec_micros(),
+        );
+        let killer = tokio::time::sleep(Duration::from_millis(100 + (jitter + round * 137) % 500));
+        tokio::pin!(killer);
+        let mut killed = false;
+        loop {
+            tokio::select! {
+                () = &mut killer, if !killed => { cluster.kill(&owner); killed = true; }
+                result = stub.pay(payment, 1) => {
+                    payment += 1;
+                    if !matches!(result, Ok(Ok(()))) { break; }
+                }
+            }
+        }
+        let paid = eventually(Duration::from_secs(20), || accounts.stub(&id).paid()).await.unwrap();
+        let rows: i64 = sql
+            .query_one(
+                "SELECT coalesce(sum(cents), 0)::int8 FROM payments WHERE account = $1",
+                &[&id.to_string()],
+            )
+            .await
+            .unwrap()
+            .get(0);
+        println!("round {round}: {owner} killed; {paid} paid in the object, {rows} in the table");
+        assert_eq!(paid, rows, "round {round}: the object and the table disagree");
+        cluster.start_node(&owner);
+    }
+}
+
+/// PostgreSQL restarts during a stream of acknowledged writes: calls fail
+/// (retryably) while it is down, and no acknowledged write is lost.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_restarting_mid_stream_loses_no_acknowledged_write() {
+    let mut pg = TempPostgres::start().unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let rt = local_node(&pg, dir.path(), "ohio").await;
+    let accounts = rt.namespace::<Account>();
+    let id = accounts.unique_id();
+    let stream = {
+        let accounts = accounts.clone();
+        tokio::spawn(async move {
+            let mut acknowledged = Vec::new();
+            let started = Instant::now();
+            let mut n = 0;
+            while started.elapsed() < Duration::from_secs(6) {
+                if let Ok(Ok(_)) = accounts.stub(&id).deposit(n).await {
+                    acknowledged.push(n);
+                }
+                n += 1;
+            }
+            (acknowledged, n)
+        })
+    };
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    pg.stop();
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    pg.start_again().unwrap();
+    let (acknowledged, attempted) = stream.await.unwrap();
+    let deposits = eventually(Duration::from_secs(20), || accounts.stub(&id).deposits()).await.unwrap();
+    println!("{attempted} calls, {} acknowledged, {} in the object", acknowledged.len(), deposits.len());
+    assert!(acknowledged.len() < attempted as usize, "calls failed while PostgreSQL was down");
+    // Every acknowledged deposit is there; failed calls may have committed
+    // (their fate is unknown to the caller), none out of order.
+    let mut found = deposits.iter();
+    for n in &acknowledged {
+        assert!(found.any(|d| d == n), "acknowledged deposit {n} is lost: {deposits:?}");
+    }
+    rt.shutdown().await.unwrap();
 }
