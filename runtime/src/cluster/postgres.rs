@@ -17,8 +17,8 @@
 //!   its lease holds (a conflict costs a second round trip, a lookup);
 //!   the first claim wins (`epoch` 1). When the owner's lease has lapsed,
 //!   a node that replicates storage takes the object over in the same
-//!   statement, bumping `epoch` (see `replication.rs`). `log_seq` and
-//!   `snapshot_seq` number the object's replicated log; `alarm_at` is its
+//!   statement, bumping `epoch` (see `replication.rs`). `snapshot_seq` is
+//!   the log entry of the object's snapshot; `alarm_at` is its
 //!   alarm (milliseconds since the epoch), so that a dead node's alarms
 //!   are found and fired elsewhere (see `orphans.rs`).
 //! - `stead_log (type, id, seq, wal_offset, frames)`: each shipped commit's
@@ -84,7 +84,6 @@ CREATE TABLE stead_objects (
 /// version 1 to 2, and so on.
 const MIGRATIONS: &[&str] = &["
 ALTER TABLE stead_objects
-    ADD COLUMN log_seq bigint NOT NULL DEFAULT 0,
     ADD COLUMN snapshot_seq bigint NOT NULL DEFAULT 0,
     ADD COLUMN alarm_at bigint;
 CREATE INDEX stead_objects_alarms ON stead_objects (alarm_at) WHERE alarm_at IS NOT NULL;

@@ -4,13 +4,19 @@
 //! Tables (created by `postgres.rs`): `stead_log (type, id, seq,
 //! wal_offset, frames)` holds each shipped entry, `stead_snapshots (type,
 //! id, seq, data)` each object's last snapshot, and `stead_objects` the
-//! object's `epoch`, `log_seq` (its last entry) and `snapshot_seq`.
+//! object's `epoch`, `snapshot_seq` and `alarm_at`.
 //!
-//! **Fencing.** An entry is appended by one statement that first bumps
-//! `log_seq` where the object's row still names this node *at the epoch the
-//! node activated it with*. A node that lost the object (it was taken over:
-//! a new owner, the next epoch) matches no row, appends nothing, and its
-//! turn fails. So there is never a second activation that can commit.
+//! **Fencing.** An entry is appended by one statement that first locks the
+//! object's row (`FOR SHARE`) where it still names this node *at the epoch
+//! the node activated it with*, and inserts only then. A takeover updates
+//! that row (a new owner, the next epoch), so it waits for appends in
+//! flight to commit, and appends after it find no row: a node that lost
+//! the object appends nothing, and its turn fails. So there is never a
+//! second activation that can commit, and the new owner, which restores
+//! after its takeover committed, sees every entry that was acknowledged.
+//! Entries are numbered by the node (the last plus one; the primary key
+//! refuses a number twice), so a turn costs no update of the row unless it
+//! changed the object's alarm.
 //!
 //! **Group commit.** Entries of many objects that are ready at the same
 //! moment share one statement, hence one transaction and one round trip:
@@ -50,16 +56,21 @@ const SHIPPERS: usize = 4;
 /// the entry changed it (`$7`); no row: fenced.
 const APPEND: &str = "
 WITH f AS (
-    UPDATE stead_objects SET log_seq = log_seq + 1, alarm_at = CASE WHEN $7 THEN $8 ELSE alarm_at END
+    SELECT 1 FROM stead_objects
     WHERE type = $1 AND id = $2 AND epoch = $3 AND owner = $4
-    RETURNING log_seq
+    FOR SHARE
+), a AS (
+    UPDATE stead_objects SET alarm_at = $8
+    WHERE $7 AND type = $1 AND id = $2 AND epoch = $3 AND owner = $4
 )
 INSERT INTO stead_log (type, id, seq, wal_offset, frames)
-SELECT $1, $2, log_seq, $5, $6 FROM f
+SELECT $1, $2, $9, $5, $6 FROM f
 RETURNING seq";
 
 const HEAD: &str = "
-SELECT owner, epoch, log_seq, snapshot_seq,
+SELECT owner, epoch,
+       (SELECT coalesce(max(l.seq), o.snapshot_seq) FROM stead_log l WHERE l.type = o.type AND l.id = o.id),
+       snapshot_seq,
        EXISTS (SELECT 1 FROM stead_snapshots s WHERE s.type = o.type AND s.id = o.id)
 FROM stead_objects o WHERE type = $1 AND id = $2";
 
@@ -215,7 +226,7 @@ async fn owned_row(pg: &Pg, me: &str, type_name: &'static str, id: &ObjectId) ->
              serves and commits nothing more for it; retry, the call then goes to its owner"
         )));
     }
-    let head = Head { epoch, seq: get(&row, 2, "stead_objects.log_seq")? };
+    let head = Head { epoch, seq: get(&row, 2, "last entry")? };
     Ok((head, get(&row, 3, "stead_objects.snapshot_seq")?, get(&row, 4, "snapshot")?))
 }
 
@@ -382,7 +393,7 @@ async fn append_one(
     let statement = c.prepared(APPEND, APPEND_TYPES).await?;
     let id = entry.id.as_bytes().as_slice();
     let (alarm_changed, alarm) = (entry.alarm.is_some(), entry.alarm.flatten());
-    let params: [&(dyn ToSql + Sync); 8] = [
+    let params: [&(dyn ToSql + Sync); 9] = [
         &entry.type_name,
         &id,
         &entry.epoch,
@@ -391,6 +402,7 @@ async fn append_one(
         &entry.frames.as_slice(),
         &alarm_changed,
         &alarm,
+        &entry.seq,
     ];
     let row = c.client.query_opt(&statement, &params).await?;
     Ok(match row {
@@ -400,8 +412,17 @@ async fn append_one(
 }
 
 /// The types of `APPEND`'s parameters.
-const APPEND_TYPES: &[Type] =
-    &[Type::TEXT, Type::BYTEA, Type::INT8, Type::TEXT, Type::INT8, Type::BYTEA, Type::BOOL, Type::INT8];
+const APPEND_TYPES: &[Type] = &[
+    Type::TEXT,
+    Type::BYTEA,
+    Type::INT8,
+    Type::TEXT,
+    Type::INT8,
+    Type::BYTEA,
+    Type::BOOL,
+    Type::INT8,
+    Type::INT8,
+];
 
 /// Appends entries with the application's statements: one transaction,
 /// each entry with its statements in a savepoint, so that a failing

@@ -109,6 +109,8 @@ pub(crate) struct Entry {
     pub(crate) type_name: &'static str,
     pub(crate) id: ObjectId,
     pub(crate) epoch: i64,
+    /// The entry's number: the last one's plus one.
+    pub(crate) seq: i64,
     /// Where `frames` start in the WAL.
     pub(crate) wal_offset: i64,
     pub(crate) frames: Vec<u8>,
@@ -310,6 +312,7 @@ impl Replica {
                 type_name: self.type_name,
                 id: self.id,
                 epoch: self.epoch,
+                seq: shipped.seq + 1,
                 wal_offset: i64::try_from(shipped.end).unwrap_or(i64::MAX),
                 frames,
                 statements: pending.statements,
@@ -465,7 +468,8 @@ pub(crate) mod memory {
             let (head, _, wal) = objects.get_mut(&entry.id).expect("opened first");
             assert_eq!(entry.wal_offset as usize, wal.len(), "entries follow each other");
             wal.extend_from_slice(&entry.frames);
-            head.seq += 1;
+            assert_eq!(entry.seq, head.seq + 1, "entries are numbered in order");
+            head.seq = entry.seq;
             Ok(head.seq)
         }
 
