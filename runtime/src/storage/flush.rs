@@ -2,15 +2,17 @@
 //! it may have seen is on disk.
 //!
 //! With [`Durability::Full`](super::Durability::Full), a turn commits into
-//! the object's WAL without syncing it (SQLite's `synchronous = NORMAL`), so
-//! that the turn costs no disk wait on the tokio worker that runs it. The
+//! the object's WAL without syncing it (SQLite's `synchronous = OFF`: SQLite
+//! syncs nothing, see `wal.rs`), so that the turn costs no disk wait on the
+//! tokio worker that runs it. The
 //! object then goes on running its next turns against the committed state,
 //! while a sync thread (`sync_threads.rs`) makes the WAL durable. The reply
 //! of every turn (whether it wrote or only read) is *held* here, in order,
 //! until a sync that began after the object's latest commit at the end of
 //! that turn has finished: so no caller ever sees a write that a crash
 //! could take back, and one sync covers every turn committed since the one
-//! before (group commit, per object).
+//! before (group commit, per object). The first sync of a new database also
+//! syncs its file and the directories it was created in.
 //!
 //! A sync that fails fails every reply it held and every reply held after
 //! it (their turns may have built on the lost writes), and marks the object
@@ -58,8 +60,9 @@ struct State {
     held: VecDeque<(u64, Release)>,
     /// The file to sync: the WAL of the open database.
     wal: Option<Arc<File>>,
-    /// Directories to sync before it: a file was created in them.
-    dirs: Vec<PathBuf>,
+    /// Files and directories to sync before it: a new database file, and
+    /// the directories it and its WAL were created in.
+    paths: Vec<PathBuf>,
     /// Why the last sync failed, until the object is reset.
     failed: Option<String>,
 }
@@ -69,12 +72,12 @@ impl Flush {
         Arc::new(Flush { state: Mutex::default(), synced: Condvar::new() })
     }
 
-    /// Records a commit into `wal` that is not synced yet; `dirs` are
-    /// synced with it (new entries: see `Opened::new_dirs`).
-    pub(crate) fn committed(&self, wal: &Arc<File>, dirs: Vec<PathBuf>) {
+    /// Records a commit into `wal` that is not synced yet; `paths` are
+    /// synced with it (a new database: see `Opened::new_paths`).
+    pub(crate) fn committed(&self, wal: &Arc<File>, paths: Vec<PathBuf>) {
         let mut state = lock(&self.state);
         state.committed += 1;
-        state.dirs.extend(dirs);
+        state.paths.extend(paths);
         if !state.wal.as_ref().is_some_and(|held| Arc::ptr_eq(held, wal)) {
             state.wal = Some(wal.clone());
         }
@@ -129,17 +132,18 @@ impl Flush {
         }
     }
 
-    /// Syncs the database before it is closed (on the closing thread), so
-    /// that nothing held waits for a file that is gone.
+    /// Syncs the database before it is closed (by the close, on a sync
+    /// thread when the runtime has them: see `upkeep.rs`), so that nothing
+    /// held waits for a file that is gone.
     pub(crate) fn settle(&self) {
-        let (upto, wal, dirs) = {
+        let (upto, wal, paths) = {
             let mut state = lock(&self.state);
             if state.durable >= state.committed {
                 return;
             }
-            (state.committed, state.wal.clone(), std::mem::take(&mut state.dirs))
+            (state.committed, state.wal.clone(), std::mem::take(&mut state.paths))
         };
-        self.sync(upto, wal.as_deref(), &dirs);
+        self.sync(upto, wal.as_deref(), &paths);
     }
 
     /// Whether a sync failed and the object was not reset since.
@@ -160,28 +164,28 @@ impl Flush {
     /// The sync job: syncs until every commit is durable.
     fn sync_until_done(&self) {
         loop {
-            let (upto, wal, dirs) = {
+            let (upto, wal, paths) = {
                 let mut state = lock(&self.state);
                 if state.durable >= state.committed || state.failed.is_some() {
                     state.syncing = false;
                     return;
                 }
-                (state.committed, state.wal.clone(), std::mem::take(&mut state.dirs))
+                (state.committed, state.wal.clone(), std::mem::take(&mut state.paths))
             };
-            self.sync(upto, wal.as_deref(), &dirs);
+            self.sync(upto, wal.as_deref(), &paths);
         }
     }
 
-    /// Syncs `dirs` and `wal`, then releases what waited for commits up to
+    /// Syncs `paths` and `wal`, then releases what waited for commits up to
     /// `upto` (all that is held, if the sync failed).
     ///
     /// `fdatasync` is enough for the WAL: it writes the file's data and the
     /// metadata needed to read it back (its size), which is all a commit
     /// adds; SQLite itself uses it where the system has it.
-    fn sync(&self, upto: u64, wal: Option<&File>, dirs: &[PathBuf]) {
-        let outcome = dirs
+    fn sync(&self, upto: u64, wal: Option<&File>, paths: &[PathBuf]) {
+        let outcome = paths
             .iter()
-            .try_for_each(|dir| File::open(dir).and_then(|dir| dir.sync_all()))
+            .try_for_each(|path| File::open(path).and_then(|file| file.sync_all()))
             .and_then(|()| wal.map_or(Ok(()), File::sync_data));
         let mut state = lock(&self.state);
         let released: Vec<(Release, Result<()>)> = match outcome {

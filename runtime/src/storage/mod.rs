@@ -28,8 +28,18 @@
 //! its writes while it is, and the lock refuses a second one that tries (two
 //! nodes sharing a data directory by mistake). It also spares every
 //! transaction its file-lock system calls and the shared-memory file. On
-//! close the WAL is checkpointed and emptied but kept, so that activating the
-//! object again creates no file.
+//! close the WAL is checkpointed and started over but kept at its size, so
+//! that activating the object again creates no file and its commits
+//! overwrite the WAL instead of growing it (see `wal.rs`).
+//!
+//! # No sync on a turn's thread
+//! With [`Durability::Full`] every sync of an object's database runs on a
+//! sync thread (`sync_threads.rs`), never on the thread that runs a turn:
+//! the syncs of commits (`flush.rs`), of a new database file (with its first
+//! commit), of checkpoints and of closes (`upkeep.rs`, where the connection
+//! is handed to a sync thread between turns). SQLite runs with
+//! `synchronous = OFF` outside those checkpoints; `wal.rs` says why that
+//! keeps every acknowledged write safe from a power loss.
 
 mod alarm_index;
 mod database;
@@ -40,6 +50,8 @@ mod listing;
 mod pool;
 mod sync_threads;
 mod turn;
+mod upkeep;
+mod wal;
 
 use std::collections::BTreeMap;
 use std::fmt;
@@ -64,6 +76,7 @@ use flush::Flush;
 pub(crate) use pool::OpenDatabases;
 use pool::{Closable, CloseAttempt};
 pub(crate) use sync_threads::SyncThreads;
+use upkeep::{Closing, Gate};
 
 /// The longest key, in bytes.
 pub const MAX_KEY_LEN: usize = 2048;
@@ -158,6 +171,8 @@ struct StorageInner {
     state: Mutex<State>,
     /// The syncs of the database, and the replies waiting for them.
     flush: Arc<Flush>,
+    /// Whether the connection is on a sync thread (see `upkeep.rs`).
+    gate: Arc<Gate>,
 }
 
 #[derive(Default)]
@@ -165,8 +180,13 @@ struct State {
     conn: Option<Connection>,
     /// The open database's WAL, when the runtime syncs it.
     wal: Option<Arc<File>>,
-    /// Directories to sync with the next commit (see `Opened::new_dirs`).
-    new_dirs: Vec<PathBuf>,
+    /// Files and directories to sync with the next commit (see
+    /// `Opened::new_paths`).
+    new_paths: Vec<PathBuf>,
+    /// Pages in the WAL after the last commit that wrote any since the
+    /// database was opened or checkpointed (from the WAL hook, see
+    /// `wal.rs`); 0 if none.
+    wal_frames: u32,
     /// `total_changes` of the connection when the turn's transaction began.
     changes: u64,
     /// The turn used `sql` or `delete_all`: its writes are not all counted
@@ -204,6 +224,7 @@ impl Storage {
                 root,
                 state: Mutex::new(State::default()),
                 flush: Flush::new(),
+                gate: Arc::default(),
             }),
         }
     }
@@ -488,22 +509,45 @@ impl Storage {
     }
 
     /// Closes the database (parks it, in memory); the next access opens it
-    /// again. Eviction closes it before the object may run another turn.
+    /// again. Returns once the file is closed: eviction closes it before
+    /// the object may run another turn, or another activation open it.
+    /// Blocks on the close (see `upkeep.rs`): not for a turn's thread.
     pub(crate) fn close(&self) {
+        self.start_close();
+        self.inner.gate.wait();
+    }
+
+    /// Starts closing the database; the object's next turn waits for the
+    /// close without blocking its thread (`Storage::upkeep`).
+    pub(crate) fn start_close(&self) {
         let mut state = self.lock();
         self.inner.close_conn(&mut state);
     }
 
     /// The object left memory: this handle is dead from now on, and its
-    /// database closed.
+    /// database closed. Returns once the file is closed (another activation
+    /// of the object may open it next).
     pub(crate) fn retire(&self) {
         let mut state = self.lock();
         state.evicted = true;
         self.inner.close_conn(&mut state);
+        drop(state);
+        self.inner.gate.wait();
     }
 
+    /// The state, once the connection is not away on a sync thread: the
+    /// turns wait for that before they begin (see `upkeep.rs`); anything
+    /// else that comes meanwhile blocks here until it is back.
     fn lock(&self) -> MutexGuard<'_, State> {
-        self.inner.lock()
+        loop {
+            let state = self.inner.lock();
+            // The gate leaves only under this lock: checked here, it stays.
+            if !self.inner.gate.is_away() {
+                return state;
+            }
+            drop(state);
+            self.inner.gate.wait();
+        }
     }
 
     /// The open connection, inside the turn's transaction when in a turn.
@@ -522,7 +566,8 @@ impl Storage {
                 })?;
             state.conn = Some(opened.conn);
             state.wal = opened.wal;
-            state.new_dirs = opened.new_dirs;
+            state.new_paths = opened.new_paths;
+            state.wal_frames = 0;
             root.open.opened(self.inner.clone());
             self.index_alarm_if_lost(state);
         }
@@ -570,7 +615,9 @@ impl Storage {
         database::begin(conn).map_err(|e| storage_error(doing, e))?;
         match f(conn) {
             Ok(value) => {
+                wal::take_frames();
                 database::commit(conn).map_err(|e| storage_error(doing, e))?;
+                self.note_frames(&mut state, wal::take_frames());
                 Ok(value)
             }
             Err(err) => {
@@ -586,21 +633,35 @@ impl StorageInner {
         crate::sync::lock(&self.state)
     }
 
+    /// Closes the database: starts the close, on a sync thread if the
+    /// runtime has them (see `upkeep.rs`). From now on the storage is
+    /// closed: the next access opens the database again, once the close
+    /// is done.
     fn close_conn(&self, state: &mut State) {
-        let Some(conn) = state.conn.take() else { return };
+        if let Some(closing) = self.closing(state) {
+            closing.start(&self.gate);
+        }
+    }
+
+    /// Takes the open connection out of `state`, with what closing it needs.
+    fn closing(&self, state: &mut State) -> Option<Closing> {
+        let conn = state.conn.take()?;
         if state.txn {
             let _ = conn.execute_batch("ROLLBACK");
             state.txn = false;
         }
-        // Nothing held may wait for a file that is about to close.
-        self.flush.settle();
         state.wal = None;
-        let empty = std::mem::take(&mut state.maybe_empty) && is_empty(&conn);
-        self.root.location.close(self.type_name, &self.id, conn);
-        if empty {
-            self.root.location.remove(self.type_name, &self.id);
-        }
         self.root.open.closed();
+        Some(Closing {
+            conn,
+            root: self.root.clone(),
+            flush: self.flush.clone(),
+            type_name: self.type_name,
+            id: self.id,
+            new_paths: std::mem::take(&mut state.new_paths),
+            maybe_empty: std::mem::take(&mut state.maybe_empty),
+            written: std::mem::take(&mut state.wal_frames) > 0,
+        })
     }
 }
 
@@ -611,6 +672,10 @@ impl Closable for StorageInner {
 
     fn try_close_idle(&self) -> CloseAttempt {
         let Ok(mut state) = self.state.try_lock() else { return CloseAttempt::Busy };
+        if self.gate.is_away() {
+            // Being checkpointed (then back soon) or closed.
+            return CloseAttempt::Busy;
+        }
         if state.conn.is_none() {
             return CloseAttempt::NotOpen;
         }
@@ -625,7 +690,13 @@ impl Closable for StorageInner {
 impl Drop for StorageInner {
     fn drop(&mut self) {
         let mut state = std::mem::take(self.state.get_mut().unwrap_or_else(|p| p.into_inner()));
-        self.close_conn(&mut state);
+        // Closed in place (the last handle may be dropped by a sync thread's
+        // job, which must not wait for another job), or waited for: another
+        // activation of the object may open the file next.
+        match self.closing(&mut state) {
+            Some(closing) => closing.run(),
+            None => self.gate.wait(),
+        }
     }
 }
 

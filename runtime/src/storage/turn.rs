@@ -19,6 +19,7 @@ use std::future::Future;
 use std::sync::Arc;
 
 use super::database::{self, storage_error};
+use super::wal;
 use super::{State, Storage};
 use crate::error::{Error, Result};
 
@@ -142,13 +143,15 @@ impl Storage {
         let unknown_writes = std::mem::take(&mut state.unknown_writes);
         let Some(conn) = state.conn.as_ref() else { return Ok(()) };
         let wrote = unknown_writes || conn.total_changes() != state.changes;
+        wal::take_frames();
         if let Err(err) = database::commit(conn) {
             let _ = conn.execute_batch("ROLLBACK");
             return Err(storage_error("commit the turn", err));
         }
+        self.note_frames(&mut state, wal::take_frames());
         if wrote && let Some(wal) = state.wal.clone() {
-            let dirs = std::mem::take(&mut state.new_dirs);
-            self.inner.flush.committed(&wal, dirs);
+            let paths = std::mem::take(&mut state.new_paths);
+            self.inner.flush.committed(&wal, paths);
         }
         Ok(())
     }
