@@ -11,9 +11,13 @@
 //! - **A new database** is switched to WAL mode and given its schema
 //!   without a sync (`database.rs`); the database file and the directories
 //!   whose entries changed are synced with the first commit, before its
-//!   reply. A power loss before that reply may take the new file back (an
-//!   empty database file makes SQLite start afresh and drop its WAL), but
-//!   nothing that was acknowledged.
+//!   reply (or when it is closed, if no turn wrote to it). A power loss
+//!   before that may take the new file back (an empty database file makes
+//!   SQLite start afresh and drop its WAL), but nothing that was
+//!   acknowledged. This relies on the filesystem not exposing the file's
+//!   first page unwritten after a power loss (ext4 in its default
+//!   `data=ordered` mode writes a file's data before its new size); where
+//!   it may, such an unacknowledged new object could fail to open.
 //! - **A checkpoint** runs only in [`checkpoint`], on a sync thread, with
 //!   the connection handed there between two turns (`upkeep.rs`), under
 //!   `synchronous = NORMAL` for its duration: SQLite syncs the WAL before it
