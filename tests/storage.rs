@@ -141,9 +141,11 @@ async fn put_get_and_delete_round_trip() {
     rt.shutdown().await.unwrap();
 }
 
-/// Both modes commit into the WAL without SQLite syncing it
-/// (`synchronous = NORMAL`); with `Full`, the runtime syncs the WAL itself,
-/// on its sync threads, before a reply leaves (see `storage/flush.rs`).
+/// Both modes commit into the WAL without SQLite syncing it. With `Full`
+/// SQLite syncs nothing at all (`synchronous = OFF`): the runtime syncs the
+/// WAL itself, on its sync threads, before a reply leaves, and checkpoints
+/// there (see `storage/wal.rs`); with `Normal`, SQLite syncs around its
+/// checkpoints (`synchronous = NORMAL`).
 #[tokio::test]
 async fn object_databases_use_wal_and_sqlite_never_syncs_a_commit() {
     for durability in [stead::Durability::Full, stead::Durability::Normal] {
@@ -160,7 +162,8 @@ async fn object_databases_use_wal_and_sqlite_never_syncs_a_commit() {
         let mode = store.pragma("journal_mode".into()).await.unwrap().unwrap();
         assert!(mode.to_lowercase().contains("wal"), "journal_mode is {mode}");
         let sync = store.pragma("synchronous".into()).await.unwrap().unwrap();
-        assert!(sync.contains('1'), "synchronous is {sync} for {durability:?}, expected NORMAL (1)");
+        let expected = if durability == stead::Durability::Full { '0' } else { '1' };
+        assert!(sync.contains(expected), "synchronous is {sync} for {durability:?}, expected {expected}");
     }
 }
 
@@ -358,11 +361,50 @@ async fn an_active_objects_database_is_its_runtimes_alone_and_is_left_tidy_on_ev
     assert!(locked.to_string().contains("locked"), "{locked}");
     assert!(!with_suffix("-shm").exists(), "exclusive locking needs no shared-memory file");
 
-    // Evicted, the database is checkpointed, its emptied WAL file kept for
-    // the next activation, and it is anyone's to read.
+    // Evicted, the database is checkpointed (the file alone holds the
+    // write), its WAL file kept for the next activation, and it is anyone's
+    // to read.
     rt.shutdown().await.unwrap();
-    assert_eq!(std::fs::metadata(with_suffix("-wal")).unwrap().len(), 0);
+    assert!(std::fs::metadata(with_suffix("-wal")).unwrap().len() > 0, "the WAL file is kept at its size");
+    let alone = dir.path().join("alone.sqlite");
+    std::fs::copy(&file, &alone).unwrap();
+    assert_eq!(count(&stead::rusqlite::Connection::open(&alone).unwrap()).unwrap(), 1);
     assert_eq!(count(&foreign).unwrap(), 1);
+}
+
+/// A WAL keeps its size: it is checkpointed every 64 pages and when its
+/// object is evicted, then overwritten from its start, never truncated to
+/// nothing, so that commits do not grow it (see `storage/wal.rs`).
+#[tokio::test]
+async fn a_wal_keeps_its_size_across_checkpoints_and_activations() {
+    let dir = tempfile::tempdir().unwrap();
+    let rt = on_disk(dir.path()).await;
+    let ns = rt.namespace::<Store>();
+    let id = ns.unique_id();
+    let value = "x".repeat(3000);
+    // A page or more per turn: past the checkpoint interval several times.
+    for i in 0..300 {
+        ns.stub(&id).put(format!("k{i:03}"), value.clone()).await.unwrap().unwrap();
+    }
+    let hex = id.to_string();
+    let wal = dir.path().join("objects").join("Store").join(&hex[..2]).join(format!("{hex}.sqlite-wal"));
+    let len = || std::fs::metadata(&wal).unwrap().len();
+    let working = len();
+    assert!((64 * 4096..=512 * 1024).contains(&working), "the WAL is {working} bytes");
+    rt.shutdown().await.unwrap();
+    assert_eq!(len(), working, "eviction keeps the WAL at its size");
+
+    let rt = on_disk(dir.path()).await;
+    let ns = rt.namespace::<Store>();
+    for i in 0..20 {
+        ns.stub(&id).put(format!("again{i}"), value.clone()).await.unwrap().unwrap();
+    }
+    assert_eq!(len(), working, "the next activation overwrites the WAL");
+    let store = ns.stub(&id);
+    assert_eq!(store.get("k000".into()).await.unwrap().unwrap(), Some(value.clone()));
+    assert_eq!(store.get("k299".into()).await.unwrap().unwrap(), Some(value.clone()));
+    assert_eq!(store.get("again19".into()).await.unwrap().unwrap(), Some(value));
+    rt.shutdown().await.unwrap();
 }
 
 #[tokio::test]

@@ -197,8 +197,10 @@ fn file_info(type_name: &str, id: &str, path: &Path) -> Result<Option<ObjectFile
     let mut wal_bytes = 0;
     if let Ok(wal) = fs::metadata(companion(path, "-wal")) {
         wal_bytes = wal.len();
-        // Only a WAL with frames holds writes: an empty one is touched when
-        // a node empties it on eviction, or created by a reader.
+        // Only a WAL with frames holds writes: an empty one is created by a
+        // reader (or was emptied on eviction by an older node). A node keeps
+        // an evicted object's WAL at its size, rewritten from its start by
+        // the checkpoint of the close: its time is then that close's.
         if let (true, Ok(modified)) = (wal_bytes > 0, wal.modified()) {
             last_write = last_write.max(modified);
         }

@@ -99,6 +99,9 @@ impl Activation {
         let storage = self.storage.clone();
         let turn = async move {
             let mut instance = instance;
+            self.reset_if_sync_failed(&mut instance);
+            // A due checkpoint, or a close, runs on a sync thread meanwhile.
+            self.storage.upkeep().await;
             match message {
                 Message::Call(call) => {
                     let watch = self.info.observe.turn(&self.id, Some(call.method));
@@ -136,8 +139,9 @@ impl Activation {
         call: Call,
     ) -> std::result::Result<(), Call> {
         let info = self.info.methods.get(call.method as usize);
-        if self.storage.sync_failed() {
-            // The object is reset first, in the turn with a future.
+        if self.storage.needs_upkeep() {
+            // A reset, a checkpoint or a close comes first, in the turn
+            // with a future.
             return Err(call);
         }
         let Some(object) = instance.as_mut() else { return Err(call) };
@@ -167,18 +171,26 @@ impl Activation {
     }
 
     /// Starts a turn's transaction; first, if a sync of the object's
-    /// database failed since its last turn, drops the instance and closes
-    /// the database, so that the turn starts from what is on disk.
+    /// database failed since its last turn, resets the object.
     pub(super) fn begin_turn(&self, instance: &mut Option<Instance>) {
+        self.reset_if_sync_failed(instance);
+        self.storage.begin_turn();
+    }
+
+    /// If a sync of the object's database failed since its last turn, drops
+    /// the instance and closes the database, so that the next turn starts
+    /// from what is on disk. Turns with a future do this before they wait
+    /// for the close (`Storage::upkeep`); `begin_turn` again, in case a sync
+    /// failed since.
+    fn reset_if_sync_failed(&self, instance: &mut Option<Instance>) {
         if let Some(reason) = self.storage.take_sync_failure() {
             tracing::warn!(
                 r#type = self.info.name, object = %self.id, reason,
                 "a sync of the object's database failed: the object is reset"
             );
             self.discard(instance);
-            self.storage.close();
+            self.storage.start_close();
         }
-        self.storage.begin_turn();
     }
 
     /// The output gate: commits the turn's writes and releases the reply

@@ -7,10 +7,11 @@
 //! reads no clock.
 //!
 //! A sweep drops instances (the user's `Drop`, which may be slow, or panic:
-//! the panic is caught and logged) and closes databases (a checkpoint): it
-//! runs on tokio's blocking threads, so that neither holds up the turns of
-//! other objects. A call that reaches an object while it closes waits for
-//! the close (see `HostedType::evict_idle`).
+//! the panic is caught and logged) and closes databases (a checkpoint, run
+//! on a sync thread when the runtime has them, which the sweep waits for):
+//! it runs on tokio's blocking threads, so that neither holds up the turns
+//! of other objects. A call that reaches an object while it closes waits
+//! for the close (see `HostedType::evict_idle`).
 
 use std::sync::Weak;
 use std::time::Duration;

@@ -11,12 +11,13 @@ use rusqlite::{Connection, OpenFlags};
 
 use super::durability::Durability;
 use super::replica::{ObjectLog, Replica};
+use super::wal::{self, KEPT_WAL_BYTES};
 use crate::error::{Error, Result};
 use crate::id::ObjectId;
 use crate::sync::lock;
 
 /// Marks a file as a stead object database (`PRAGMA application_id`): "stDO".
-const APPLICATION_ID: i32 = 0x7374_444f;
+pub(super) const APPLICATION_ID: i32 = 0x7374_444f;
 
 /// The reserved tables; user tables must not start with `_stead_`.
 const SCHEMA: &str = "
@@ -62,7 +63,7 @@ impl Location {
                         conn
                     }
                 };
-                Ok(Opened { conn, wal: None, new_dirs: Vec::new(), replica: None })
+                Ok(Opened { conn, wal: None, new_paths: Vec::new(), replica: None })
             }
         }
     }
@@ -82,20 +83,36 @@ impl Location {
         let (conn, replica) = Replica::open(log.clone(), type_name, id, &path, |path| {
             open_file(path, Durability::Normal, REPLICATED_PAGE_SIZE).map(|opened| opened.conn)
         })?;
-        Ok(Opened { conn, wal: None, new_dirs: Vec::new(), replica: Some(replica) })
+        Ok(Opened { conn, wal: None, new_paths: Vec::new(), replica: Some(replica) })
     }
 
-    /// Closes the database of an object (parks it, in memory). A replicated
+    /// Closes the database of an object (parks it, in memory). `written`:
+    /// commits reached the WAL since its last checkpoint. A `replicated`
     /// one is not checkpointed: its WAL stays the same bytes as its log.
-    pub(crate) fn close(&self, type_name: &'static str, id: &ObjectId, conn: Connection, replicated: bool) {
+    ///
+    /// Blocks on syncs: the runtime calls it on a sync thread when it has
+    /// them (see `upkeep.rs`).
+    pub(crate) fn close(
+        &self,
+        type_name: &'static str,
+        id: &ObjectId,
+        conn: Connection,
+        written: bool,
+        replicated: bool,
+    ) {
         match self {
             Location::Files(_) if replicated => drop(conn),
             Location::Files(_) => {
-                // Move the WAL's pages into the database and empty the WAL
-                // file, but keep it: the next open then creates no file. (A
+                // Move the WAL's pages into the database and start the WAL
+                // over, keeping its file at its size (see `wal.rs`): the
+                // next open then creates no file and reads back one page,
+                // and commits overwrite the file instead of growing it. A
+                // WAL nothing was written to since is left as it is. (A
                 // failed checkpoint loses nothing: the WAL is read back on
                 // the next open.)
-                let _ = conn.query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |_| Ok(()));
+                if written && let Err(err) = wal::checkpoint(&conn) {
+                    tracing::debug!(%err, "could not checkpoint a database being closed");
+                }
                 drop(conn);
             }
             Location::Memory(parked) => {
@@ -129,10 +146,11 @@ pub(crate) struct Opened {
     /// The WAL file, when the runtime syncs it (`Durability::Full` on
     /// disk; see `flush.rs`).
     pub(crate) wal: Option<Arc<File>>,
-    /// Directories whose entries changed (a file or directory was created
-    /// in them), to sync with the first commit so that a crash cannot lose
-    /// the new file.
-    pub(crate) new_dirs: Vec<PathBuf>,
+    /// With `Durability::Full`, a new database file (created without a
+    /// sync, see `wal.rs`) and the directories whose entries changed (a
+    /// file or directory was created in them), to sync with the first
+    /// commit so that a power loss cannot take back the new database.
+    pub(crate) new_paths: Vec<PathBuf>,
     /// The object's place in its log, when its storage is replicated.
     pub(crate) replica: Option<Arc<Replica>>,
 }
@@ -148,21 +166,26 @@ const REPLICATED_PAGE_SIZE: Option<u32> = Some(1024);
 /// Opens the database file at `path`; a new one gets `page_size`, if given.
 fn open_file(path: &Path, durability: Durability, page_size: Option<u32>) -> Result<Opened> {
     let what = format!("the database {}", path.display());
-    let mut new_dirs = Vec::new();
+    // With `Full`, a new file, the directories about to be made and the one
+    // of the new file are synced with the first commit (`Normal` leaves
+    // syncs to SQLite). A file of no bytes is new to SQLite too.
+    let full = durability == Durability::Full;
+    let new = std::fs::metadata(path).map_or(true, |meta| meta.len() == 0);
+    let mut new_paths = Vec::new();
+    if full && new {
+        new_paths.push(path.to_path_buf());
+    }
     if let Some(dir) = path.parent() {
-        // With `Full`, the directories about to be made and the one of the
-        // new file are synced with the first commit (`Normal` never syncs).
-        let full = durability == Durability::Full;
         let mut missing = dir;
         while full && !missing.exists() {
             let Some(parent) = missing.parent() else { break };
-            new_dirs.push(parent.to_path_buf());
+            new_paths.push(parent.to_path_buf());
             missing = parent;
         }
         std::fs::create_dir_all(dir)
             .map_err(|e| Error::Storage(format!("cannot create {}: {e}", dir.display())))?;
-        if full && !path.exists() {
-            new_dirs.push(dir.to_path_buf());
+        if full && new {
+            new_paths.push(dir.to_path_buf());
         }
     }
     let flags =
@@ -172,18 +195,21 @@ fn open_file(path: &Path, durability: Durability, page_size: Option<u32>) -> Res
     conn.busy_timeout(Duration::from_secs(5)).map_err(|e| storage_error(&format!("configure {what}"), e))?;
     // Exclusive locking before the first access, so that WAL mode keeps its
     // index in memory (no `-shm` file) and transactions take no file locks
-    // (see the module docs of `storage`). SQLite never syncs a commit
-    // (`synchronous = NORMAL`: it syncs only around checkpoints): with
-    // `Durability::Full`, the runtime syncs the WAL itself, off the tokio
-    // workers, before it releases a reply (`flush.rs`). `synchronous` before
-    // WAL, so that switching a new file to WAL is not a synced transaction.
+    // (see the module docs of `storage`). `synchronous` before WAL, so that
+    // switching a new file to WAL is not synced by SQLite with `Full`. With
+    // `Full` SQLite never syncs (`OFF`): the runtime syncs commits and runs
+    // checkpoints on its sync threads, before it releases a reply (see
+    // `wal.rs`). With `Normal` it syncs only around checkpoints (`NORMAL`).
+    let synchronous = if full { "OFF" } else { "NORMAL" };
     let page_size = page_size.map_or(String::new(), |size| format!("PRAGMA page_size = {size};"));
     conn.execute_batch(&format!(
-        "PRAGMA locking_mode = EXCLUSIVE; {page_size} PRAGMA synchronous = NORMAL; PRAGMA journal_mode = WAL;"
+        "PRAGMA locking_mode = EXCLUSIVE; {page_size} PRAGMA synchronous = {synchronous}; PRAGMA journal_mode = WAL;
+         PRAGMA journal_size_limit = {KEPT_WAL_BYTES};"
     ))
     .map_err(|e| storage_error(&format!("open {what} (is it an SQLite database?)"), e))?;
-    // Closing does its own checkpoint (see `Location::close`) and keeps the
-    // emptied WAL file instead of deleting it.
+    // Checkpoints are the runtime's (see `wal.rs`); closing does its own
+    // (see `Location::close`) and keeps the WAL file instead of deleting it.
+    conn.wal_hook(Some(if full { wal::count_frames } else { wal::count_frames_and_checkpoint }));
     conn.set_db_config(DbConfig::SQLITE_DBCONFIG_NO_CKPT_ON_CLOSE, true)
         .map_err(|e| storage_error(&format!("configure {what}"), e))?;
     init(&conn, &what)?;
@@ -191,7 +217,7 @@ fn open_file(path: &Path, durability: Durability, page_size: Option<u32>) -> Res
         Durability::Full => Some(Arc::new(open_wal(path)?)),
         Durability::Normal => None,
     };
-    Ok(Opened { conn, wal, new_dirs, replica: None })
+    Ok(Opened { conn, wal, new_paths, replica: None })
 }
 
 /// A handle on the WAL of the database at `path`, to sync it. SQLite has

@@ -2,15 +2,17 @@
 //! it may have seen is on disk.
 //!
 //! With [`Durability::Full`](super::Durability::Full), a turn commits into
-//! the object's WAL without syncing it (SQLite's `synchronous = NORMAL`), so
-//! that the turn costs no disk wait on the tokio worker that runs it. The
+//! the object's WAL without syncing it (SQLite's `synchronous = OFF`: SQLite
+//! syncs nothing, see `wal.rs`), so that the turn costs no disk wait on the
+//! tokio worker that runs it. The
 //! object then goes on running its next turns against the committed state,
 //! while a sync thread (`sync_threads.rs`) makes the WAL durable. The reply
 //! of every turn (whether it wrote or only read) is *held* here, in order,
 //! until a sync that began after the object's latest commit at the end of
 //! that turn has finished: so no caller ever sees a write that a crash
 //! could take back, and one sync covers every turn committed since the one
-//! before (group commit, per object).
+//! before (group commit, per object). The first sync of a new database also
+//! syncs its file and the directories it was created in.
 //!
 //! A sync that fails fails every reply it held and every reply held after
 //! it (their turns may have built on the lost writes), and marks the object
@@ -64,8 +66,9 @@ struct State {
     held: VecDeque<(u64, Release)>,
     /// The file to sync: the WAL of the open database.
     wal: Option<Arc<File>>,
-    /// Directories to sync before it: a file was created in them.
-    dirs: Vec<PathBuf>,
+    /// Files and directories to sync before it: a new database file, and
+    /// the directories it and its WAL were created in.
+    paths: Vec<PathBuf>,
     /// Where to ship commits instead, when the storage is replicated.
     replica: Option<Arc<Replica>>,
     /// The end of the WAL after the newest commit to ship.
@@ -91,7 +94,7 @@ pub(crate) struct Shipment {
 struct Work {
     upto: u64,
     wal: Option<Arc<File>>,
-    dirs: Vec<PathBuf>,
+    paths: Vec<PathBuf>,
     ship: Option<(Arc<Replica>, Pending)>,
 }
 
@@ -100,12 +103,12 @@ impl Flush {
         Arc::new(Flush { state: Mutex::default(), synced: Condvar::new() })
     }
 
-    /// Records a commit into `wal` that is not synced yet; `dirs` are
-    /// synced with it (new entries: see `Opened::new_dirs`).
-    pub(crate) fn committed(&self, wal: &Arc<File>, dirs: Vec<PathBuf>) {
+    /// Records a commit into `wal` that is not synced yet; `paths` are
+    /// synced with it (a new database: see `Opened::new_paths`).
+    pub(crate) fn committed(&self, wal: &Arc<File>, paths: Vec<PathBuf>) {
         let mut state = lock(&self.state);
         state.committed += 1;
-        state.dirs.extend(dirs);
+        state.paths.extend(paths);
         if !state.wal.as_ref().is_some_and(|held| Arc::ptr_eq(held, wal)) {
             state.wal = Some(wal.clone());
         }
@@ -182,8 +185,9 @@ impl Flush {
         }
     }
 
-    /// Syncs the database before it is closed (on the closing thread), so
-    /// that nothing held waits for a file that is gone.
+    /// Syncs the database before it is closed (by the close, on a sync
+    /// thread when the runtime has them: see `upkeep.rs`), so that nothing
+    /// held waits for a file that is gone.
     pub(crate) fn settle(&self) {
         let work = {
             let mut state = lock(&self.state);
@@ -228,7 +232,7 @@ impl Flush {
         }
     }
 
-    /// Syncs `dirs` and `wal`, then releases what waited for commits up to
+    /// Syncs `paths` and `wal`, then releases what waited for commits up to
     /// `upto` (all that is held, if the sync failed).
     ///
     /// `fdatasync` is enough for the WAL: it writes the file's data and the
@@ -237,12 +241,12 @@ impl Flush {
     ///
     /// A replicated object's commits are shipped instead (`replica.rs`).
     fn sync(&self, work: Work) {
-        let Work { upto, wal, dirs, ship } = work;
+        let Work { upto, wal, paths, ship } = work;
         let outcome = match ship {
             Some((replica, pending)) => replica.ship(pending),
-            None => dirs
+            None => paths
                 .iter()
-                .try_for_each(|dir| File::open(dir).and_then(|dir| dir.sync_all()))
+                .try_for_each(|path| File::open(path).and_then(|file| file.sync_all()))
                 .and_then(|()| wal.as_deref().map_or(Ok(()), File::sync_data))
                 .map_err(|err| sync_failed(&err.to_string())),
         };
@@ -279,7 +283,7 @@ impl State {
             let statements = std::mem::take(&mut self.statements);
             (replica, Pending { end: self.end, statements, alarm: self.alarm.take() })
         });
-        Work { upto: self.committed, wal: self.wal.clone(), dirs: std::mem::take(&mut self.dirs), ship }
+        Work { upto: self.committed, wal: self.wal.clone(), paths: std::mem::take(&mut self.paths), ship }
     }
 }
 

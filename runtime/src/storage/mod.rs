@@ -28,8 +28,18 @@
 //! its writes while it is, and the lock refuses a second one that tries (two
 //! nodes sharing a data directory by mistake). It also spares every
 //! transaction its file-lock system calls and the shared-memory file. On
-//! close the WAL is checkpointed and emptied but kept, so that activating the
-//! object again creates no file.
+//! close the WAL is checkpointed and started over but kept at its size, so
+//! that activating the object again creates no file and its commits
+//! overwrite the WAL instead of growing it (see `wal.rs`).
+//!
+//! # No sync on a turn's thread
+//! With [`Durability::Full`] every sync of an object's database runs on a
+//! sync thread (`sync_threads.rs`), never on the thread that runs a turn:
+//! the syncs of commits (`flush.rs`), of a new database file (with its first
+//! commit), of checkpoints and of closes (`upkeep.rs`, where the connection
+//! is handed to a sync thread between turns). SQLite runs with
+//! `synchronous = OFF` outside those checkpoints; `wal.rs` says why that
+//! keeps every acknowledged write safe from a power loss.
 
 mod alarm_index;
 mod database;
@@ -41,6 +51,8 @@ mod pool;
 mod replica;
 mod sync_threads;
 mod turn;
+mod upkeep;
+mod wal;
 
 use std::collections::BTreeMap;
 use std::fmt;
@@ -68,6 +80,7 @@ use replica::Replica;
 pub(crate) use replica::Statement;
 pub(crate) use replica::{Entry, Fetched, Head, ObjectLog};
 pub(crate) use sync_threads::SyncThreads;
+use upkeep::{Closing, Gate};
 
 /// The longest key, in bytes.
 pub const MAX_KEY_LEN: usize = 2048;
@@ -166,6 +179,8 @@ struct StorageInner {
     state: Mutex<State>,
     /// The syncs of the database, and the replies waiting for them.
     flush: Arc<Flush>,
+    /// Whether the connection is on a sync thread (see `upkeep.rs`).
+    gate: Arc<Gate>,
 }
 
 #[derive(Default)]
@@ -180,8 +195,13 @@ struct State {
     /// The alarm as the turn left it, if it changed it (`Some(None)`:
     /// deleted): shipped with the turn when storage is replicated.
     alarm: Option<Option<i64>>,
-    /// Directories to sync with the next commit (see `Opened::new_dirs`).
-    new_dirs: Vec<PathBuf>,
+    /// Files and directories to sync with the next commit (see
+    /// `Opened::new_paths`).
+    new_paths: Vec<PathBuf>,
+    /// Pages in the WAL after the last commit that wrote any since the
+    /// database was opened or checkpointed (from the WAL hook, see
+    /// `wal.rs`); 0 if none.
+    wal_frames: u32,
     /// `total_changes` of the connection when the turn's transaction began.
     changes: u64,
     /// The turn used `sql` or `delete_all`: its writes are not all counted
@@ -219,6 +239,7 @@ impl Storage {
                 root,
                 state: Mutex::new(State::default()),
                 flush: Flush::new(),
+                gate: Arc::default(),
             }),
         }
     }
@@ -507,22 +528,45 @@ impl Storage {
     }
 
     /// Closes the database (parks it, in memory); the next access opens it
-    /// again. Eviction closes it before the object may run another turn.
+    /// again. Returns once the file is closed: eviction closes it before
+    /// the object may run another turn, or another activation open it.
+    /// Blocks on the close (see `upkeep.rs`): not for a turn's thread.
     pub(crate) fn close(&self) {
+        self.start_close();
+        self.inner.gate.wait();
+    }
+
+    /// Starts closing the database; the object's next turn waits for the
+    /// close without blocking its thread (`Storage::upkeep`).
+    pub(crate) fn start_close(&self) {
         let mut state = self.lock();
         self.inner.close_conn(&mut state);
     }
 
     /// The object left memory: this handle is dead from now on, and its
-    /// database closed.
+    /// database closed. Returns once the file is closed (another activation
+    /// of the object may open it next).
     pub(crate) fn retire(&self) {
         let mut state = self.lock();
         state.evicted = true;
         self.inner.close_conn(&mut state);
+        drop(state);
+        self.inner.gate.wait();
     }
 
+    /// The state, once the connection is not away on a sync thread: the
+    /// turns wait for that before they begin (see `upkeep.rs`); anything
+    /// else that comes meanwhile blocks here until it is back.
     fn lock(&self) -> MutexGuard<'_, State> {
-        self.inner.lock()
+        loop {
+            let state = self.inner.lock();
+            // The gate leaves only under this lock: checked here, it stays.
+            if !self.inner.gate.is_away() {
+                return state;
+            }
+            drop(state);
+            self.inner.gate.wait();
+        }
     }
 
     /// The open connection, inside the turn's transaction when in a turn.
@@ -546,7 +590,8 @@ impl Storage {
             };
             state.conn = Some(opened.conn);
             state.wal = opened.wal;
-            state.new_dirs = opened.new_dirs;
+            state.new_paths = opened.new_paths;
+            state.wal_frames = 0;
             state.replica = opened.replica;
             root.open.opened(self.inner.clone());
             self.index_alarm_if_lost(state);
@@ -597,13 +642,17 @@ impl Storage {
         database::begin(conn).map_err(|e| storage_error(doing, e))?;
         match f(conn) {
             Ok(value) => {
-                Replica::before_commit();
+                wal::take_frames();
                 database::commit(conn).map_err(|e| storage_error(doing, e))?;
-                // Shipped with the next turn's commits.
-                if let Some(replica) = &state.replica
-                    && let Some(end) = replica.committed_end()
-                {
-                    self.inner.flush.committed_to_log(replica, Some(end), Shipment::default());
+                let frames = wal::take_frames();
+                match state.replica.clone() {
+                    // Shipped with the next turn's commits.
+                    Some(replica) => {
+                        if let Some(end) = replica.wal_end(frames) {
+                            self.inner.flush.committed_to_log(&replica, Some(end), Shipment::default());
+                        }
+                    }
+                    None => self.note_frames(&mut state, frames),
                 }
                 Ok(value)
             }
@@ -620,22 +669,36 @@ impl StorageInner {
         crate::sync::lock(&self.state)
     }
 
+    /// Closes the database: starts the close, on a sync thread if the
+    /// runtime has them (see `upkeep.rs`). From now on the storage is
+    /// closed: the next access opens the database again, once the close
+    /// is done.
     fn close_conn(&self, state: &mut State) {
-        let Some(conn) = state.conn.take() else { return };
+        if let Some(closing) = self.closing(state) {
+            closing.start(&self.gate);
+        }
+    }
+
+    /// Takes the open connection out of `state`, with what closing it needs.
+    fn closing(&self, state: &mut State) -> Option<Closing> {
+        let conn = state.conn.take()?;
         if state.txn {
             let _ = conn.execute_batch("ROLLBACK");
             state.txn = false;
         }
-        // Nothing held may wait for a file that is about to close.
-        self.flush.settle();
         state.wal = None;
-        let replicated = state.replica.take().is_some();
-        let empty = std::mem::take(&mut state.maybe_empty) && is_empty(&conn) && !replicated;
-        self.root.location.close(self.type_name, &self.id, conn, replicated);
-        if empty {
-            self.root.location.remove(self.type_name, &self.id);
-        }
         self.root.open.closed();
+        Some(Closing {
+            conn,
+            root: self.root.clone(),
+            flush: self.flush.clone(),
+            type_name: self.type_name,
+            id: self.id,
+            new_paths: std::mem::take(&mut state.new_paths),
+            maybe_empty: std::mem::take(&mut state.maybe_empty),
+            written: std::mem::take(&mut state.wal_frames) > 0,
+            replicated: state.replica.take().is_some(),
+        })
     }
 }
 
@@ -646,6 +709,10 @@ impl Closable for StorageInner {
 
     fn try_close_idle(&self) -> CloseAttempt {
         let Ok(mut state) = self.state.try_lock() else { return CloseAttempt::Busy };
+        if self.gate.is_away() {
+            // Being checkpointed (then back soon) or closed.
+            return CloseAttempt::Busy;
+        }
         if state.conn.is_none() {
             return CloseAttempt::NotOpen;
         }
@@ -660,7 +727,13 @@ impl Closable for StorageInner {
 impl Drop for StorageInner {
     fn drop(&mut self) {
         let mut state = std::mem::take(self.state.get_mut().unwrap_or_else(|p| p.into_inner()));
-        self.close_conn(&mut state);
+        // Closed in place (the last handle may be dropped by a sync thread's
+        // job, which must not wait for another job), or waited for: another
+        // activation of the object may open the file next.
+        match self.closing(&mut state) {
+            Some(closing) => closing.run(),
+            None => self.gate.wait(),
+        }
     }
 }
 

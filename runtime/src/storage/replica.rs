@@ -35,7 +35,6 @@
 //! its next activation rebuilds it from the log, which never had the failed
 //! turn.
 
-use std::cell::Cell;
 use std::fmt;
 use std::fs::File;
 use std::os::unix::fs::FileExt;
@@ -45,6 +44,7 @@ use std::sync::{Arc, Mutex};
 use rusqlite::Connection;
 use tokio_postgres::types::ToSql;
 
+use super::wal;
 use crate::error::{Error, Result};
 use crate::id::ObjectId;
 use crate::sync::lock;
@@ -132,17 +132,6 @@ impl fmt::Debug for Statement {
     }
 }
 
-thread_local! {
-    /// The number of frames in the WAL after the last commit on this thread
-    /// (set by the WAL hook, which SQLite calls inside `COMMIT`).
-    static WAL_FRAMES: Cell<Option<u64>> = const { Cell::new(None) };
-}
-
-fn record_wal_frames(_: &rusqlite::hooks::Wal, frames: std::ffi::c_int) -> rusqlite::Result<()> {
-    WAL_FRAMES.set(u64::try_from(frames).ok());
-    Ok(())
-}
-
 /// One replicated object's database: its place in the log.
 pub(crate) struct Replica {
     log: Arc<dyn ObjectLog>,
@@ -210,8 +199,9 @@ impl Replica {
             None => files.rebuild(&*log, type_name, id)?,
         };
         let conn = open(db)?;
-        // Replaces SQLite's automatic checkpoints: the runtime checkpoints.
-        conn.wal_hook(Some(record_wal_frames));
+        // Counts the frames of each commit, and replaces SQLite's automatic
+        // checkpoints: the runtime checkpoints (see `checkpoint`).
+        conn.wal_hook(Some(wal::count_frames));
         let page_size: u64 = conn
             .query_row("PRAGMA page_size", [], |row| row.get::<_, i64>(0))
             .map(|size| u64::try_from(size).unwrap_or(4096))
@@ -240,15 +230,10 @@ impl Replica {
         Ok((conn, Arc::new(replica)))
     }
 
-    /// The end of the WAL after the commit that just ran on this thread,
-    /// if it wrote frames.
-    pub(crate) fn committed_end(&self) -> Option<u64> {
-        WAL_FRAMES.take().map(|frames| if frames == 0 { 0 } else { WAL_HEADER + frames * self.frame_size })
-    }
-
-    /// Forgets any frames count left by an earlier commit on this thread.
-    pub(crate) fn before_commit() {
-        WAL_FRAMES.set(None);
+    /// The end of the WAL after a commit that left `frames` frames in it
+    /// (`wal::take_frames`: 0 when the commit wrote none).
+    pub(crate) fn wal_end(&self, frames: u32) -> Option<u64> {
+        (frames > 0).then(|| WAL_HEADER + u64::from(frames) * self.frame_size)
     }
 
     /// Whether the WAL has grown past [`SNAPSHOT_AFTER`].
@@ -505,9 +490,9 @@ mod tests {
 
     /// Inserts `n` and returns the commit's WAL end.
     fn insert(conn: &Connection, replica: &Replica, n: i64) -> u64 {
-        Replica::before_commit();
+        wal::take_frames();
         conn.execute("INSERT INTO t VALUES (?1)", [n]).unwrap();
-        replica.committed_end().unwrap()
+        replica.wal_end(wal::take_frames()).unwrap()
     }
 
     fn rows(conn: &Connection) -> Vec<i64> {

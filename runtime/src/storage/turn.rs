@@ -21,6 +21,7 @@ use std::sync::Arc;
 use super::database::{self, storage_error};
 use super::flush::Shipment;
 use super::replica::{Replica, Statement};
+use super::wal;
 use super::{State, Storage};
 use crate::error::{Error, Result};
 
@@ -157,13 +158,14 @@ impl Storage {
         let unknown_writes = std::mem::take(&mut state.unknown_writes);
         let Some(conn) = state.conn.as_ref() else { return Ok(()) };
         let wrote = unknown_writes || conn.total_changes() != state.changes;
-        Replica::before_commit();
+        wal::take_frames();
         if let Err(err) = database::commit(conn) {
             let _ = conn.execute_batch("ROLLBACK");
             return Err(storage_error("commit the turn", err));
         }
+        let frames = wal::take_frames();
         if let Some(replica) = state.replica.clone() {
-            let end = replica.committed_end();
+            let end = replica.wal_end(frames);
             if end.is_some() || !turn.statements.is_empty() || turn.alarm.is_some() {
                 self.inner.flush.committed_to_log(&replica, end, turn);
             }
@@ -174,9 +176,10 @@ impl Storage {
             }
             return Ok(());
         }
+        self.note_frames(&mut state, frames);
         if wrote && let Some(wal) = state.wal.clone() {
-            let dirs = std::mem::take(&mut state.new_dirs);
-            self.inner.flush.committed(&wal, dirs);
+            let paths = std::mem::take(&mut state.new_paths);
+            self.inner.flush.committed(&wal, paths);
         }
         Ok(())
     }

@@ -1,0 +1,235 @@
+//! Work on an object's database that syncs, done off the turn's thread:
+//! checkpoints and closes (`Durability::Full` on disk, where the runtime
+//! has sync threads).
+//!
+//! Both need the object's connection, which is not shared: the connection
+//! is handed to a sync thread, between two turns, and the object is *away*
+//! until it comes back (a checkpoint) or is closed (a close). A turn first
+//! waits, asynchronously, for its object's connection ([`Storage::upkeep`],
+//! called by the runtime before every turn with a future); a turn without
+//! a future is not run while the object needs upkeep
+//! ([`Storage::needs_upkeep`]) and takes the path with a future instead.
+//! Other code that reaches the storage while it is away (the runtime's own
+//! reads, a pool close racing a turn's start) blocks until it is back:
+//! correct, and rare.
+//!
+//! - **Checkpoints.** A commit that leaves [`CHECKPOINT_PAGES`] or more in
+//!   the WAL marks a checkpoint due; the next turn hands the connection to
+//!   a sync thread, which runs [`wal::checkpoint`] and gives it back, and
+//!   then runs. Replies are not held by it: the output gate holds them
+//!   until their own sync.
+//! - **Closes.** Closing a database syncs what was committed (releasing the
+//!   replies held for it), checkpoints the WAL if anything was written, and
+//!   closes the file, all on a sync thread ([`Closing`]). The pool of open
+//!   databases hands a close over and goes on (it runs on some other
+//!   object's turn), as does the reset of an object whose sync failed (on
+//!   its own turn's thread: the turn then waits in `upkeep`); eviction
+//!   waits for it, off the tokio workers, because another activation may
+//!   open the file next. A storage dropped with its database open closes
+//!   it in place.
+//!
+//! Without sync threads (`Durability::Normal`, in memory) closes run in
+//! place and checkpoints are SQLite's own (see `wal.rs`): with `Normal`
+//! SQLite syncs on the turn's thread around checkpoints anyway.
+
+use std::fs::File;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Condvar, Mutex};
+
+use rusqlite::Connection;
+
+use super::flush::Flush;
+use super::wal::{self, CHECKPOINT_PAGES};
+use super::{Storage, StorageRoot, is_empty};
+use crate::id::ObjectId;
+use crate::sync::lock;
+
+/// Where an object's connection is: here, or on a sync thread.
+#[derive(Default)]
+pub(super) struct Gate {
+    /// The connection is on a sync thread (mirrors `state`, to check it
+    /// without a lock on every turn).
+    away: AtomicBool,
+    /// A checkpoint is due before the next turn.
+    due: AtomicBool,
+    state: Mutex<bool>,
+    back: Condvar,
+    notify: tokio::sync::Notify,
+}
+
+impl Gate {
+    /// Marks the connection as handed to a sync thread.
+    fn leave(&self) {
+        *lock(&self.state) = true;
+        self.away.store(true, Ordering::SeqCst);
+    }
+
+    /// Marks the connection as back (or closed), waking whoever waits.
+    fn back(&self) {
+        *lock(&self.state) = false;
+        self.away.store(false, Ordering::SeqCst);
+        self.back.notify_all();
+        self.notify.notify_waiters();
+    }
+
+    pub(super) fn is_away(&self) -> bool {
+        self.away.load(Ordering::SeqCst)
+    }
+
+    /// Blocks the thread until the connection is back or closed.
+    pub(super) fn wait(&self) {
+        let mut away = lock(&self.state);
+        while *away {
+            away = self.back.wait(away).unwrap_or_else(|poisoned| poisoned.into_inner());
+        }
+    }
+
+    /// Waits, without blocking the thread, until the connection is back.
+    async fn until_back(&self) {
+        loop {
+            let notified = self.notify.notified();
+            tokio::pin!(notified);
+            notified.as_mut().enable();
+            if !self.is_away() {
+                return;
+            }
+            notified.await;
+        }
+    }
+}
+
+/// Marks the connection back when dropped: at the end of a sync thread's
+/// job, even one that panicked (the pool catches the panic), so that no turn
+/// waits forever.
+struct Back(Arc<Gate>);
+
+impl Drop for Back {
+    fn drop(&mut self) {
+        self.0.back();
+    }
+}
+
+impl Storage {
+    /// Whether the next turn must wait for upkeep: the connection is away,
+    /// a checkpoint is due, or a failed sync asks for a reset. The runtime
+    /// then runs the turn with a future, which calls [`upkeep`](Self::upkeep).
+    pub(crate) fn needs_upkeep(&self) -> bool {
+        let gate = &self.inner.gate;
+        gate.is_away() || gate.due.load(Ordering::Relaxed) || self.sync_failed()
+    }
+
+    /// Before a turn: runs a due checkpoint on a sync thread, and waits
+    /// (asynchronously) until the connection is back from any such work.
+    pub(crate) async fn upkeep(&self) {
+        let gate = &self.inner.gate;
+        if gate.due.swap(false, Ordering::Relaxed) {
+            self.checkpoint_away();
+        }
+        if gate.is_away() {
+            gate.until_back().await;
+        }
+    }
+
+    /// Notes the WAL's length after a commit (`frames`, from the WAL hook;
+    /// 0 if the commit wrote nothing), and whether a checkpoint is due.
+    pub(super) fn note_frames(&self, state: &mut super::State, frames: u32) {
+        if frames == 0 {
+            return;
+        }
+        state.wal_frames = frames;
+        if frames >= CHECKPOINT_PAGES && self.inner.root.sync.is_some() {
+            self.inner.gate.due.store(true, Ordering::Relaxed);
+        }
+    }
+
+    /// Hands the connection to a sync thread for a checkpoint. Between
+    /// turns, so nothing else is using it.
+    fn checkpoint_away(&self) {
+        let Some(threads) = &self.inner.root.sync else { return };
+        let mut state = self.inner.lock();
+        if state.turn || state.lent || state.txn {
+            return;
+        }
+        let Some(conn) = state.conn.take() else { return };
+        state.wal_frames = 0;
+        self.inner.gate.leave();
+        drop(state);
+        let inner = self.inner.clone();
+        let back = Back(self.inner.gate.clone());
+        threads.submit(Box::new(move || {
+            let checkpointed = wal::checkpoint(&conn);
+            let mut state = inner.lock();
+            match checkpointed {
+                Ok(()) => state.conn = Some(conn),
+                Err(err) => {
+                    // The WAL may not have started over as it must (see
+                    // `wal.rs`): close the database instead; the next
+                    // access opens it again from what is on disk.
+                    tracing::warn!(%err, r#type = inner.type_name, object = %inner.id, "could not checkpoint the object's database; it is closed");
+                    state.wal = None;
+                    inner.flush.settle();
+                    drop(conn);
+                    inner.root.open.closed();
+                }
+            }
+            drop(state);
+            drop(back);
+        }));
+    }
+}
+
+/// A database being closed: what the close needs, owned, so that it can
+/// run on a sync thread after the storage moved on.
+pub(super) struct Closing {
+    pub(super) conn: Connection,
+    pub(super) root: Arc<StorageRoot>,
+    pub(super) flush: Arc<Flush>,
+    pub(super) type_name: &'static str,
+    pub(super) id: ObjectId,
+    /// A new database file and directories that no commit synced yet (the
+    /// object's first activation only read): synced before the close, so
+    /// that a later activation, which finds the file, can rely on it.
+    pub(super) new_paths: Vec<PathBuf>,
+    /// `delete_all` ran: remove the file if the storage stayed empty.
+    pub(super) maybe_empty: bool,
+    /// Commits wrote to the WAL since its last checkpoint.
+    pub(super) written: bool,
+    /// The database is a copy of its log (`replica.rs`): no checkpoint,
+    /// and it is never removed (the log would rebuild it anyway).
+    pub(super) replicated: bool,
+}
+
+impl Closing {
+    /// Closes the database: on a sync thread if the runtime has them (the
+    /// gate is away until it is done), otherwise here.
+    pub(super) fn start(self, gate: &Arc<Gate>) {
+        match self.root.sync.clone() {
+            Some(threads) => {
+                gate.leave();
+                let back = Back(gate.clone());
+                threads.submit(Box::new(move || {
+                    self.run();
+                    drop(back);
+                }));
+            }
+            None => self.run(),
+        }
+    }
+
+    /// Closes the database here.
+    pub(super) fn run(self) {
+        // Nothing held may wait for a file that is about to close.
+        self.flush.settle();
+        for path in &self.new_paths {
+            if let Err(err) = File::open(path).and_then(|file| file.sync_all()) {
+                tracing::warn!(%err, path = %path.display(), "could not sync a new object database's file or directory");
+            }
+        }
+        let empty = self.maybe_empty && !self.replicated && is_empty(&self.conn);
+        self.root.location.close(self.type_name, &self.id, self.conn, self.written, self.replicated);
+        if empty {
+            self.root.location.remove(self.type_name, &self.id);
+        }
+    }
+}
