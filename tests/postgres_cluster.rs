@@ -295,6 +295,47 @@ async fn a_hundred_races_from_two_clients_each_end_with_one_activation() {
     }
 }
 
+/// A node's own first call places the object in the caller's task; the
+/// calls of its stub still run in issue order when their futures are
+/// awaited in another order, and a first call whose future is kept but
+/// never polled still runs.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_nodes_own_first_calls_run_however_their_futures_are_polled() {
+    let cluster = PgCluster::start(&[], LEASE);
+    let identity = stead::tls::dev_identity(&cluster.tls_dir(), "lagos").unwrap();
+    let builder = Runtime::builder()
+        .node("lagos")
+        .postgres(cluster.pg.conninfo())
+        .listen("127.0.0.1:0".parse().unwrap())
+        .lease(LEASE)
+        .tls(identity)
+        .secret(SECRET)
+        .in_memory()
+        .host::<Register>();
+    let node = liveness(builder).build().await.unwrap();
+    let registers = node.namespace::<Register>();
+    let within = Duration::from_secs(10);
+
+    // The second call is awaited first: it runs after the first all the same.
+    let stub = registers.stub(&registers.unique_id());
+    let (first, second) = (stub.add(1), stub.add(2));
+    let second = tokio::time::timeout(within, second).await.expect("the second call got no reply");
+    assert_eq!(second.unwrap().unwrap(), 3);
+    assert_eq!(first.await.unwrap().unwrap(), 1);
+    assert_eq!(stub.add(3).await.unwrap().unwrap(), 6, "later calls go to the object here");
+
+    // A first call kept and never polled is placed and run all the same.
+    let id = registers.unique_id();
+    let kept = registers.stub(&id).add(5);
+    let deadline = Instant::now() + within;
+    while registers.stub(&id).add(0).await.unwrap().unwrap() != 5 {
+        assert!(Instant::now() < deadline, "a first call that was never polled did not run");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    drop(kept);
+    node.shutdown().await.unwrap();
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_node_that_joins_late_is_discovered_and_used() {
     let mut cluster = PgCluster::start(&["ohio", "seoul"], LEASE);

@@ -19,7 +19,7 @@ use serde::de::DeserializeOwned;
 use stead_transport::codec;
 use tokio::sync::oneshot;
 
-use crate::cluster::{Cluster, ClusterRoute, RemoteReply};
+use crate::cluster::{Cluster, ClusterRoute, FirstReply, RemoteReply, Sent};
 use crate::error::{Error, Result};
 use crate::host::Host;
 use crate::id::ObjectId;
@@ -196,10 +196,11 @@ impl StubCore {
                     hosted.send(address.id, Message::Call(call), Driver::Caller).map_err(|(err, _)| err)?;
                 Ok(Reply::Local(LocalReply::new(receiver, activation)))
             }
-            Route::Cluster(route) => {
-                let seq = route.send(call)?;
-                Ok(Reply::Remote(RemoteReply::new(receiver, route.inbound.clone(), seq)))
-            }
+            Route::Cluster(route) => Ok(match route.send(call)? {
+                Sent::Remote(seq) => Reply::Remote(RemoteReply::new(receiver, route.inbound.clone(), seq)),
+                Sent::Local(activation) => Reply::Local(LocalReply::new(receiver, activation)),
+                Sent::First(opening) => Reply::First(FirstReply::new(opening, receiver)),
+            }),
             Route::NotHosted => Err(Error::not_hosted(address.type_name)),
         }
     }
@@ -212,10 +213,11 @@ impl fmt::Debug for StubCore {
 }
 
 /// The reply to a queued call: from an object of this runtime, or through
-/// the cluster.
+/// the cluster (the first call of a cluster stub finds its object first).
 enum Reply {
     Local(LocalReply),
     Remote(RemoteReply),
+    First(FirstReply),
 }
 
 impl Future for Reply {
@@ -225,6 +227,7 @@ impl Future for Reply {
         match self.get_mut() {
             Reply::Local(reply) => Pin::new(reply).poll(cx),
             Reply::Remote(reply) => Pin::new(reply).poll(cx),
+            Reply::First(reply) => Pin::new(reply).poll(cx),
         }
     }
 }

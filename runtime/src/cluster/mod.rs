@@ -32,7 +32,8 @@
 //! | `postgres.rs` | PostgreSQL: the connection, the schema and its version, the directory kept there |
 //! | `inspect.rs` | PostgreSQL: a read-only view of the tables, for the `stead` command |
 //! | `membership.rs` | PostgreSQL: nodes' registration, leases and self-fencing, the members |
-//! | `route.rs` | the caller's side: a stub's stream, opened on its first call |
+//! | `route.rs` | the caller's side: a stub's route, its stream or this node's mailbox |
+//! | `opening.rs` | a stub's first call: finding the object, in the caller's poll |
 //! | `outbound.rs`, `inbound.rs` | requests written, and responses read, by the callers themselves |
 //! | `serve.rs` | the serving side: streams from other processes, run as calls |
 
@@ -42,6 +43,7 @@ mod directory;
 mod inbound;
 pub mod inspect;
 mod membership;
+mod opening;
 mod orphans;
 mod outbound;
 mod placement;
@@ -53,9 +55,10 @@ mod serve;
 pub(crate) use config::ClusterConfig;
 pub use directory::Directory;
 pub(crate) use inbound::RemoteReply;
+pub(crate) use opening::FirstReply;
 pub(crate) use orphans::adopt_alarms;
 pub(crate) use placement::Cluster;
 pub use placement::NodeInfo;
 pub(crate) use replication::PostgresLog;
-pub(crate) use route::ClusterRoute;
+pub(crate) use route::{ClusterRoute, Sent};
 pub(crate) use serve::serve;

@@ -12,8 +12,8 @@
 //! alone writes, with its own waker, until the buffer is empty; a caller's
 //! write (which registers no real waker) would otherwise replace the pump's,
 //! and nobody would be woken when the peer reads on. Calls made before the stream
-//! is open wait in the pump's queue; the pump moves them to the stream, in
-//! order, in the same critical section in which it opens it to callers.
+//! is open wait in the stub's queue (`route.rs`); the first call's search
+//! moves them to the stream, in order, before it opens it to callers.
 
 use std::pin::Pin;
 use std::sync::Mutex;
@@ -79,19 +79,14 @@ impl Outbound {
         }
     }
 
-    /// Sends `call` on the stream if it is open, returning its sequence
-    /// number; otherwise hands it to `queue` (the pump's queue), under the
-    /// same lock as the opening, so that no call can slip between the two.
-    /// A call beyond the stub's bounds is refused with `Overloaded`.
-    pub(crate) fn send(
-        &self,
-        call: Call,
-        inbound: &Inbound,
-        queue: impl FnOnce(Call) -> Result<()>,
-    ) -> Result<Option<u64>> {
+    /// Sends `call` on the stream, which the stub's first call opened,
+    /// returning its sequence number. A call beyond the stub's bounds is
+    /// refused with `Overloaded`.
+    pub(crate) fn send(&self, call: Call, inbound: &Inbound) -> Result<Option<u64>> {
         let mut state = lock(&self.state);
         if state.send.is_none() {
-            return queue(call).map(|()| None);
+            // Never open, or finished: nothing is sent on it any more.
+            return Err(inbound.broken_error());
         }
         let seq = state.push(call, inbound)?;
         if state.blocked {

@@ -30,6 +30,7 @@ mod schedule;
 mod visit;
 pub(crate) mod watchdog;
 
+pub(crate) use activation::Activation;
 pub(crate) use alarms::run_scheduler;
 pub use alarms::{MAX_ALARM_RETRIES, MAX_ALARMS_IN_FLIGHT};
 pub(crate) use drive::LocalReply;
