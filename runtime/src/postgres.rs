@@ -23,30 +23,19 @@ pub type Param = Box<dyn ToSql + Send + Sync>;
 /// everywhere, as if it had panicked: its writes are rolled back, its
 /// instance is dropped, and nothing of it is visible in PostgreSQL.
 ///
+/// In an order object's method (the README has the whole object):
+///
 /// ```no_run
-/// use stead::{Context, durable_object, pg_params};
+/// # fn pay(ctx: &stead_runtime::Context, total_cents: i64) -> stead_runtime::Result<()> {
+/// use stead_runtime::pg_params;
 ///
-/// pub struct Order {
-///     ctx: Context,
-/// }
-///
-/// #[durable_object]
-/// impl Order {
-///     pub fn new(ctx: Context) -> Self {
-///         Order { ctx }
-///     }
-///
-///     /// Marks the order paid, and records it in the shop's `orders`
-///     /// table in the same transaction.
-///     pub fn pay(&mut self, total_cents: i64) -> stead::Result<()> {
-///         self.ctx.storage().put("paid", &total_cents)?;
-///         let id = self.ctx.id().to_string();
-///         self.ctx.postgres().execute(
-///             "INSERT INTO orders (id, total_cents) VALUES ($1, $2)",
-///             pg_params![id, total_cents],
-///         )
-///     }
-/// }
+/// // The order is paid, and the shop's `orders` table says so, together.
+/// ctx.storage().put("paid", &total_cents)?;
+/// ctx.postgres().execute(
+///     "INSERT INTO orders (id, total_cents) VALUES ($1, $2)",
+///     pg_params![ctx.id().to_string(), total_cents],
+/// )
+/// # }
 /// ```
 #[derive(Clone, Debug)]
 pub struct Postgres {
