@@ -22,10 +22,9 @@ use std::time::Duration;
 
 mod common;
 
-use common::{Counter, in_task};
+use common::{Counter, Register, in_task, value};
 use criterion::{Criterion, criterion_group, criterion_main};
 use stead::Runtime;
-use stead::{Context, durable_object};
 use stead_pgtemp::TempPostgres;
 
 fn placement(c: &mut Criterion) {
@@ -104,28 +103,6 @@ fn placement(c: &mut Criterion) {
         static_node.shutdown().await.unwrap();
         postgres_node.shutdown().await.unwrap();
     });
-}
-
-pub struct Register {
-    ctx: Context,
-}
-
-#[durable_object]
-impl Register {
-    pub async fn new(ctx: Context) -> Self {
-        Register { ctx }
-    }
-
-    pub fn put(&mut self, value: Vec<u8>) -> stead::Result<()> {
-        self.ctx.storage().put("v", &value)
-    }
-}
-
-/// A 100-byte value that differs from the last one written.
-fn value(seq: u64) -> Vec<u8> {
-    let mut value = vec![7u8; 100];
-    value[..8].copy_from_slice(&seq.to_le_bytes());
-    value
 }
 
 /// Concurrent callers of `replicated_throughput`.

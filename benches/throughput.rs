@@ -23,39 +23,16 @@ use std::time::{Duration, Instant};
 
 mod common;
 
+use common::{Register, value};
+
 use criterion::{BenchmarkId, Criterion, criterion_group, criterion_main};
 use stead::rusqlite::{Connection, params};
-use stead::{Context, Durability, DurableObject, Runtime, durable_object};
+use stead::{Durability, DurableObject, Runtime};
 
 /// Concurrent callers.
 const CALLERS: usize = 64;
 /// Threads of the `rusqlite_threads` baseline.
 const THREADS: usize = 16;
-/// Bytes per value.
-const VALUE: usize = 100;
-
-pub struct Register {
-    ctx: Context,
-}
-
-#[durable_object]
-impl Register {
-    pub async fn new(ctx: Context) -> Self {
-        Register { ctx }
-    }
-
-    pub fn put(&mut self, value: Vec<u8>) -> stead::Result<()> {
-        self.ctx.storage().put("v", &value)
-    }
-}
-
-/// A 100-byte value that differs from the last (SQLite skips rewriting an
-/// unchanged row, which would measure no durable work).
-fn value(seq: u64) -> Vec<u8> {
-    let mut value = vec![7u8; VALUE];
-    value[..8].copy_from_slice(&seq.to_le_bytes());
-    value
-}
 
 /// Every caller's latency of one benchmark, for p50 and p99.
 #[derive(Default, Clone)]

@@ -26,6 +26,30 @@ impl Counter {
     }
 }
 
+/// The object the durable benchmarks write to: one value in storage.
+pub struct Register {
+    ctx: Context,
+}
+
+#[durable_object]
+impl Register {
+    pub async fn new(ctx: Context) -> Self {
+        Register { ctx }
+    }
+
+    pub fn put(&mut self, value: Vec<u8>) -> stead::Result<()> {
+        self.ctx.storage().put("v", &value)
+    }
+}
+
+/// A 100-byte value that differs from the last (SQLite skips rewriting an
+/// unchanged row, which would measure no durable work).
+pub fn value(seq: u64) -> Vec<u8> {
+    let mut value = vec![7u8; 100];
+    value[..8].copy_from_slice(&seq.to_le_bytes());
+    value
+}
+
 /// Measures `iters` runs of `op`, awaited one after another inside one
 /// task of `tokio`: each call is made from a runtime worker, as the callers
 /// of a stead object are, rather than from the benchmark thread through one
