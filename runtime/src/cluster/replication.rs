@@ -43,7 +43,7 @@ use tokio_postgres::types::{ToSql, Type};
 use super::postgres::{Pg, PgConn, get, pg_error};
 use crate::error::{Error, Result};
 use crate::id::ObjectId;
-use crate::storage::{Entry, Fetched, Head, ObjectLog};
+use crate::storage::{Appended, Entry, Fetched, Head, ObjectLog};
 
 /// The most entries one shipment carries.
 const MAX_BATCH: usize = 256;
@@ -98,7 +98,7 @@ type Reply<T> = std::sync::mpsc::SyncSender<Result<T>>;
 /// An entry waiting to be shipped, and who waits for it.
 struct Append {
     entry: Entry,
-    reply: Reply<i64>,
+    done: Appended,
 }
 
 /// The objects' log in the cluster's PostgreSQL, for node `me`.
@@ -187,7 +187,19 @@ impl ObjectLog for PostgresLog {
     }
 
     fn append(&self, entry: Entry) -> Result<i64> {
-        self.wait("shipping a turn's writes", |reply| self.appends.send(Append { entry, reply }).is_ok())
+        self.wait("shipping a turn's writes", |reply| {
+            let done: Appended = Box::new(move |appended| drop(reply.send(appended)));
+            self.appends.send(Append { entry, done }).is_ok()
+        })
+    }
+
+    fn append_then(&self, entry: Entry, done: Appended) {
+        if let Err(unsent) = self.appends.send(Append { entry, done }) {
+            let Append { done, .. } = unsent.0;
+            done(Err(Error::Unavailable(
+                "the runtime is shutting down (shipping a turn's writes); retry later".into(),
+            )));
+        }
     }
 
     fn snapshot(
@@ -314,16 +326,17 @@ async fn ship(pg: Pg, me: Arc<str>, queue: Arc<AsyncMutex<mpsc::UnboundedReceive
                 }
             }
         }
-        let (with_statements, plain): (Vec<Append>, Vec<Append>) =
-            batch.into_iter().partition(|append| !append.entry.statements.is_empty());
-        if with_statements.is_empty() {
-            let outcomes = append_plain(&pg, &me, &plain).await;
-            answer(plain, outcomes, &me);
+        // Entries with the application's statements first, each in a
+        // savepoint of one transaction; without any, one pipelined batch.
+        batch.sort_by_key(|append| append.entry.statements.is_empty());
+        let (entries, dones): (Vec<Entry>, Vec<Appended>) =
+            batch.into_iter().map(|append| (append.entry, append.done)).unzip();
+        let outcomes = if entries.iter().all(|entry| entry.statements.is_empty()) {
+            append_plain(&pg, &me, &entries).await
         } else {
-            let all: Vec<Append> = with_statements.into_iter().chain(plain).collect();
-            let outcomes = append_in_transaction(&pg, &me, &all).await;
-            answer(all, outcomes, &me);
-        }
+            append_in_transaction(&pg, &me, &entries).await
+        };
+        answer(&entries, dones, outcomes, &me);
     }
 }
 
@@ -336,8 +349,8 @@ enum Outcome {
     Refused(String),
 }
 
-fn answer(batch: Vec<Append>, outcomes: Result<Vec<Outcome>>, me: &str) {
-    for (i, Append { entry, reply }) in batch.into_iter().enumerate() {
+fn answer(entries: &[Entry], dones: Vec<Appended>, outcomes: Result<Vec<Outcome>>, me: &str) {
+    for (i, (entry, done)) in entries.iter().zip(dones).enumerate() {
         let result = match &outcomes {
             Err(err) => Err(err.clone()),
             Ok(outcomes) => match outcomes.get(i) {
@@ -350,7 +363,7 @@ fn answer(batch: Vec<Append>, outcomes: Result<Vec<Outcome>>, me: &str) {
                 ))),
             },
         };
-        let _ = reply.send(result);
+        done(result);
     }
 }
 
@@ -364,10 +377,10 @@ fn fenced(type_name: &str, id: &ObjectId, me: &str) -> Error {
 /// Appends entries without statements: one statement each, all sent at
 /// once (pipelined) in one transaction, so that the batch costs one round
 /// trip and one commit. A single entry needs no explicit transaction.
-async fn append_plain(pg: &Pg, me: &str, batch: &[Append]) -> Result<Vec<Outcome>> {
+async fn append_plain(pg: &Pg, me: &str, batch: &[Entry]) -> Result<Vec<Outcome>> {
     pg.with("shipping turns' writes", |c| async move {
         let client = &c.client;
-        let appends = batch.iter().map(|append| append_one(&c, me, &append.entry));
+        let appends = batch.iter().map(|entry| append_one(&c, me, entry));
         if batch.len() == 1 {
             return futures_util::future::try_join_all(appends).await;
         }
@@ -427,7 +440,7 @@ const APPEND_TYPES: &[Type] = &[
 /// Appends entries with the application's statements: one transaction,
 /// each entry with its statements in a savepoint, so that a failing
 /// statement undoes only its own turn.
-async fn append_in_transaction(pg: &Pg, me: &str, batch: &[Append]) -> Result<Vec<Outcome>> {
+async fn append_in_transaction(pg: &Pg, me: &str, batch: &[Entry]) -> Result<Vec<Outcome>> {
     pg.with("shipping turns' writes with their statements", |c| async move {
         let outcomes = transact(&c, me, batch).await;
         if outcomes.is_err() {
@@ -443,20 +456,20 @@ async fn append_in_transaction(pg: &Pg, me: &str, batch: &[Append]) -> Result<Ve
 async fn transact(
     c: &PgConn,
     me: &str,
-    batch: &[Append],
+    batch: &[Entry],
 ) -> std::result::Result<Vec<Outcome>, tokio_postgres::Error> {
     let client = &c.client;
     client.batch_execute("BEGIN").await?;
     let mut outcomes = Vec::with_capacity(batch.len());
-    for append in batch {
+    for entry in batch {
         client.batch_execute("SAVEPOINT stead_turn").await?;
-        let Outcome::Appended(seq) = append_one(c, me, &append.entry).await? else {
+        let Outcome::Appended(seq) = append_one(c, me, entry).await? else {
             client.batch_execute("ROLLBACK TO SAVEPOINT stead_turn").await?;
             outcomes.push(Outcome::Fenced);
             continue;
         };
         let mut refused = None;
-        for statement in &append.entry.statements {
+        for statement in &entry.statements {
             let params = statement.params.iter().map(|p| p.as_ref() as &(dyn ToSql + Sync));
             if let Err(err) = client.execute_raw(statement.sql.as_str(), params).await {
                 if err.as_db_error().is_none() {

@@ -158,8 +158,7 @@ impl Flush {
         let full = state.held.len() >= MAX_HELD;
         drop(state);
         if start {
-            let flush = self.clone();
-            threads.submit(Box::new(move || flush.sync_until_done()));
+            self.start_job(threads);
         }
         if full {
             self.wait_for(upto, threads);
@@ -177,8 +176,9 @@ impl Flush {
         let mut state = lock(&self.state);
         if state.durable < upto && !state.syncing && state.failed.is_none() {
             state.syncing = true;
-            let flush = self.clone();
-            threads.submit(Box::new(move || flush.sync_until_done()));
+            drop(state);
+            self.start_job(threads);
+            state = lock(&self.state);
         }
         while state.durable < upto && state.failed.is_none() {
             state = self.synced.wait(state).unwrap_or_else(|poisoned| poisoned.into_inner());
@@ -191,6 +191,10 @@ impl Flush {
     pub(crate) fn settle(&self) {
         let work = {
             let mut state = lock(&self.state);
+            // A shipment in flight finishes first: one at a time.
+            while state.syncing && state.replica.is_some() && state.failed.is_none() {
+                state = self.synced.wait(state).unwrap_or_else(|poisoned| poisoned.into_inner());
+            }
             if state.durable >= state.committed {
                 return;
             }
@@ -250,6 +254,65 @@ impl Flush {
                 .and_then(|()| wal.as_deref().map_or(Ok(()), File::sync_data))
                 .map_err(|err| sync_failed(&err.to_string())),
         };
+        self.finish(upto, outcome);
+    }
+
+    /// Starts the job that makes the commits so far durable (the caller
+    /// set `syncing`): a sync thread's, or for a replicated object a
+    /// shipment that needs no thread of its own (see `ship_next`).
+    fn start_job(self: &Arc<Self>, threads: &SyncThreads) {
+        let flush = self.clone();
+        if lock(&self.state).replica.is_some() {
+            flush.ship_next(threads.clone());
+        } else {
+            threads.submit(Box::new(move || flush.sync_until_done()));
+        }
+    }
+
+    /// Ships what was committed since the last shipment without waiting
+    /// for it: the frames are read here, the log's thread appends them and
+    /// then releases what they cover and ships what was committed
+    /// meanwhile. No sync thread stands between a turn and PostgreSQL (two
+    /// thread hand-offs fewer per shipment). A snapshot due first is
+    /// shipped from a sync thread, which waits for it.
+    fn ship_next(self: Arc<Self>, threads: SyncThreads) {
+        let (upto, replica, pending) = {
+            let mut state = lock(&self.state);
+            if state.durable >= state.committed || state.failed.is_some() {
+                state.syncing = false;
+                drop(state);
+                self.synced.notify_all();
+                return;
+            }
+            let Work { upto, ship, .. } = state.work();
+            let Some((replica, pending)) = ship else {
+                // Not replicated any more (a reset): the thread's job.
+                drop(state);
+                let flush = self.clone();
+                threads.submit(Box::new(move || flush.sync_until_done()));
+                return;
+            };
+            (upto, replica, pending)
+        };
+        let flush = self.clone();
+        let next = threads.clone();
+        let shipped = replica.ship_then(pending, move |outcome| {
+            flush.finish(upto, outcome);
+            flush.ship_next(next);
+        });
+        if let Err(pending) = shipped {
+            threads.submit(Box::new(move || {
+                let outcome = replica.ship(pending);
+                self.finish(upto, outcome);
+                self.sync_until_done();
+            }));
+        }
+    }
+
+    /// Records that the commits up to `upto` are durable (or could not be
+    /// made so), and releases what waited for them (all that is held, on a
+    /// failure).
+    fn finish(&self, upto: u64, outcome: Result<()>) {
         let mut state = lock(&self.state);
         let released: Vec<(Release, Result<()>)> = match outcome {
             Ok(()) => {

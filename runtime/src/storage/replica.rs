@@ -75,6 +75,10 @@ pub(crate) trait ObjectLog: Send + Sync + 'static {
     /// entries: group commit); returns the entry's number.
     fn append(&self, entry: Entry) -> Result<i64>;
 
+    /// Like [`append`](Self::append) without waiting: `done` gets the
+    /// outcome, from the log's own thread.
+    fn append_then(&self, entry: Entry, done: Appended);
+
     /// Stores `data` as the object's database as of entry `seq`, and trims
     /// the log up to it, unless the object's epoch moved on.
     fn snapshot(
@@ -86,6 +90,9 @@ pub(crate) trait ObjectLog: Send + Sync + 'static {
         data: Vec<u8>,
     ) -> Result<()>;
 }
+
+/// What runs once an entry is appended (or could not be).
+pub(crate) type Appended = Box<dyn FnOnce(Result<i64>) + Send>;
 
 /// Where an object's log stands.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -286,30 +293,88 @@ impl Replica {
         // The shipped end is newer after a checkpoint (zero) or a reopen.
         let end = pending.end.max(shipped.end);
         if end > shipped.end || !pending.statements.is_empty() || pending.alarm.is_some() {
-            let mut frames = vec![0; usize::try_from(end - shipped.end).unwrap_or(0)];
-            self.wal.read_exact_at(&mut frames, shipped.end).map_err(|e| {
-                Error::Storage(format!(
-                    "could not read back the WAL of {} to ship it: {e}",
-                    self.db.display()
-                ))
-            })?;
-            let entry = Entry {
-                type_name: self.type_name,
-                id: self.id,
-                epoch: self.epoch,
-                seq: shipped.seq + 1,
-                wal_offset: i64::try_from(shipped.end).unwrap_or(i64::MAX),
-                frames,
-                statements: pending.statements,
-                alarm: pending.alarm,
-            };
+            let entry = self.entry(&shipped, end, pending)?;
             shipped.seq = self.log.append(entry)?;
             shipped.end = end;
         }
-        let marker = Marker { head: Head { epoch: self.epoch, seq: shipped.seq }, end: shipped.end };
-        // Not synced: a marker lost in a crash only costs a rebuild.
-        let _ = marker.write(&self.marker);
+        self.mark(&shipped);
         Ok(())
+    }
+
+    /// Ships like [`ship`](Self::ship) without waiting: reads the frames
+    /// here and hands the entry to the log, whose thread runs `done` with
+    /// the outcome once the entry is appended (or at once if there is
+    /// nothing to ship). Only one shipment of an object may be in flight.
+    /// A snapshot due first needs the waiting path: `pending` is handed
+    /// back.
+    pub(crate) fn ship_then(
+        self: &Arc<Self>,
+        pending: Pending,
+        done: impl FnOnce(Result<()>) + Send + 'static,
+    ) -> std::result::Result<(), Pending> {
+        let shipped = lock(&self.shipped);
+        if shipped.snapshot {
+            return Err(pending);
+        }
+        let end = pending.end.max(shipped.end);
+        if end <= shipped.end && pending.statements.is_empty() && pending.alarm.is_none() {
+            drop(shipped);
+            done(Ok(()));
+            return Ok(());
+        }
+        let entry = match self.entry(&shipped, end, pending) {
+            Ok(entry) => entry,
+            Err(err) => {
+                drop(shipped);
+                self.discard_local();
+                done(Err(err));
+                return Ok(());
+            }
+        };
+        drop(shipped);
+        let replica = self.clone();
+        self.log.append_then(
+            entry,
+            Box::new(move |appended| {
+                let outcome = appended.map(|seq| {
+                    let mut shipped = lock(&replica.shipped);
+                    shipped.seq = seq;
+                    shipped.end = end;
+                    replica.mark(&shipped);
+                });
+                if outcome.is_err() {
+                    replica.discard_local();
+                }
+                done(outcome);
+            }),
+        );
+        Ok(())
+    }
+
+    /// The entry of the WAL from the shipped end to `end`, with `pending`'s
+    /// statements and alarm.
+    fn entry(&self, shipped: &Shipped, end: u64, pending: Pending) -> Result<Entry> {
+        let mut frames = vec![0; usize::try_from(end - shipped.end).unwrap_or(0)];
+        self.wal.read_exact_at(&mut frames, shipped.end).map_err(|e| {
+            Error::Storage(format!("could not read back the WAL of {} to ship it: {e}", self.db.display()))
+        })?;
+        Ok(Entry {
+            type_name: self.type_name,
+            id: self.id,
+            epoch: self.epoch,
+            seq: shipped.seq + 1,
+            wal_offset: i64::try_from(shipped.end).unwrap_or(i64::MAX),
+            frames,
+            statements: pending.statements,
+            alarm: pending.alarm,
+        })
+    }
+
+    /// Records in the marker what the log has now. Not synced: a marker
+    /// lost in a crash only costs a rebuild.
+    fn mark(&self, shipped: &Shipped) {
+        let marker = Marker { head: Head { epoch: self.epoch, seq: shipped.seq }, end: shipped.end };
+        let _ = marker.write(&self.marker);
     }
 
     /// Forgets the local copy (after a failed shipment): its next open
@@ -456,6 +521,10 @@ pub(crate) mod memory {
             assert_eq!(entry.seq, head.seq + 1, "entries are numbered in order");
             head.seq = entry.seq;
             Ok(head.seq)
+        }
+
+        fn append_then(&self, entry: Entry, done: Appended) {
+            done(self.append(entry));
         }
 
         fn snapshot(&self, _: &'static str, id: &ObjectId, _: i64, seq: i64, data: Vec<u8>) -> Result<()> {
