@@ -228,6 +228,9 @@ impl Flush {
                 let mut state = lock(&self.state);
                 if state.durable >= state.committed || state.failed.is_some() {
                     state.syncing = false;
+                    drop(state);
+                    // A close may wait for the job to be over (`settle`).
+                    self.synced.notify_all();
                     return;
                 }
                 state.work()
