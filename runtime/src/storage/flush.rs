@@ -264,12 +264,17 @@ impl Flush {
     /// set `syncing`): a sync thread's, or for a replicated object a
     /// shipment that needs no thread of its own (see `ship_next`).
     fn start_job(self: &Arc<Self>, threads: &SyncThreads) {
-        let flush = self.clone();
         if lock(&self.state).replica.is_some() {
-            flush.ship_next(threads.clone());
+            self.clone().ship_next(threads.clone());
         } else {
-            threads.submit(Box::new(move || flush.sync_until_done()));
+            self.submit_sync(threads);
         }
+    }
+
+    /// Runs the sync job on a sync thread.
+    fn submit_sync(self: &Arc<Self>, threads: &SyncThreads) {
+        let flush = self.clone();
+        threads.submit(Box::new(move || flush.sync_until_done()));
     }
 
     /// Ships what was committed since the last shipment without waiting
@@ -291,8 +296,7 @@ impl Flush {
             let Some((replica, pending)) = ship else {
                 // Not replicated any more (a reset): the thread's job.
                 drop(state);
-                let flush = self.clone();
-                threads.submit(Box::new(move || flush.sync_until_done()));
+                self.submit_sync(&threads);
                 return;
             };
             (upto, replica, pending)

@@ -290,10 +290,7 @@ impl Replica {
             self.log.snapshot(self.type_name, &self.id, self.epoch, shipped.seq, data)?;
             shipped.snapshot = false;
         }
-        // The shipped end is newer after a checkpoint (zero) or a reopen.
-        let end = pending.end.max(shipped.end);
-        if end > shipped.end || !pending.statements.is_empty() || pending.alarm.is_some() {
-            let entry = self.entry(&shipped, end, pending)?;
+        if let Some((entry, end)) = self.next_entry(&shipped, pending)? {
             shipped.seq = self.log.append(entry)?;
             shipped.end = end;
         }
@@ -316,22 +313,20 @@ impl Replica {
         if shipped.snapshot {
             return Err(pending);
         }
-        let end = pending.end.max(shipped.end);
-        if end <= shipped.end && pending.statements.is_empty() && pending.alarm.is_none() {
-            drop(shipped);
-            done(Ok(()));
-            return Ok(());
-        }
-        let entry = match self.entry(&shipped, end, pending) {
-            Ok(entry) => entry,
+        let next = self.next_entry(&shipped, pending);
+        drop(shipped);
+        let (entry, end) = match next {
+            Ok(Some(next)) => next,
+            Ok(None) => {
+                done(Ok(()));
+                return Ok(());
+            }
             Err(err) => {
-                drop(shipped);
                 self.discard_local();
                 done(Err(err));
                 return Ok(());
             }
         };
-        drop(shipped);
         let replica = self.clone();
         self.log.append_then(
             entry,
@@ -349,6 +344,18 @@ impl Replica {
             }),
         );
         Ok(())
+    }
+
+    /// The next entry to ship, with the WAL end it reaches: the WAL from
+    /// the shipped end to `pending`'s, with its statements and alarm; none
+    /// if there is nothing to ship.
+    fn next_entry(&self, shipped: &Shipped, pending: Pending) -> Result<Option<(Entry, u64)>> {
+        // The shipped end is newer after a checkpoint (zero) or a reopen.
+        let end = pending.end.max(shipped.end);
+        if end == shipped.end && pending.statements.is_empty() && pending.alarm.is_none() {
+            return Ok(None);
+        }
+        self.entry(shipped, end, pending).map(|entry| Some((entry, end)))
     }
 
     /// The entry of the WAL from the shipped end to `end`, with `pending`'s
