@@ -11,12 +11,14 @@
 //! The throw-away server needs PostgreSQL's binaries (`initdb`, `postgres`;
 //! Debian: `apt-get install postgresql`).
 
-use std::io::{BufRead, BufReader};
 use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use stead::{Context, Runtime, durable_object};
+
+#[path = "support/nodes.rs"]
+mod nodes;
+use nodes::Nodes;
 
 /// A list of deposits.
 pub struct Account {
@@ -83,20 +85,6 @@ async fn node(name: &str, base: &str) -> stead::Result<()> {
     rt.shutdown().await
 }
 
-fn spawn_node(name: &str, conninfo: &str, base: &std::path::Path) -> std::io::Result<Child> {
-    let mut child = Command::new(std::env::current_exe()?)
-        .args(["node", name, &base.display().to_string()])
-        .env(POSTGRES_VAR, conninfo)
-        .stdout(Stdio::piped())
-        .spawn()?;
-    if let Some(stdout) = child.stdout.take() {
-        let mut lines = BufReader::new(stdout).lines();
-        let _ = lines.by_ref().map_while(Result::ok).find(|line| line == "ready");
-        std::thread::spawn(move || lines.for_each(drop));
-    }
-    Ok(child)
-}
-
 async fn owner(conninfo: &str, id: &stead::ObjectId) -> stead::Result<String> {
     let unavailable = |e: tokio_postgres::Error| stead::Error::Unavailable(e.to_string());
     let (client, connection) =
@@ -112,9 +100,10 @@ async fn owner(conninfo: &str, id: &stead::ObjectId) -> stead::Result<String> {
 async fn everything(conninfo: &str) -> stead::Result<()> {
     let io = |e: std::io::Error| stead::Error::Transport(e.to_string());
     let base = base_dir();
-    let mut nodes: Vec<(&str, Child)> = Vec::new();
+    let base_arg = base.display().to_string();
+    let mut nodes = Nodes::default();
     for name in NODES {
-        nodes.push((name, spawn_node(name, conninfo, &base).map_err(io)?));
+        nodes.start(name, &[&base_arg], (POSTGRES_VAR, conninfo), "ready").map_err(io)?;
     }
     let client = builder("client", conninfo, &base)?.client().in_memory().build().await?;
     let accounts = client.namespace::<Account>();
@@ -127,9 +116,7 @@ async fn everything(conninfo: &str) -> stead::Result<()> {
             acknowledged += 1;
         }
         let victim = owner(conninfo, &id).await?;
-        let (_, child) = nodes.iter_mut().find(|(name, _)| *name == victim).expect("a node of ours");
-        child.kill().map_err(io)?;
-        child.wait().map_err(io)?;
+        nodes.kill(&victim).map_err(io)?;
         let killed = Instant::now();
         let count = loop {
             match accounts.stub(&id).deposits().await {
@@ -149,13 +136,10 @@ async fn everything(conninfo: &str) -> stead::Result<()> {
         assert!(count >= acknowledged, "an acknowledged deposit was lost");
         acknowledged = count;
         // The killed node comes back, empty-handed: a new incarnation.
-        *child = spawn_node(victim.as_str(), conninfo, &base).map_err(io)?;
+        nodes.start(&victim, &[&base_arg], (POSTGRES_VAR, conninfo), "ready").map_err(io)?;
     }
     client.shutdown().await?;
-    for (_, mut child) in nodes {
-        let _ = child.kill();
-        let _ = child.wait();
-    }
+    drop(nodes);
     let _ = std::fs::remove_dir_all(base);
     Ok(())
 }

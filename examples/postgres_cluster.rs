@@ -13,12 +13,14 @@
 //! The throw-away server needs PostgreSQL's binaries (`initdb`, `postgres`;
 //! Debian: `apt-get install postgresql`).
 
-use std::io::{BufRead, BufReader};
 use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use stead::{Context, Runtime, durable_object};
+
+#[path = "support/nodes.rs"]
+mod nodes;
+use nodes::Nodes;
 
 /// A text document that lives on one node.
 pub struct Document {
@@ -74,31 +76,13 @@ async fn node(name: &str) -> stead::Result<()> {
     rt.shutdown().await
 }
 
-/// Starts node `name` as a child process, once it listens.
-fn spawn_node(name: &str, conninfo: &str) -> std::io::Result<Child> {
-    let mut child = Command::new(std::env::current_exe()?)
-        .args(["node", name])
-        .env(POSTGRES_VAR, conninfo)
-        .stdout(Stdio::piped())
-        .spawn()?;
-    if let Some(stdout) = child.stdout.take() {
-        let mut lines = BufReader::new(stdout).lines();
-        if let Some(line) = lines.by_ref().map_while(Result::ok).find(|l| l.starts_with("node ")) {
-            println!("  {line}");
-        }
-        // Keep draining so the child never blocks on a full pipe.
-        std::thread::spawn(move || lines.for_each(drop));
-    }
-    Ok(child)
-}
-
 /// The one-command tour.
 async fn everything(conninfo: &str) -> stead::Result<()> {
     let io = |e: std::io::Error| stead::Error::Transport(e.to_string());
     println!("three nodes register in PostgreSQL (no peer list):");
-    let mut nodes = Vec::new();
+    let mut nodes = Nodes::default();
     for name in ["ohio", "seoul", "osaka"] {
-        nodes.push((name, spawn_node(name, conninfo).map_err(io)?));
+        println!("  {}", nodes.start(name, &[], (POSTGRES_VAR, conninfo), "node ").map_err(io)?);
     }
 
     let a = builder("worker-a", conninfo)?.client().in_memory().build().await?;
@@ -115,9 +99,7 @@ async fn everything(conninfo: &str) -> stead::Result<()> {
     println!("worker A wrote on seoul, worker B read: {}", read.unwrap_or_default());
 
     println!("kill -9 seoul (lease {LEASE:?}):");
-    let (_, seoul) = nodes.iter_mut().find(|(name, _)| *name == "seoul").expect("seoul was started");
-    seoul.kill().map_err(io)?;
-    seoul.wait().map_err(io)?;
+    nodes.kill("seoul").map_err(io)?;
     let killed = Instant::now();
     while a.nodes().await?.iter().any(|n| n.name == "seoul" && n.alive) {
         tokio::time::sleep(Duration::from_millis(20)).await;
@@ -142,7 +124,7 @@ async fn everything(conninfo: &str) -> stead::Result<()> {
     }
 
     println!("restart seoul:");
-    *seoul = spawn_node("seoul", conninfo).map_err(io)?;
+    println!("  {}", nodes.start("seoul", &[], (POSTGRES_VAR, conninfo), "node ").map_err(io)?);
     let fresh = documents.unique_id();
     let back = Instant::now();
     // Callers see the new incarnation once they read the members again.
@@ -155,10 +137,7 @@ async fn everything(conninfo: &str) -> stead::Result<()> {
     println!("  after {:.1?}, seoul is back and hosts new documents", back.elapsed());
     a.shutdown().await?;
     b.shutdown().await?;
-    for (_, mut child) in nodes {
-        let _ = child.kill();
-        let _ = child.wait();
-    }
+    drop(nodes);
     Ok(())
 }
 
