@@ -142,23 +142,41 @@ impl Endpoint {
         Ok(Endpoint { inner: endpoint, version, connect_timeout: liveness.connect_timeout })
     }
 
+    /// How long [`connect`](Self::connect) waits for a peer to answer.
+    pub fn connect_timeout(&self) -> Duration {
+        self.connect_timeout
+    }
+
     /// The address the endpoint is bound to.
     pub fn local_addr(&self) -> Result<SocketAddr, TransportError> {
         self.inner.local_addr().map_err(|e| TransportError::Bind(e.to_string()))
     }
 
-    /// Connects to node `name` at `addr`, checking its certificate.
+    /// Connects to node `name` at `addr`, checking its certificate; waits
+    /// at most the connect timeout.
     pub async fn connect(&self, addr: SocketAddr, name: &str) -> Result<Connection, TransportError> {
+        self.connect_within(addr, name, self.connect_timeout).await
+    }
+
+    /// [`connect`](Self::connect), waiting at most `timeout` (a caller that
+    /// knows the node's lease ends sooner than the connect timeout gives up
+    /// then: see the runtime's membership).
+    pub async fn connect_within(
+        &self,
+        addr: SocketAddr,
+        name: &str,
+        timeout: Duration,
+    ) -> Result<Connection, TransportError> {
         let connecting = self
             .inner
             .connect(addr, name)
             .map_err(|e| TransportError::Connect(format!("cannot connect to `{name}` at {addr}: {e}")))?;
-        match tokio::time::timeout(self.connect_timeout, connecting).await {
+        match tokio::time::timeout(timeout, connecting).await {
             Ok(Ok(conn)) => Ok(conn),
             Ok(Err(e)) => Err(connection_error(&format!("`{name}` at {addr}"), e)),
             Err(_) => Err(TransportError::Connect(format!(
-                "`{name}` at {addr} did not answer within {:?} (the connect timeout)",
-                self.connect_timeout
+                "`{name}` at {addr} did not answer within {timeout:?} (the connect timeout, or less when \
+                 the node's lease ends sooner)"
             ))),
         }
     }

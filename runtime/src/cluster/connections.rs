@@ -5,6 +5,7 @@
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use stead_transport::frame::{read_frame, write_frame};
 use stead_transport::{Connection, Endpoint, codec};
@@ -79,8 +80,17 @@ impl Connections {
         lock(&self.peers).keys().find(|name| Endpoint::certifies(conn, name)).cloned()
     }
 
-    /// A live connection to node `name`, made if needed.
-    pub(crate) async fn connect(&self, name: &str) -> Result<Connection> {
+    /// Whether this process had a connection to node `name` and lost it
+    /// (the node may be dead; its membership is worth reading again before
+    /// calls go there). False while a connection attempt is under way.
+    pub(crate) fn lost(&self, name: &str) -> bool {
+        let Some(peer) = lock(&self.peers).get(name).cloned() else { return false };
+        peer.live.try_lock().is_ok_and(|live| live.as_ref().is_some_and(|c| c.close_reason().is_some()))
+    }
+
+    /// A live connection to node `name`, made if needed, waiting at most
+    /// `within` for it when given (else the connect timeout).
+    pub(crate) async fn connect(&self, name: &str, within: Option<Duration>) -> Result<Connection> {
         let peer = lock(&self.peers)
             .get(name)
             .cloned()
@@ -91,7 +101,11 @@ impl Connections {
         {
             return Ok(conn.clone());
         }
-        let conn = self.endpoint.connect(peer.addr, name).await.map_err(|e| transport_to_error(name, e))?;
+        let connecting = match within {
+            Some(timeout) => self.endpoint.connect_within(peer.addr, name, timeout).await,
+            None => self.endpoint.connect(peer.addr, name).await,
+        };
+        let conn = connecting.map_err(|e| transport_to_error(name, e))?;
         self.agree(&conn, name).await?;
         *live = Some(conn.clone());
         Ok(conn)

@@ -151,7 +151,7 @@ impl CoordinatorClient {
     }
 
     async fn ask(&self, request: DirectoryRequest) -> Result<Option<String>> {
-        let conn = self.connections.connect(&self.coordinator).await?;
+        let conn = self.connections.connect(&self.coordinator, None).await?;
         ask(&conn, &self.coordinator, &request).await
     }
 }

@@ -53,8 +53,12 @@ RETURNING old.held";
 
 const LEAVE: &str = "UPDATE stead_nodes SET lease_until = now() WHERE name = $1 AND incarnation = $2";
 
-const MEMBERS: &str =
-    "SELECT name, incarnation, addr, hosts, lease_until > now() FROM stead_nodes ORDER BY name";
+/// The members, each with whether it is alive and how many seconds of its
+/// lease are left, by PostgreSQL's clock.
+const MEMBERS: &str = "
+SELECT name, incarnation, addr, hosts, lease_until > now(),
+       GREATEST(EXTRACT(EPOCH FROM lease_until - now()), 0)::float8
+FROM stead_nodes ORDER BY name";
 
 /// How long shutdown waits for PostgreSQL to take note that the node left.
 const LEAVE_TIMEOUT: Duration = Duration::from_secs(1);
@@ -135,6 +139,19 @@ pub(crate) struct Member {
     pub(crate) addr: SocketAddr,
     pub(crate) alive: bool,
     pub(crate) hosts: Vec<String>,
+    /// How much of its lease was left when the row was read, and when
+    /// that was (this process's clock).
+    lease_left: Duration,
+    read_at: Instant,
+}
+
+impl Member {
+    /// How much of the node's lease is left now, as far as this process
+    /// knows (zero for a dead node): a node that does not answer within it
+    /// is dead by then anyway.
+    pub(crate) fn lease_left(&self) -> Duration {
+        self.lease_left.saturating_sub(self.read_at.elapsed())
+    }
 }
 
 /// The membership connection (apart from the directory's, so that
@@ -144,6 +161,8 @@ pub(crate) struct Members {
     timeout: Duration,
     conn: AsyncMutex<Option<MembersConn>>,
     known: Mutex<HashMap<String, Member>>,
+    /// When the members were last read.
+    read_at: Mutex<Option<Instant>>,
 }
 
 struct MembersConn {
@@ -159,6 +178,7 @@ impl Members {
             timeout,
             conn: AsyncMutex::new(None),
             known: Mutex::new(HashMap::new()),
+            read_at: Mutex::new(None),
         }
     }
 
@@ -308,12 +328,13 @@ impl Members {
     /// nodes are. A row that cannot be read is skipped with a warning.
     /// Waits at most `timeout`.
     pub(crate) async fn refresh(&self, connections: &Connections, timeout: Duration) -> Result<Vec<Member>> {
+        let sent = Instant::now();
         let rows = self
             .with(timeout, "reading the cluster's members", async |c| c.client.query(&c.members, &[]).await)
             .await?;
         let mut members = Vec::with_capacity(rows.len());
         for row in &rows {
-            match member(row) {
+            match member(row, sent) {
                 Ok(member) => members.push(member),
                 Err(err) => tracing::warn!(%err, "skipped a row of stead_nodes"),
             }
@@ -324,7 +345,14 @@ impl Members {
             connections.set_peer(&member.name, member.addr, member.incarnation);
             known.insert(member.name.clone(), member.clone());
         }
+        drop(known);
+        *lock(&self.read_at) = Some(sent);
         Ok(members)
+    }
+
+    /// Whether the members were read less than `age` ago.
+    pub(crate) fn read_within(&self, age: Duration) -> bool {
+        lock(&self.read_at).is_some_and(|at| at.elapsed() < age)
     }
 
     /// Node `name` as last read, if it is a member.
@@ -345,8 +373,9 @@ impl Members {
     }
 }
 
-/// A row of `stead_nodes`, checked.
-fn member(row: &tokio_postgres::Row) -> Result<Member> {
+/// A row of `stead_nodes`, checked; `sent` is when it was asked for (the
+/// lease left is counted from then, to err on the short side).
+fn member(row: &tokio_postgres::Row, sent: Instant) -> Result<Member> {
     let name = get::<String>(row, 0, "stead_nodes.name")?;
     let addr_text = get::<String>(row, 2, "stead_nodes.addr")?;
     let addr = addr_text.parse().map_err(|e| {
@@ -360,6 +389,8 @@ fn member(row: &tokio_postgres::Row) -> Result<Member> {
         addr,
         hosts: get(row, 3, "stead_nodes.hosts")?,
         alive: get(row, 4, "lease_until > now()")?,
+        lease_left: Duration::try_from_secs_f64(get(row, 5, "lease_until - now()")?).unwrap_or_default(),
+        read_at: sent,
         name,
     })
 }
