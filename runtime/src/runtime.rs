@@ -231,7 +231,10 @@ impl RuntimeBuilder {
         self
     }
 
-    /// How long a connection attempt to a peer may take (default 5 s).
+    /// How long a connection attempt to a peer may take (default 5 s). In
+    /// a PostgreSQL cluster an attempt also ends when the peer's lease, as
+    /// last read, runs out: a node that has not answered by then is dead.
+    /// It also bounds each use of PostgreSQL.
     pub fn connect_timeout(mut self, timeout: Duration) -> Self {
         self.cluster.liveness.connect_timeout = timeout;
         self
