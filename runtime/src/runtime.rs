@@ -479,7 +479,7 @@ impl RuntimeBuilder {
                 if data_dir.is_some() { self.max_open_databases } else { usize::MAX },
                 pressure,
             ),
-            alarms: AlarmIndex::open(data_dir.as_deref(), self.durability)?,
+            alarms: Arc::new(AlarmIndex::open(data_dir.as_deref(), self.durability)?),
             sync: (data_dir.is_some() && (self.durability == Durability::Full || log.is_some()))
                 .then(|| SyncThreads::new(self.sync_threads)),
             log,

@@ -246,7 +246,7 @@ impl Activation {
         let at = index.now().saturating_add(i64::try_from(delay.as_millis()).unwrap_or(i64::MAX));
         tracing::info!(object = %self.id, r#type = self.info.name, reason, retry, "the alarm failed; retrying");
         match index.schedule(self.info.name, &self.id, at, retry) {
-            Ok(()) => {
+            Ok(_) => {
                 self.info.observe.alarm(AlarmEvent::Retried);
                 AlarmTurn::Failed { failure, retry: Some(retry) }
             }

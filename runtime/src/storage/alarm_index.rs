@@ -14,20 +14,28 @@
 //!
 //! # Writes and durability
 //! Entries are written in batches (`group_commit.rs`): the `set_alarm`s of
-//! concurrent turns share one transaction and one sync, instead of queueing
-//! behind one lock for a sync each. The index is synced as the runtime's
-//! [`Durability`] says:
-//! - `Full`: the batch that holds an alarm's entry is fsynced before
-//!   `set_alarm` returns, so before the turn that set the alarm can commit:
-//!   a committed alarm always has its entry on disk.
-//! - `Normal`: no fsync per write. The entry reaches the operating system
-//!   before the turn's commit does, so a process crash, which `Normal`
-//!   survives, loses neither: a committed alarm keeps its entry. A power
-//!   loss may lose the last turns, and may also keep a turn's commit while
-//!   losing the unsynced entry written before it; so with `Normal`, opening
-//!   an object's database gives its alarm an entry if the object has none
-//!   (`AlarmIndex::ensure`): such an alarm fires, at the latest, when its
-//!   object is next used.
+//! concurrent turns share one transaction, instead of queueing behind one
+//! lock each. No write syncs (`synchronous = NORMAL` in WAL mode): the
+//! entry reaches the operating system before the turn's commit does, so a
+//! process crash loses neither, and a committed alarm keeps its entry. The
+//! index is made durable as the runtime's [`Durability`] says:
+//! - `Full`: `set_alarm` notes the batch that holds its entry, and the
+//!   output gate (`flush.rs`) syncs the index up to that batch
+//!   ([`sync_through`](AlarmIndex::sync_through), on a sync thread, one
+//!   `fdatasync` for every batch written since the last) *before* it syncs
+//!   the object's commit: so no reply leaves, and no alarm counts as set,
+//!   before its entry is on disk, and no thread that runs turns waits for
+//!   the index's disk. The index's WAL is checkpointed there too (every
+//!   [`CHECKPOINT_BATCHES`] batches), never by a writer.
+//! - `Normal`: nothing syncs the index but SQLite's own checkpoints.
+//!
+//! A power loss may lose the last turns, and may also keep a turn's commit
+//! while losing the unsynced entry written before it: with `Normal`, for
+//! any turn; with `Full`, only for a turn whose reply never left (the
+//! operating system may write the object's pages before the index's). So
+//! opening an object's database gives its alarm an entry if the object has
+//! none ([`ensure`](AlarmIndex::ensure)): such an alarm fires, at the
+//! latest, when its object is next used.
 //!
 //! # Delivery
 //! [`take_due`](AlarmIndex::take_due) hands the scheduler the earliest due
@@ -41,10 +49,12 @@
 //! ([`discard`](AlarmIndex::discard)): neither can ever be delivered.
 
 use std::collections::HashSet;
-use std::path::Path;
+use std::fs::File;
+use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::{Mutex, MutexGuard};
 
+use rusqlite::config::DbConfig;
 use rusqlite::types::Value;
 use rusqlite::{Connection, params};
 use tokio::sync::Notify;
@@ -86,10 +96,29 @@ struct Malformed {
     retries: Value,
 }
 
+/// Batches written between two checkpoints of the index's WAL
+/// (`Durability::Full`; see [`AlarmIndex::sync_through`]).
+pub(crate) const CHECKPOINT_BATCHES: u64 = 256;
+
+/// How far the index is durable (`Durability::Full`).
+#[derive(Default)]
+struct Synced {
+    /// Batches written and synced.
+    batches: u64,
+    /// `batches` at the last checkpoint.
+    checkpointed: u64,
+}
+
 /// The node-level index of alarms.
 pub(crate) struct AlarmIndex {
     conn: Mutex<Connection>,
     writes: GroupCommit<Change>,
+    /// The index's WAL, which the output gate syncs (`Durability::Full`,
+    /// on disk); none otherwise.
+    wal: Option<PathBuf>,
+    /// How far the WAL is synced; held during a sync, so that concurrent
+    /// syncers share one.
+    synced: Mutex<Synced>,
     /// Entries delivered whose turn has not finished: not delivered again
     /// while this process lives.
     in_flight: Mutex<HashSet<AlarmDue>>,
@@ -112,12 +141,15 @@ impl AlarmIndex {
             }
             None => (Connection::open_in_memory().map_err(|e| index_error("memory", e))?, "memory".into()),
         };
-        let synchronous = match durability {
-            Durability::Full => "FULL",
-            Durability::Normal => "NORMAL",
-        };
+        // With `Full`, the output gate syncs and checkpoints (see the
+        // module docs); a WAL that grew past 1 MiB is cut back to it.
+        let wal = (durability == Durability::Full)
+            .then(|| data_dir.map(|dir| dir.join("alarms.sqlite-wal")))
+            .flatten();
+        let checkpoints = if wal.is_some() { "PRAGMA wal_autocheckpoint = 0;" } else { "" };
         conn.execute_batch(&format!(
-            "PRAGMA journal_mode = WAL; PRAGMA synchronous = {synchronous};
+            "PRAGMA journal_mode = WAL; PRAGMA synchronous = NORMAL; {checkpoints}
+             PRAGMA journal_size_limit = 1048576;
              CREATE TABLE IF NOT EXISTS alarms (
                  type TEXT NOT NULL, id BLOB NOT NULL, at INTEGER NOT NULL, retries INTEGER NOT NULL,
                  PRIMARY KEY (type, id, at, retries)) WITHOUT ROWID;
@@ -125,9 +157,17 @@ impl AlarmIndex {
              CREATE INDEX IF NOT EXISTS alarms_by_type_and_time ON alarms (type, at);"
         ))
         .map_err(|e| index_error(&what, e))?;
+        if wal.is_some() {
+            // Nor does closing: the thread that drops the runtime would sync
+            // (what is unsynced then needs no sync: see `sync_through`).
+            conn.set_db_config(DbConfig::SQLITE_DBCONFIG_NO_CKPT_ON_CLOSE, true)
+                .map_err(|e| index_error(&what, e))?;
+        }
         Ok(AlarmIndex {
             conn: Mutex::new(conn),
             writes: GroupCommit::new(),
+            wal,
+            synced: Mutex::new(Synced::default()),
             in_flight: Mutex::new(HashSet::new()),
             changed: Notify::new(),
             skew: AtomicI64::new(0),
@@ -146,11 +186,44 @@ impl AlarmIndex {
         self.changed.notify_one();
     }
 
-    /// Adds an entry (idempotent); it is durable when this returns.
-    pub(crate) fn schedule(&self, type_name: &str, id: &ObjectId, at: i64, retries: u32) -> Result<()> {
+    /// Adds an entry (idempotent); returns the batch that wrote it (see
+    /// [`sync_through`](Self::sync_through)).
+    pub(crate) fn schedule(&self, type_name: &str, id: &ObjectId, at: i64, retries: u32) -> Result<u64> {
         let due = AlarmDue { type_name: type_name.to_string(), id: *id, at, retries };
-        self.write(vec![Change::Add(due)])?;
+        let batch = self.write(vec![Change::Add(due)])?;
         self.changed.notify_one();
+        Ok(batch)
+    }
+
+    /// Whether the output gate must sync the index before an object's
+    /// commit that set an alarm (`Durability::Full`, on disk).
+    pub(crate) fn synced_by_gate(&self) -> bool {
+        self.wal.is_some()
+    }
+
+    /// Makes every batch up to `batch` durable: one `fdatasync` of the WAL
+    /// covers every batch written before it began, so concurrent callers
+    /// share it. Every [`CHECKPOINT_BATCHES`] batches it also checkpoints
+    /// the WAL and starts it over (which syncs the database file and the
+    /// WAL's new header), holding off writers meanwhile. Blocks on the
+    /// disk: the output gate calls it on a sync thread.
+    ///
+    /// Batches that no commit waits for (an alarm delivered and removed, a
+    /// retry) are synced with the next that one does, or never: losing
+    /// them delivers an alarm again, which is allowed (at least once).
+    pub(crate) fn sync_through(&self, batch: u64) -> std::io::Result<()> {
+        let Some(wal) = &self.wal else { return Ok(()) };
+        let mut synced = lock(&self.synced);
+        if synced.batches >= batch {
+            return Ok(());
+        }
+        let written = self.writes.written();
+        File::open(wal)?.sync_data()?;
+        synced.batches = written;
+        if written - synced.checkpointed >= CHECKPOINT_BATCHES {
+            checkpoint(&self.conn()).map_err(std::io::Error::other)?;
+            synced.checkpointed = written;
+        }
         Ok(())
     }
 
@@ -275,7 +348,7 @@ impl AlarmIndex {
         found
     }
 
-    fn write(&self, changes: Vec<Change>) -> Result<()> {
+    fn write(&self, changes: Vec<Change>) -> Result<u64> {
         self.writes
             .submit(changes, |batch| self.write_batch(batch))
             .map_err(|err| Error::Storage(format!("the node's alarm index failed: {err}")))
@@ -324,6 +397,16 @@ impl AlarmIndex {
     fn conn(&self) -> MutexGuard<'_, Connection> {
         lock(&self.conn)
     }
+}
+
+/// Checkpoints the index (`synchronous = NORMAL`: SQLite syncs the WAL
+/// first and the database file after) and starts its WAL over with a
+/// commit that rewrites page 1 unchanged, which writes and syncs the WAL's
+/// new header, so that no writer does that later.
+fn checkpoint(conn: &Connection) -> rusqlite::Result<()> {
+    conn.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |_| Ok(()))?;
+    let version: i64 = conn.query_row("PRAGMA user_version", [], |row| row.get(0))?;
+    conn.execute_batch(&format!("BEGIN IMMEDIATE; PRAGMA user_version = {version}; COMMIT;"))
 }
 
 /// Adds to `found` the earliest `limit` entries of `type_name` due at
@@ -436,13 +519,42 @@ mod tests {
     }
 
     #[test]
-    fn with_normal_durability_the_index_is_not_synced_per_write() {
+    fn no_write_syncs_the_index() {
         let dir = tempfile::tempdir().unwrap();
-        let index = AlarmIndex::open(Some(dir.path()), Durability::Normal).unwrap();
-        let synchronous: i64 = index.conn().query_row("PRAGMA synchronous", [], |row| row.get(0)).unwrap();
-        assert_eq!(synchronous, 1, "synchronous = NORMAL: WAL commits are not synced");
+        for durability in [Durability::Normal, Durability::Full] {
+            let index = AlarmIndex::open(Some(dir.path()), durability).unwrap();
+            let synchronous: i64 =
+                index.conn().query_row("PRAGMA synchronous", [], |row| row.get(0)).unwrap();
+            assert_eq!(synchronous, 1, "synchronous = NORMAL: WAL commits are not synced");
+            assert_eq!(index.synced_by_gate(), durability == Durability::Full);
+        }
+    }
+
+    /// With `Full`, the gate's syncs checkpoint the index, and no writer
+    /// does: the WAL grows past SQLite's own checkpoint interval (1,000
+    /// pages) until a sync, and starts over after.
+    #[test]
+    fn the_gate_s_syncs_checkpoint_the_index() {
+        let dir = tempfile::tempdir().unwrap();
         let index = AlarmIndex::open(Some(dir.path()), Durability::Full).unwrap();
-        let synchronous: i64 = index.conn().query_row("PRAGMA synchronous", [], |row| row.get(0)).unwrap();
-        assert_eq!(synchronous, 2, "synchronous = FULL");
+        let wal_len = || std::fs::metadata(dir.path().join("alarms.sqlite-wal")).unwrap().len();
+        let writes = 3 * CHECKPOINT_BATCHES;
+        let mut last = 0;
+        for n in 0..writes {
+            last = index.schedule("T", &id(1), i64::try_from(n).unwrap(), 0).unwrap();
+        }
+        assert_eq!(last, writes, "one batch per write, written one after another");
+        // Each write adds a page to the table and one to its index.
+        assert!(wal_len() > 1200 * 4096, "no writer checkpointed: the WAL is {} bytes", wal_len());
+        index.sync_through(last).unwrap();
+        assert!(wal_len() <= 1 << 20, "the sync checkpointed and cut the WAL back: {} bytes", wal_len());
+        let (busy, frames): (i64, i64) = index
+            .conn()
+            .query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |row| Ok((row.get(0)?, row.get(1)?)))
+            .unwrap();
+        assert_eq!((busy, frames), (0, 1), "the WAL started over with one page");
+        assert_eq!(index.entries_of("T", &id(1)).unwrap().len(), writes as usize);
+        // Synced already: nothing to do.
+        index.sync_through(last).unwrap();
     }
 }

@@ -12,7 +12,9 @@
 //! that turn has finished: so no caller ever sees a write that a crash
 //! could take back, and one sync covers every turn committed since the one
 //! before (group commit, per object). The first sync of a new database also
-//! syncs its file and the directories it was created in.
+//! syncs its file and the directories it was created in; a sync of commits
+//! that set an alarm first syncs the node's alarm index through their
+//! entries (`alarm_index.rs`).
 //!
 //! A sync that fails fails every reply it held and every reply held after
 //! it (their turns may have built on the lost writes), and marks the object
@@ -36,6 +38,7 @@ use std::fs::File;
 use std::path::PathBuf;
 use std::sync::{Arc, Condvar, Mutex};
 
+use super::alarm_index::AlarmIndex;
 use super::replica::{Pending, Replica, Statement};
 use super::sync_threads::SyncThreads;
 use crate::error::{Error, Result};
@@ -69,6 +72,9 @@ struct State {
     /// Files and directories to sync before it: a new database file, and
     /// the directories it and its WAL were created in.
     paths: Vec<PathBuf>,
+    /// The node's alarm index, to sync through this batch before the WAL:
+    /// the entries of alarms the commits set (see `alarm_index.rs`).
+    index: Option<(Arc<AlarmIndex>, u64)>,
     /// Where to ship commits instead, when the storage is replicated.
     replica: Option<Arc<Replica>>,
     /// The end of the WAL after the newest commit to ship.
@@ -95,6 +101,7 @@ struct Work {
     upto: u64,
     wal: Option<Arc<File>>,
     paths: Vec<PathBuf>,
+    index: Option<(Arc<AlarmIndex>, u64)>,
     ship: Option<(Arc<Replica>, Pending)>,
 }
 
@@ -104,11 +111,22 @@ impl Flush {
     }
 
     /// Records a commit into `wal` that is not synced yet; `paths` are
-    /// synced with it (a new database: see `Opened::new_paths`).
-    pub(crate) fn committed(&self, wal: &Arc<File>, paths: Vec<PathBuf>) {
+    /// synced with it (a new database: see `Opened::new_paths`), and
+    /// before them the alarm index through the batch given, if the commit
+    /// set an alarm.
+    pub(crate) fn committed(
+        &self,
+        wal: &Arc<File>,
+        paths: Vec<PathBuf>,
+        index: Option<(Arc<AlarmIndex>, u64)>,
+    ) {
         let mut state = lock(&self.state);
         state.committed += 1;
         state.paths.extend(paths);
+        if let Some((alarms, batch)) = index {
+            let through = state.index.as_ref().map_or(0, |(_, held)| *held);
+            state.index = Some((alarms, batch.max(through)));
+        }
         if !state.wal.as_ref().is_some_and(|held| Arc::ptr_eq(held, wal)) {
             state.wal = Some(wal.clone());
         }
@@ -248,12 +266,14 @@ impl Flush {
     ///
     /// A replicated object's commits are shipped instead (`replica.rs`).
     fn sync(&self, work: Work) {
-        let Work { upto, wal, paths, ship } = work;
+        let Work { upto, wal, paths, index, ship } = work;
         let outcome = match ship {
             Some((replica, pending)) => replica.ship(pending),
-            None => paths
-                .iter()
-                .try_for_each(|path| File::open(path).and_then(|file| file.sync_all()))
+            None => index
+                .map_or(Ok(()), |(alarms, batch)| alarms.sync_through(batch))
+                .and_then(|()| {
+                    paths.iter().try_for_each(|path| File::open(path).and_then(|file| file.sync_all()))
+                })
                 .and_then(|()| wal.as_deref().map_or(Ok(()), File::sync_data))
                 .map_err(|err| sync_failed(&err.to_string())),
         };
@@ -353,7 +373,13 @@ impl State {
             let statements = std::mem::take(&mut self.statements);
             (replica, Pending { end: self.end, statements, alarm: self.alarm.take() })
         });
-        Work { upto: self.committed, wal: self.wal.clone(), paths: std::mem::take(&mut self.paths), ship }
+        Work {
+            upto: self.committed,
+            wal: self.wal.clone(),
+            paths: std::mem::take(&mut self.paths),
+            index: self.index.take(),
+            ship,
+        }
     }
 }
 
@@ -405,7 +431,7 @@ mod tests {
         let wal = wal();
         for n in 0..50 {
             if n % 3 != 0 {
-                flush.committed(&wal, Vec::new());
+                flush.committed(&wal, Vec::new(), None);
             }
             flush.release(&threads, make(n));
         }
@@ -427,7 +453,7 @@ mod tests {
         // No thread ever runs the job: only `settle` can release.
         let threads = SyncThreads::new(1);
         let (make, rx) = recorder();
-        flush.committed(&wal(), Vec::new());
+        flush.committed(&wal(), Vec::new(), None);
         lock(&flush.state).syncing = true;
         flush.release(&threads, make(7));
         assert!(rx.try_recv().is_err(), "held until synced");
@@ -442,7 +468,7 @@ mod tests {
         let (make, rx) = recorder();
         // Linux refuses to sync /dev/null (EINVAL): a real failing sync.
         let broken = Arc::new(File::open("/dev/null").unwrap());
-        flush.committed(&broken, Vec::new());
+        flush.committed(&broken, Vec::new(), None);
         flush.release(&threads, make(1));
         let (n, outcome) = rx.recv().unwrap();
         assert_eq!(n, 1);

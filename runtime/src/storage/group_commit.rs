@@ -53,21 +53,22 @@ impl<T> GroupCommit<T> {
     }
 
     /// Writes `changes` in the next batch, and returns once that batch is
-    /// written. If this writer writes the batch, it calls `write` with
-    /// every pending change; otherwise another writer's `write` does (all
-    /// writers of one `GroupCommit` pass the same function).
+    /// written, with its number (batches are numbered from 1, in the order
+    /// they are written). If this writer writes the batch, it calls `write`
+    /// with every pending change; otherwise another writer's `write` does
+    /// (all writers of one `GroupCommit` pass the same function).
     pub(crate) fn submit(
         &self,
         changes: impl IntoIterator<Item = T>,
         write: impl FnOnce(Vec<T>) -> Result<(), String>,
-    ) -> Result<(), String> {
+    ) -> Result<u64, String> {
         let mut queue = lock(&self.queue);
         queue.pending.extend(changes);
         queue.waiting += 1;
         let mine = queue.taken + 1;
         loop {
             if queue.written >= mine {
-                return queue.outcome(mine);
+                return queue.outcome(mine).map(|()| mine);
             }
             if !queue.writing {
                 break;
@@ -95,7 +96,12 @@ impl<T> GroupCommit<T> {
         }
         drop(queue);
         self.written.notify_all();
-        result
+        result.map(|()| mine)
+    }
+
+    /// How many batches have been written (successfully or not).
+    pub(crate) fn written(&self) -> u64 {
+        lock(&self.queue).written
     }
 
     /// How many changes wait for the next batch.
@@ -133,7 +139,7 @@ mod tests {
     fn writers_behind_a_slow_write(
         n: u32,
         outcome: Result<(), String>,
-    ) -> (Vec<Vec<u32>>, Vec<Result<(), String>>) {
+    ) -> (Vec<Vec<u32>>, Vec<Result<u64, String>>) {
         let group = Arc::new(GroupCommit::new());
         let batches = Arc::new(Mutex::new(Vec::new()));
         let (started, wait_started) = mpsc::channel();
@@ -167,7 +173,7 @@ mod tests {
             thread::sleep(Duration::from_millis(1));
         }
         release.send(()).unwrap();
-        assert_eq!(first.join().unwrap(), Ok(()));
+        assert_eq!(first.join().unwrap(), Ok(1));
         let outcomes = others.into_iter().map(|other| other.join().unwrap()).collect();
         let batches = std::mem::take(&mut *batches.lock().unwrap());
         (batches, outcomes)
@@ -179,12 +185,12 @@ mod tests {
         assert_eq!(batches.len(), 2, "one batch for the first writer, one for the seven others");
         batches[1].sort_unstable();
         assert_eq!(batches, [vec![0], (1..=7).collect::<Vec<_>>()]);
-        assert!(outcomes.iter().all(Result::is_ok));
+        assert!(outcomes.iter().all(|outcome| *outcome == Ok(2)), "all in batch 2: {outcomes:?}");
     }
 
     #[test]
     fn a_failed_batch_fails_every_writer_in_it() {
         let (_, outcomes) = writers_behind_a_slow_write(5, Err("disk full".into()));
-        assert_eq!(outcomes, vec![Err("disk full".to_string()); 5]);
+        assert_eq!(outcomes, vec![Err::<u64, _>("disk full".to_string()); 5]);
     }
 }

@@ -90,7 +90,7 @@ pub(crate) struct StorageRoot {
     pub(crate) location: Location,
     pub(crate) durability: Durability,
     pub(crate) open: OpenDatabases,
-    pub(crate) alarms: AlarmIndex,
+    pub(crate) alarms: Arc<AlarmIndex>,
     /// The threads that sync databases, when the runtime syncs them
     /// (`Durability::Full` on disk; see `flush.rs`).
     pub(crate) sync: Option<SyncThreads>,
@@ -198,6 +198,10 @@ struct State {
     /// Files and directories to sync with the next commit (see
     /// `Opened::new_paths`).
     new_paths: Vec<PathBuf>,
+    /// The alarm index's batch that holds the entry of an alarm the turn
+    /// set (0: none): synced before the turn's commit (see
+    /// `alarm_index.rs`).
+    index_batch: u64,
     /// Pages in the WAL after the last commit that wrote any since the
     /// database was opened or checkpointed (from the WAL hook, see
     /// `wal.rs`); 0 if none.
@@ -477,13 +481,16 @@ impl Storage {
         // The node's index first: if the turn then commits, the alarm is
         // found after a crash; if it rolls back, the index entry is checked
         // against this storage when it fires, and dropped.
-        self.inner.root.alarms.schedule(self.inner.type_name, &self.inner.id, at, 0)?;
+        let batch = self.inner.root.alarms.schedule(self.inner.type_name, &self.inner.id, at, 0)?;
         self.with_conn("set the alarm", |conn| {
             conn.prepare_cached("INSERT OR REPLACE INTO _stead_meta (name, value) VALUES ('alarm', ?1)")?
                 .execute([at])
                 .map(drop)
         })?;
-        self.lock().alarm = Some(Some(at));
+        let mut state = self.lock();
+        state.alarm = Some(Some(at));
+        // With `Full`, the output gate syncs the entry before the commit.
+        state.index_batch = state.index_batch.max(batch);
         Ok(())
     }
 
@@ -605,15 +612,15 @@ impl Storage {
         Ok(conn)
     }
 
-    /// With [`Durability::Normal`], gives the object's alarm an entry in the
-    /// node's index if it has none: a power loss may have kept the commit
-    /// that set the alarm but not the unsynced entry written before it (see
-    /// `alarm_index.rs`). With `Full` the entry was synced first.
+    /// Gives the object's alarm an entry in the node's index if it has
+    /// none: a power loss may have kept the commit that set the alarm but
+    /// not the unsynced entry written before it (with `Full`, only for a
+    /// turn whose reply never left; see `alarm_index.rs`). A replicated
+    /// object may also have been restored from the log, its alarm set on
+    /// another node.
     fn index_alarm_if_lost(&self, state: &State) {
         let root = &self.inner.root;
-        // A replicated object may have been restored from the log, its
-        // alarm set on another node.
-        if !self.inner.has_alarm || (root.durability != Durability::Normal && root.log.is_none()) {
+        if !self.inner.has_alarm {
             return;
         }
         let Some(conn) = state.conn.as_ref() else { return };

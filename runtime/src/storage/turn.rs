@@ -152,6 +152,7 @@ impl Storage {
         state.turn = false;
         state.savepoints = 0;
         let turn = Shipment { statements: std::mem::take(&mut state.statements), alarm: state.alarm.take() };
+        let index_batch = std::mem::take(&mut state.index_batch);
         if !std::mem::take(&mut state.txn) {
             return self.ship_statements(&state, turn);
         }
@@ -179,7 +180,10 @@ impl Storage {
         self.note_frames(&mut state, frames);
         if wrote && let Some(wal) = state.wal.clone() {
             let paths = std::mem::take(&mut state.new_paths);
-            self.inner.flush.committed(&wal, paths);
+            let root = &self.inner.root;
+            let index =
+                (index_batch > 0 && root.alarms.synced_by_gate()).then(|| (root.alarms.clone(), index_batch));
+            self.inner.flush.committed(&wal, paths, index);
         }
         Ok(())
     }
@@ -246,6 +250,7 @@ impl Storage {
         state.unknown_writes = false;
         state.statements.clear();
         state.alarm = None;
+        state.index_batch = 0;
         if std::mem::take(&mut state.txn)
             && let Some(conn) = state.conn.as_ref()
             && !conn.is_autocommit()
