@@ -20,8 +20,9 @@
 //!
 //! **Group commit.** Entries of many objects that are ready at the same
 //! moment share one statement, hence one transaction and one round trip:
-//! a few shippers each take every entry waiting (up to [`MAX_BATCH`]) when
-//! they are free. Entries that carry the application's statements
+//! a few connections ([`SHIPPERS`]) ship at once, each taking every entry
+//! waiting (up to [`MAX_BATCH`]) when it is free, the one used last first
+//! (see `dispatch`). Entries that carry the application's statements
 //! (`ctx.postgres()`) are shipped in an explicit transaction instead, each
 //! in a savepoint with its statements, so that one failing statement fails
 //! only its own turn.
@@ -37,7 +38,7 @@ use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 
-use tokio::sync::{Mutex as AsyncMutex, mpsc};
+use tokio::sync::mpsc;
 use tokio_postgres::types::{ToSql, Type};
 
 use super::postgres::{Pg, PgConn, get, pg_error};
@@ -132,10 +133,8 @@ impl PostgresLog {
             .map_err(failed)?;
         let me = Arc::<str>::from(me);
         let (appends, queue) = mpsc::unbounded_channel();
-        let queue = Arc::new(AsyncMutex::new(queue));
-        for _ in 0..SHIPPERS {
-            handle.spawn(ship(Pg::new(conninfo, timeout), me.clone(), queue.clone()));
-        }
+        let conns = (0..SHIPPERS).map(|_| Pg::new(conninfo, timeout)).collect();
+        handle.spawn(dispatch(conns, me.clone(), queue));
         let reads = Arc::new(Pg::new(conninfo, timeout));
         Ok(PostgresLog { handle, appends, reads, me, timeout, _stop: stop })
     }
@@ -308,36 +307,52 @@ async fn snapshot(
     }
 }
 
-/// A shipper: takes every entry waiting (up to [`MAX_BATCH`]) and ships
-/// them in one transaction, until the log is dropped.
-async fn ship(pg: Pg, me: Arc<str>, queue: Arc<AsyncMutex<mpsc::UnboundedReceiver<Append>>>) {
-    loop {
-        let mut batch = Vec::new();
-        {
-            let mut queue = queue.lock().await;
-            match queue.recv().await {
-                Some(append) => batch.push(append),
-                None => return,
+/// Hands the entries to the shippers' connections until the log is
+/// dropped: each shipment takes every entry waiting (up to [`MAX_BATCH`])
+/// once a connection is free, and ships them in one transaction. The
+/// connection used last goes first: under light load one connection (and
+/// its server process) does all the work and stays warm, which saves about
+/// 90 µs a shipment on the test VM against taking the connections in turn;
+/// under load they all ship at once.
+async fn dispatch(conns: Vec<Pg>, me: Arc<str>, mut queue: mpsc::UnboundedReceiver<Append>) {
+    let idle = Arc::new(std::sync::Mutex::new(conns));
+    let freed = Arc::new(tokio::sync::Notify::new());
+    while let Some(first) = queue.recv().await {
+        let pg = loop {
+            if let Some(pg) = crate::sync::lock(&idle).pop() {
+                break pg;
             }
-            while batch.len() < MAX_BATCH {
-                match queue.try_recv() {
-                    Ok(append) => batch.push(append),
-                    Err(_) => break,
-                }
+            freed.notified().await;
+        };
+        let mut batch = vec![first];
+        while batch.len() < MAX_BATCH {
+            match queue.try_recv() {
+                Ok(append) => batch.push(append),
+                Err(_) => break,
             }
         }
-        // Entries with the application's statements first, each in a
-        // savepoint of one transaction; without any, one pipelined batch.
-        batch.sort_by_key(|append| append.entry.statements.is_empty());
-        let (entries, dones): (Vec<Entry>, Vec<Appended>) =
-            batch.into_iter().map(|append| (append.entry, append.done)).unzip();
-        let outcomes = if entries.iter().all(|entry| entry.statements.is_empty()) {
-            append_plain(&pg, &me, &entries).await
-        } else {
-            append_in_transaction(&pg, &me, &entries).await
-        };
-        answer(&entries, dones, outcomes, &me);
+        let (me, idle, freed) = (me.clone(), idle.clone(), freed.clone());
+        tokio::spawn(async move {
+            ship(&pg, &me, batch).await;
+            crate::sync::lock(&idle).push(pg);
+            freed.notify_one();
+        });
     }
+}
+
+/// Ships one batch in one transaction and answers each entry.
+async fn ship(pg: &Pg, me: &str, mut batch: Vec<Append>) {
+    // Entries with the application's statements first, each in a
+    // savepoint of one transaction; without any, one pipelined batch.
+    batch.sort_by_key(|append| append.entry.statements.is_empty());
+    let (entries, dones): (Vec<Entry>, Vec<Appended>) =
+        batch.into_iter().map(|append| (append.entry, append.done)).unzip();
+    let outcomes = if entries.iter().all(|entry| entry.statements.is_empty()) {
+        append_plain(pg, me, &entries).await
+    } else {
+        append_in_transaction(pg, me, &entries).await
+    };
+    answer(&entries, dones, outcomes, me);
 }
 
 /// What became of one entry.
