@@ -20,7 +20,7 @@ use std::sync::Arc;
 
 use super::database::{self, storage_error};
 use super::flush::Shipment;
-use super::replica::{Replica, Statement};
+use super::replica::Statement;
 use super::wal;
 use super::{State, Storage};
 use crate::error::{Error, Result};
@@ -173,7 +173,8 @@ impl Storage {
             if let Some(end) = end
                 && replica.wants_snapshot(end)
             {
-                self.snapshot(&state, &replica);
+                // Before the next turn, on a sync thread (`upkeep.rs`).
+                self.snapshot_due();
             }
             return Ok(());
         }
@@ -199,25 +200,6 @@ impl Storage {
         };
         self.inner.flush.committed_to_log(replica, None, turn);
         Ok(())
-    }
-
-    /// Checkpoints the object's database once everything before is
-    /// shipped, so that its WAL starts again and its file becomes the
-    /// log's new snapshot (shipped with the next shipment, which this
-    /// turn's reply waits for). Blocks the turn's thread until then.
-    fn snapshot(&self, state: &State, replica: &Arc<Replica>) {
-        let (Some(threads), Some(conn)) = (&self.inner.root.sync, state.conn.as_ref()) else { return };
-        self.inner.flush.wait(threads);
-        if self.inner.flush.failed() {
-            return;
-        }
-        match replica.checkpoint(conn) {
-            Ok(()) => self.inner.flush.committed_to_log(replica, Some(0), Shipment::default()),
-            Err(err) => tracing::warn!(
-                %err, r#type = self.inner.type_name, object = %self.inner.id,
-                "could not checkpoint the object's database to snapshot it; the next turn tries again"
-            ),
-        }
     }
 
     /// Queues `statement` to run in PostgreSQL in the same transaction as

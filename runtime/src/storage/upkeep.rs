@@ -18,6 +18,11 @@
 //!   a sync thread, which runs [`wal::checkpoint`] and gives it back, and
 //!   then runs. Replies are not held by it: the output gate holds them
 //!   until their own sync.
+//! - **Snapshots** of a replicated object (`replica.rs`): a commit that
+//!   leaves its WAL past the snapshot threshold marks a snapshot due; the
+//!   sync thread waits for what was committed to be shipped, checkpoints
+//!   the database, and has the file shipped as the log's new snapshot
+//!   with the next shipment (which the next reply waits for).
 //! - **Closes.** Closing a database syncs what was committed (releasing the
 //!   replies held for it), checkpoints the WAL if anything was written, and
 //!   closes the file, all on a sync thread ([`Closing`]). The pool of open
@@ -39,7 +44,8 @@ use std::sync::{Arc, Condvar, Mutex};
 
 use rusqlite::Connection;
 
-use super::flush::Flush;
+use super::flush::{Flush, Shipment};
+use super::replica::Replica;
 use super::wal::{self, CHECKPOINT_PAGES};
 use super::{Storage, StorageRoot, is_empty};
 use crate::id::ObjectId;
@@ -143,8 +149,18 @@ impl Storage {
         }
     }
 
-    /// Hands the connection to a sync thread for a checkpoint. Between
-    /// turns, so nothing else is using it.
+    /// Marks a snapshot of the replicated database due before the next
+    /// turn (replicas are shipped by the sync threads' output gate, so a
+    /// runtime without them has none).
+    pub(super) fn snapshot_due(&self) {
+        if self.inner.root.sync.is_some() {
+            self.inner.gate.due.store(true, Ordering::Relaxed);
+        }
+    }
+
+    /// Hands the connection to a sync thread for a checkpoint (a snapshot,
+    /// if the database is a replica). Between turns, so nothing else is
+    /// using it.
     fn checkpoint_away(&self) {
         let Some(threads) = &self.inner.root.sync else { return };
         let mut state = self.inner.lock();
@@ -153,11 +169,24 @@ impl Storage {
         }
         let Some(conn) = state.conn.take() else { return };
         state.wal_frames = 0;
+        let replica = state.replica.clone();
         self.inner.gate.leave();
         drop(state);
         let inner = self.inner.clone();
         let back = Back(self.inner.gate.clone());
+        let threads_too = threads.clone();
         threads.submit(Box::new(move || {
+            if let Some(replica) = replica {
+                // Everything committed is shipped first: the file is
+                // then what the log says up to here.
+                inner.flush.wait(&threads_too);
+                if !inner.flush.failed() {
+                    snapshot(&inner.flush, &replica, &conn, inner.type_name, &inner.id);
+                }
+                inner.lock().conn = Some(conn);
+                drop(back);
+                return;
+            }
             let checkpointed = wal::checkpoint(&conn);
             let mut state = inner.lock();
             match checkpointed {
@@ -176,6 +205,20 @@ impl Storage {
             drop(state);
             drop(back);
         }));
+    }
+}
+
+/// Checkpoints a replicated database whose commits are all shipped, so
+/// that its WAL starts again and its file becomes the log's new snapshot,
+/// shipped with the next shipment. A failure leaves the WAL as it was: the
+/// next commit tries again.
+fn snapshot(flush: &Flush, replica: &Arc<Replica>, conn: &Connection, type_name: &str, id: &ObjectId) {
+    match replica.checkpoint(conn) {
+        Ok(()) => flush.committed_to_log(replica, Some(0), Shipment::default()),
+        Err(err) => tracing::warn!(
+            %err, r#type = type_name, object = %id,
+            "could not checkpoint the object's database to snapshot it; the next turn tries again"
+        ),
     }
 }
 
