@@ -13,16 +13,11 @@ use std::time::{Duration, Instant};
 use stead::{AlarmInfo, Context, Error, Runtime, durable_object, pg_params};
 use stead_pgtemp::TempPostgres;
 
+#[path = "common/pg_nodes.rs"]
+mod pg_nodes;
 #[path = "common/process.rs"]
 mod process;
-use process::ChildGuard;
-
-const ROLE: &str = "STEAD_FAILOVER_ROLE";
-const NAME: &str = "STEAD_FAILOVER_NAME";
-const CONNINFO: &str = "STEAD_FAILOVER_CONNINFO";
-const TLS_DIR: &str = "STEAD_FAILOVER_TLS";
-const DATA_DIR: &str = "STEAD_FAILOVER_DATA";
-const SECRET: &str = "the failover test secret, shared by every process";
+use pg_nodes::{NodeEnv, PgNodes, eventually, node_builder, sql};
 
 /// Short, so that a dead node's objects move soon.
 const LEASE: Duration = Duration::from_secs(2);
@@ -98,158 +93,28 @@ impl Account {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 #[ignore = "run by the failover tests as a child process"]
 async fn failover_node() {
-    if std::env::var(ROLE).as_deref() != Ok("node") {
-        return;
-    }
-    let name = std::env::var(NAME).unwrap();
-    let (tls, data) = (std::env::var(TLS_DIR).unwrap(), std::env::var(DATA_DIR).unwrap());
-    let rt = node(&name, &std::env::var(CONNINFO).unwrap(), Path::new(&tls), Path::new(&data)).await;
-    println!("listening {}", rt.local_addr().unwrap());
-    println!("ready");
-    loop {
-        tokio::time::sleep(Duration::from_secs(60)).await;
-    }
+    let Some(node) = NodeEnv::from_env() else { return };
+    NodeEnv::serve(node.builder().host::<Account>().build().await.unwrap()).await;
 }
 
-async fn node(name: &str, conninfo: &str, tls: &Path, data: &Path) -> Runtime {
-    Runtime::builder()
-        .node(name)
-        .postgres(conninfo)
-        .listen("127.0.0.1:0".parse().unwrap())
-        .lease(LEASE)
-        .tls(stead::tls::dev_identity(tls, name).unwrap())
-        .secret(SECRET)
-        .data_dir(data)
-        .keep_alive(Duration::from_millis(250))
-        .peer_timeout(Duration::from_secs(3))
-        .connect_timeout(Duration::from_secs(3))
-        .host::<Account>()
-        .build()
-        .await
-        .unwrap()
+/// The cluster of these tests: nodes that run `failover_node`.
+fn cluster(names: &[&str]) -> PgNodes {
+    PgNodes::start("failover_node", names, LEASE)
 }
 
-// ---------------------------------------------------------------- harness
-
-struct Cluster {
-    pg: TempPostgres,
-    dir: tempfile::TempDir,
-    nodes: Vec<(String, Option<ChildGuard>)>,
-}
-
-impl Cluster {
-    fn start(names: &[&str]) -> Cluster {
-        let mut cluster = Cluster {
-            pg: TempPostgres::start().unwrap(),
-            dir: tempfile::tempdir().unwrap(),
-            nodes: Vec::new(),
-        };
-        for name in names {
-            cluster.start_node(name);
-        }
-        cluster
-    }
-
-    fn tls(&self) -> std::path::PathBuf {
-        self.dir.path().join("tls")
-    }
-
-    fn start_node(&mut self, name: &str) {
-        let env = [
-            (ROLE, "node".to_string()),
-            (NAME, name.to_string()),
-            (CONNINFO, self.pg.conninfo()),
-            (TLS_DIR, self.tls().display().to_string()),
-            (DATA_DIR, self.dir.path().join(name).display().to_string()),
-        ];
-        let node = ChildGuard::spawn("failover_node", &env);
-        node.wait_for("ready");
-        match self.nodes.iter_mut().find(|(n, _)| n == name) {
-            Some((_, slot)) => *slot = Some(node),
-            None => self.nodes.push((name.to_string(), Some(node))),
-        }
-    }
-
-    fn node(&self, name: &str) -> &ChildGuard {
-        self.nodes.iter().find(|(n, _)| n == name).and_then(|(_, node)| node.as_ref()).unwrap()
-    }
-
-    /// `kill -9`.
-    fn kill(&mut self, name: &str) {
-        self.nodes.iter_mut().find(|(n, _)| n == name).unwrap().1 = None;
-    }
-
-    fn signal(&self, name: &str, signal: &str) {
-        let pid = self.node(name).child.id().to_string();
-        assert!(std::process::Command::new("kill").args([signal, &pid]).status().unwrap().success());
-    }
-
-    async fn client(&self) -> Runtime {
-        self.client_with(Duration::from_secs(3), Duration::from_secs(3)).await
-    }
-
-    /// A client that counts a silent peer dead after `peer_timeout`, and
-    /// waits up to `connect_timeout` for a connection.
-    async fn client_with(&self, peer_timeout: Duration, connect_timeout: Duration) -> Runtime {
-        Runtime::builder()
-            .client()
-            .postgres(self.pg.conninfo())
-            .lease(LEASE)
-            .tls(stead::tls::dev_identity(&self.tls(), "client").unwrap())
-            .secret(SECRET)
-            .in_memory()
-            .keep_alive(Duration::from_millis(250))
-            .peer_timeout(peer_timeout)
-            .connect_timeout(connect_timeout)
-            .build()
-            .await
-            .unwrap()
-    }
-
-    async fn sql(&self) -> tokio_postgres::Client {
-        sql(&self.pg).await
-    }
-
-    /// The node that owns object `id`, as the directory says.
-    async fn owner(&self, id: &stead::ObjectId) -> String {
-        let row = self
-            .sql()
-            .await
-            .query_one("SELECT owner FROM stead_objects WHERE id = $1", &[&id.as_bytes().as_slice()])
-            .await
-            .unwrap();
-        row.get(0)
-    }
-}
-
-async fn sql(pg: &TempPostgres) -> tokio_postgres::Client {
-    let (client, connection) = tokio_postgres::connect(&pg.conninfo(), tokio_postgres::NoTls).await.unwrap();
-    tokio::spawn(connection);
-    client
-}
-
-/// Retries `call` while it fails with a retryable error, for `within`.
-async fn eventually<T, F: Future<Output = stead::Result<T>>>(
-    within: Duration,
-    mut call: impl FnMut() -> F,
-) -> T {
-    let deadline = Instant::now() + within;
-    loop {
-        match call().await {
-            Ok(value) => return value,
-            Err(err) if err.is_retryable() && Instant::now() < deadline => {
-                tokio::time::sleep(Duration::from_millis(50)).await;
-            }
-            Err(err) => panic!("still failing after {within:?}: {err}"),
-        }
-    }
+/// A client that counts a silent peer dead after `peer_timeout`, and
+/// waits up to `connect_timeout` for a connection.
+async fn client_with(cluster: &PgNodes, peer_timeout: Duration, connect_timeout: Duration) -> Runtime {
+    let builder = cluster.client_builder("client");
+    builder.peer_timeout(peer_timeout).connect_timeout(connect_timeout).build().await.unwrap()
 }
 
 // ---------------------------------------------------------------- tests
 
 /// A node in this process, in a cluster of its own.
 async fn local_node(pg: &TempPostgres, dir: &Path, name: &str) -> Runtime {
-    node(name, &pg.conninfo(), &dir.join("tls"), &dir.join(name)).await
+    let builder = node_builder(name, &pg.conninfo(), &dir.join("tls"), &dir.join(name), LEASE);
+    builder.host::<Account>().build().await.unwrap()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -369,8 +234,8 @@ async fn ten_rounds_of_kill_9_lose_no_acknowledged_write() {
 }
 
 async fn kill_rounds(rounds: usize) {
-    let mut cluster = Cluster::start(&["ohio", "seoul", "osaka"]);
-    let client = cluster.client().await;
+    let mut cluster = cluster(&["ohio", "seoul", "osaka"]);
+    let client = cluster.client("client").await;
     let accounts = client.namespace::<Account>();
     let id = accounts.id_from_name("moving");
     let mut acknowledged = Vec::new();
@@ -433,8 +298,8 @@ async fn kill_rounds(rounds: usize) {
 /// attempt, so a time limit here would not tell the two apart.)
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_caller_waits_on_a_dead_node_no_longer_than_its_lease() {
-    let mut cluster = Cluster::start(&["ohio", "seoul"]);
-    let client = cluster.client_with(Duration::from_secs(1), Duration::from_secs(60)).await;
+    let mut cluster = cluster(&["ohio", "seoul"]);
+    let client = client_with(&cluster, Duration::from_secs(1), Duration::from_secs(60)).await;
     let accounts = client.namespace::<Account>();
     let id = accounts.id_from_name("impatient");
     accounts.stub(&id).deposit(1).await.unwrap().unwrap();
@@ -452,8 +317,8 @@ async fn a_caller_waits_on_a_dead_node_no_longer_than_its_lease() {
 /// answering for it.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_paused_owner_that_lost_its_object_commits_nothing_more_for_it() {
-    let cluster = Cluster::start(&["ohio", "seoul"]);
-    let client = cluster.client().await;
+    let cluster = cluster(&["ohio", "seoul"]);
+    let client = cluster.client("client").await;
     let accounts = client.namespace::<Account>();
     let id = accounts.id_from_name("paused");
     let old = accounts.stub(&id);
@@ -485,8 +350,8 @@ async fn a_paused_owner_that_lost_its_object_commits_nothing_more_for_it() {
 /// call to the object: a live node finds it in PostgreSQL and adopts it.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_dead_node_s_alarm_fires_on_another_node_by_itself() {
-    let mut cluster = Cluster::start(&["ohio", "seoul"]);
-    let client = cluster.client().await;
+    let mut cluster = cluster(&["ohio", "seoul"]);
+    let client = cluster.client("client").await;
     let accounts = client.namespace::<Account>();
     let id = accounts.id_from_name("alarmed");
     accounts.stub(&id).alarm_in(3_000).await.unwrap().unwrap();
@@ -521,14 +386,14 @@ async fn a_dead_node_s_alarm_fires_on_another_node_by_itself() {
 /// afterwards the rows and the object's state always agree.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn killed_during_postgres_turns_the_rows_and_the_object_agree() {
-    let mut cluster = Cluster::start(&["ohio", "seoul"]);
+    let mut cluster = cluster(&["ohio", "seoul"]);
     let sql = cluster.sql().await;
     sql.batch_execute(
         "CREATE TABLE payments (payment bigint PRIMARY KEY, account text NOT NULL, cents bigint NOT NULL)",
     )
     .await
     .unwrap();
-    let client = cluster.client().await;
+    let client = cluster.client("client").await;
     let accounts = client.namespace::<Account>();
     let id = accounts.id_from_name("paying");
     let mut payment = 0i64;

@@ -7,23 +7,16 @@
 
 #![allow(missing_docs)] // test objects are exercised, not documented
 
-use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use stead::{AlarmInfo, Context, Error, Runtime, durable_object};
 use stead_pgtemp::TempPostgres;
 
+#[path = "common/pg_nodes.rs"]
+mod pg_nodes;
 #[path = "common/process.rs"]
 mod process;
-use process::ChildGuard;
-
-const ROLE: &str = "STEAD_PG_ROLE";
-const NAME: &str = "STEAD_PG_NAME";
-const CONNINFO: &str = "STEAD_PG_CONNINFO";
-const TLS_DIR: &str = "STEAD_PG_TLS";
-const DATA_DIR: &str = "STEAD_PG_DATA";
-const LEASE_MS: &str = "STEAD_PG_LEASE_MS";
-const SECRET: &str = "the postgres cluster test secret, shared by every process";
+use pg_nodes::{NodeEnv, PgNodes, SECRET, eventually, liveness};
 
 /// The lease of most tests: a dead node is noticed within it.
 const LEASE: Duration = Duration::from_secs(2);
@@ -77,139 +70,26 @@ impl Register {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 #[ignore = "run by the PostgreSQL cluster tests as a child process"]
 async fn pg_node_process() {
-    if std::env::var(ROLE).as_deref() != Ok("node") {
-        return;
-    }
-    let name = std::env::var(NAME).unwrap();
-    let identity = stead::tls::dev_identity(Path::new(&std::env::var(TLS_DIR).unwrap()), &name).unwrap();
-    let lease = Duration::from_millis(std::env::var(LEASE_MS).unwrap().parse().unwrap());
-    let builder = Runtime::builder()
-        .node(name)
-        .postgres(std::env::var(CONNINFO).unwrap())
-        .listen("127.0.0.1:0".parse().unwrap())
-        .lease(lease)
-        .tls(identity)
-        .secret(SECRET)
-        .data_dir(std::env::var(DATA_DIR).unwrap())
-        .host::<Register>();
-    let rt = liveness(builder).build().await.unwrap();
-    println!("listening {}", rt.local_addr().unwrap());
-    println!("ready");
-    loop {
-        tokio::time::sleep(Duration::from_secs(60)).await;
-    }
+    let Some(node) = NodeEnv::from_env() else { return };
+    NodeEnv::serve(node.builder().host::<Register>().build().await.unwrap()).await;
 }
 
-/// Failure detection fit for one busy machine.
-fn liveness(builder: stead::RuntimeBuilder) -> stead::RuntimeBuilder {
-    builder
-        .keep_alive(Duration::from_millis(250))
-        .peer_timeout(Duration::from_secs(3))
-        .connect_timeout(Duration::from_secs(3))
+/// The cluster of these tests: nodes that run `pg_node_process`.
+fn cluster(names: &[&str], lease: Duration) -> PgNodes {
+    PgNodes::start("pg_node_process", names, lease)
 }
 
-// ---------------------------------------------------------------- harness
-
-/// A PostgreSQL server and the nodes of one cluster on it.
-struct PgCluster {
-    pg: TempPostgres,
-    dir: tempfile::TempDir,
-    lease: Duration,
-    nodes: Vec<(String, Option<ChildGuard>)>,
-}
-
-impl PgCluster {
-    fn start(names: &[&str], lease: Duration) -> PgCluster {
-        let pg = TempPostgres::start().unwrap();
-        let mut cluster = PgCluster { pg, dir: tempfile::tempdir().unwrap(), lease, nodes: Vec::new() };
-        for name in names {
-            cluster.start_node(name);
-        }
-        cluster
-    }
-
-    fn tls_dir(&self) -> PathBuf {
-        self.dir.path().join("tls")
-    }
-
-    /// Starts node `name` (again, with its data, if it ran before).
-    fn start_node(&mut self, name: &str) {
-        let env = [
-            (ROLE, "node".to_string()),
-            (NAME, name.to_string()),
-            (CONNINFO, self.pg.conninfo()),
-            (TLS_DIR, self.tls_dir().display().to_string()),
-            (DATA_DIR, self.dir.path().join(name).display().to_string()),
-            (LEASE_MS, self.lease.as_millis().to_string()),
-        ];
-        let node = ChildGuard::spawn("pg_node_process", &env);
-        node.wait_for("ready");
-        match self.nodes.iter_mut().find(|(n, _)| n == name) {
-            Some((_, slot)) => *slot = Some(node),
-            None => self.nodes.push((name.to_string(), Some(node))),
-        }
-    }
-
-    /// `kill -9`.
-    fn kill_node(&mut self, name: &str) {
-        let slot = self.nodes.iter_mut().find(|(n, _)| n == name).unwrap();
-        slot.1 = None;
-    }
-
-    fn node(&self, name: &str) -> &ChildGuard {
-        self.nodes.iter().find(|(n, _)| n == name).and_then(|(_, node)| node.as_ref()).unwrap()
-    }
-
-    /// How many times object `id` was constructed on each running node.
-    fn activations(&self, id: &stead::ObjectId) -> usize {
-        let line = format!("constructed {id}");
-        self.nodes.iter().filter_map(|(_, node)| node.as_ref()).map(|node| node.count(&line)).sum()
-    }
-
-    async fn client(&self, name: &str) -> Runtime {
-        let identity = stead::tls::dev_identity(&self.tls_dir(), name).unwrap();
-        let builder = Runtime::builder()
-            .client()
-            .postgres(self.pg.conninfo())
-            .lease(self.lease)
-            .tls(identity)
-            .secret(SECRET)
-            .in_memory();
-        liveness(builder).build().await.unwrap()
-    }
-
-    /// A connection of the test's own to the cluster's database.
-    async fn sql(&self) -> tokio_postgres::Client {
-        let (client, connection) =
-            tokio_postgres::connect(&self.pg.conninfo(), tokio_postgres::NoTls).await.unwrap();
-        tokio::spawn(connection);
-        client
-    }
-}
-
-/// Retries `call` (each time with what it makes anew, such as a new stub)
-/// while it fails with a retryable error, for at most `within`.
-async fn eventually<T, F: Future<Output = stead::Result<T>>>(
-    within: Duration,
-    mut call: impl FnMut() -> F,
-) -> T {
-    let deadline = Instant::now() + within;
-    loop {
-        match call().await {
-            Ok(value) => return value,
-            Err(err) if err.is_retryable() && Instant::now() < deadline => {
-                tokio::time::sleep(Duration::from_millis(50)).await;
-            }
-            Err(err) => panic!("still failing after {within:?}: {err}"),
-        }
-    }
+/// How many times object `id` was constructed on each running node.
+fn activations(cluster: &PgNodes, id: &stead::ObjectId) -> usize {
+    let line = format!("constructed {id}");
+    cluster.running().map(|node| node.count(&line)).sum()
 }
 
 // ---------------------------------------------------------------- tests
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn three_nodes_and_two_clients_through_one_postgres_read_each_others_writes() {
-    let cluster = PgCluster::start(&["ohio", "seoul", "osaka"], LEASE);
+    let cluster = cluster(&["ohio", "seoul", "osaka"], LEASE);
     let a = cluster.client("worker-a").await;
     let b = cluster.client("worker-b").await;
 
@@ -236,13 +116,13 @@ async fn three_nodes_and_two_clients_through_one_postgres_read_each_others_write
         assert!(hosted > 0, "node {name} hosts nothing");
     }
     for id in &ids {
-        assert_eq!(cluster.activations(id), 1);
+        assert_eq!(activations(&cluster, id), 1);
     }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn three_nodes_racing_for_one_named_object_end_with_one_activation() {
-    let cluster = PgCluster::start(&["ohio", "seoul", "osaka"], LEASE);
+    let cluster = cluster(&["ohio", "seoul", "osaka"], LEASE);
     let client = cluster.client("client").await;
     let registers = client.namespace::<Register>();
     for round in 0..5 {
@@ -257,7 +137,7 @@ async fn three_nodes_racing_for_one_named_object_end_with_one_activation() {
         }
         totals.sort();
         assert_eq!(totals, [1, 2, 3], "all three calls reached one object");
-        assert_eq!(cluster.activations(&id), 1, "one activation in the whole cluster");
+        assert_eq!(activations(&cluster, &id), 1, "one activation in the whole cluster");
     }
     // The directory keeps each object's name and its single owner.
     let rows =
@@ -274,7 +154,7 @@ async fn three_nodes_racing_for_one_named_object_end_with_one_activation() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 #[ignore = "heavy: a hundred races; run with --ignored"]
 async fn a_hundred_races_from_two_clients_each_end_with_one_activation() {
-    let cluster = PgCluster::start(&["ohio", "seoul", "osaka"], LEASE);
+    let cluster = cluster(&["ohio", "seoul", "osaka"], LEASE);
     let (a, b) = (cluster.client("worker-a").await, cluster.client("worker-b").await);
     let (registers_a, registers_b) = (a.namespace::<Register>(), b.namespace::<Register>());
     for round in 0..100 {
@@ -291,7 +171,7 @@ async fn a_hundred_races_from_two_clients_each_end_with_one_activation() {
         }
         totals.sort();
         assert_eq!(totals, [1, 2, 3, 4, 5, 6]);
-        assert_eq!(cluster.activations(&id), 1);
+        assert_eq!(activations(&cluster, &id), 1);
     }
 }
 
@@ -301,7 +181,7 @@ async fn a_hundred_races_from_two_clients_each_end_with_one_activation() {
 /// never polled still runs.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_nodes_own_first_calls_run_however_their_futures_are_polled() {
-    let cluster = PgCluster::start(&[], LEASE);
+    let cluster = cluster(&[], LEASE);
     let identity = stead::tls::dev_identity(&cluster.tls_dir(), "lagos").unwrap();
     let builder = Runtime::builder()
         .node("lagos")
@@ -338,7 +218,7 @@ async fn a_nodes_own_first_calls_run_however_their_futures_are_polled() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_node_that_joins_late_is_discovered_and_used() {
-    let mut cluster = PgCluster::start(&["ohio", "seoul"], LEASE);
+    let mut cluster = cluster(&["ohio", "seoul"], LEASE);
     let client = cluster.client("client").await;
     let registers = client.namespace::<Register>();
     registers.stub(&registers.unique_id()).set("before".into()).await.unwrap().unwrap();
@@ -356,7 +236,7 @@ async fn a_node_that_joins_late_is_discovered_and_used() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_killed_node_is_dead_within_its_lease_and_its_objects_move_to_a_live_node() {
-    let mut cluster = PgCluster::start(&["ohio", "seoul"], LEASE);
+    let mut cluster = cluster(&["ohio", "seoul"], LEASE);
     let client = cluster.client("client").await;
     let registers = client.namespace::<Register>();
     let id = registers.id_from_name("on seoul");
@@ -367,7 +247,7 @@ async fn a_killed_node_is_dead_within_its_lease_and_its_objects_move_to_a_live_n
         sql.query("SELECT incarnation FROM stead_nodes WHERE name = 'seoul'", &[]).await.unwrap(),
     );
 
-    cluster.kill_node("seoul");
+    cluster.kill("seoul");
     let killed = Instant::now();
     loop {
         let nodes = client.nodes().await.unwrap();
@@ -403,7 +283,7 @@ async fn a_killed_node_is_dead_within_its_lease_and_its_objects_move_to_a_live_n
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn placed_objects_keep_answering_while_postgres_restarts_and_new_placements_resume() {
     // A long lease: the restart must fit in its two thirds.
-    let mut cluster = PgCluster::start(&["ohio"], Duration::from_secs(6));
+    let mut cluster = cluster(&["ohio"], Duration::from_secs(6));
     let client = cluster.client("client").await;
     let registers = client.namespace::<Register>();
     let id = registers.unique_id();
@@ -428,7 +308,7 @@ async fn placed_objects_keep_answering_while_postgres_restarts_and_new_placement
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_node_cut_off_from_postgres_stops_serving_before_its_lease_runs_out() {
     let lease = Duration::from_secs(3);
-    let cluster = PgCluster::start(&["ohio"], lease);
+    let cluster = cluster(&["ohio"], lease);
     let client = cluster.client("client").await;
     let registers = client.namespace::<Register>();
     let id = registers.unique_id();
@@ -471,7 +351,7 @@ async fn a_node_cut_off_from_postgres_stops_serving_before_its_lease_runs_out() 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_node_cut_off_from_postgres_fires_no_alarm_until_it_serves_again() {
     let lease = Duration::from_secs(3);
-    let cluster = PgCluster::start(&["ohio"], lease);
+    let cluster = cluster(&["ohio"], lease);
     let client = cluster.client("client").await;
     let registers = client.namespace::<Register>();
     let id = registers.unique_id();
@@ -506,7 +386,7 @@ async fn a_node_cut_off_from_postgres_fires_no_alarm_until_it_serves_again() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_certificate_that_does_not_name_the_node_it_claims_is_refused() {
-    let cluster = PgCluster::start(&["ohio", "seoul"], LEASE);
+    let cluster = cluster(&["ohio", "seoul"], LEASE);
     // A process with mallory's certificate cannot start as ohio...
     let mallory = stead::tls::dev_identity(&cluster.tls_dir(), "mallory").unwrap();
     let err = Runtime::builder()
@@ -533,12 +413,12 @@ async fn a_certificate_that_does_not_name_the_node_it_claims_is_refused() {
     let id = registers.unique_id();
     let err = registers.stub_at(&id, "ohio").set("for ohio".into()).await.unwrap_err();
     assert!(err.is_retryable(), "{err}");
-    assert_eq!(cluster.activations(&id), 0, "nothing was placed or run");
+    assert_eq!(activations(&cluster, &id), 0, "nothing was placed or run");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_database_with_newer_tables_is_refused_with_a_clear_error() {
-    let cluster = PgCluster::start(&["ohio"], LEASE);
+    let cluster = cluster(&["ohio"], LEASE);
     cluster.sql().await.execute("UPDATE stead_schema SET version = 99", &[]).await.unwrap();
     let identity = stead::tls::dev_identity(&cluster.tls_dir(), "seoul").unwrap();
     let err = Runtime::builder()
