@@ -22,7 +22,7 @@ use std::mem;
 use std::pin::Pin;
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex, Weak};
-use std::task::{Context as TaskContext, Poll};
+use std::task::{Context as TaskContext, Poll, Waker};
 
 use tokio::sync::oneshot;
 
@@ -218,6 +218,11 @@ impl FirstReply {
     }
 }
 
+/// A first call's reply, from its channel.
+fn answered(reply: std::result::Result<Result<Vec<u8>>, oneshot::error::RecvError>) -> Result<Vec<u8>> {
+    reply.unwrap_or_else(|_| Err(Error::Disconnected("the call was dropped before it was answered".into())))
+}
+
 impl Future for FirstReply {
     type Output = Result<Vec<u8>>;
 
@@ -228,16 +233,27 @@ impl Future for FirstReply {
                 // A task may take the search over (it then wakes whoever
                 // polled it last, not this caller): the response wakes
                 // this caller then.
-                return Pin::new(receiver).poll(cx).map(|reply| {
-                    reply.unwrap_or_else(|_| {
-                        Err(Error::Disconnected("the call was dropped before it was answered".into()))
-                    })
-                });
+                return Pin::new(receiver).poll(cx).map(answered);
             };
             let mine = mine.flatten();
-            if let State::Opening(opening, receiver) = mem::replace(&mut this.state, State::Moving) {
+            if let State::Opening(opening, mut receiver) = mem::replace(&mut this.state, State::Moving) {
                 this.state = match mine {
-                    Some(activation) => State::Local(LocalReply::new(receiver, activation)),
+                    Some(activation) => {
+                        // The receiver still holds this task's waker from
+                        // the polls that waited for the search. The turn,
+                        // run in this poll, would wake this very task with
+                        // its reply, which tokio takes for a yield: it
+                        // queues the task again and wakes another worker,
+                        // a thread that then competes for the CPUs with
+                        // what the caller waits for next (PostgreSQL, for
+                        // a caller placing objects). The reply registers
+                        // the caller's waker again whenever it waits.
+                        let mut nobody = TaskContext::from_waker(Waker::noop());
+                        if let Poll::Ready(reply) = Pin::new(&mut receiver).poll(&mut nobody) {
+                            return Poll::Ready(answered(reply));
+                        }
+                        State::Local(LocalReply::new(receiver, activation))
+                    }
                     None => State::Remote(RemoteReply::new(receiver, opening.search.inbound.clone(), None)),
                 };
             }
