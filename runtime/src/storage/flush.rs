@@ -241,20 +241,23 @@ impl Flush {
 
     /// The sync job: syncs until every commit is durable.
     fn sync_until_done(&self) {
-        loop {
-            let work = {
-                let mut state = lock(&self.state);
-                if state.durable >= state.committed || state.failed.is_some() {
-                    state.syncing = false;
-                    drop(state);
-                    // A close may wait for the job to be over (`settle`).
-                    self.synced.notify_all();
-                    return;
-                }
-                state.work()
-            };
+        while let Some(work) = self.next_work() {
             self.sync(work);
         }
+    }
+
+    /// What the running job does next: the commits not yet durable; none
+    /// when there are none (or a sync failed), which ends the job.
+    fn next_work(&self) -> Option<Work> {
+        let mut state = lock(&self.state);
+        if state.durable >= state.committed || state.failed.is_some() {
+            state.syncing = false;
+            drop(state);
+            // A close may wait for the job to be over (`settle`).
+            self.synced.notify_all();
+            return None;
+        }
+        Some(state.work())
     }
 
     /// Syncs `paths` and `wal`, then releases what waited for commits up to
@@ -304,22 +307,15 @@ impl Flush {
     /// thread hand-offs fewer per shipment). A snapshot due first is
     /// shipped from a sync thread, which waits for it.
     fn ship_next(self: Arc<Self>, threads: SyncThreads) {
-        let (upto, replica, pending) = {
-            let mut state = lock(&self.state);
-            if state.durable >= state.committed || state.failed.is_some() {
-                state.syncing = false;
-                drop(state);
-                self.synced.notify_all();
-                return;
-            }
-            let Work { upto, ship, .. } = state.work();
-            let Some((replica, pending)) = ship else {
-                // Not replicated any more (a reset): the thread's job.
-                drop(state);
-                self.submit_sync(&threads);
-                return;
-            };
-            (upto, replica, pending)
+        let Some(mut work) = self.next_work() else { return };
+        let upto = work.upto;
+        let Some((replica, pending)) = work.ship.take() else {
+            // Not replicated any more (a reset): a sync thread's job.
+            threads.submit(Box::new(move || {
+                self.sync(work);
+                self.sync_until_done();
+            }));
+            return;
         };
         let flush = self.clone();
         let next = threads.clone();
