@@ -101,10 +101,8 @@ impl Connections {
         {
             return Ok(conn.clone());
         }
-        let connecting = match within {
-            Some(timeout) => self.endpoint.connect_within(peer.addr, name, timeout).await,
-            None => self.endpoint.connect(peer.addr, name).await,
-        };
+        let timeout = within.unwrap_or(self.endpoint.connect_timeout());
+        let connecting = self.endpoint.connect_within(peer.addr, name, timeout).await;
         let conn = connecting.map_err(|e| transport_to_error(name, e))?;
         self.agree(&conn, name).await?;
         *live = Some(conn.clone());

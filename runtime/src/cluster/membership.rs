@@ -53,11 +53,10 @@ RETURNING old.held";
 
 const LEAVE: &str = "UPDATE stead_nodes SET lease_until = now() WHERE name = $1 AND incarnation = $2";
 
-/// The members, each with whether it is alive and how many seconds of its
-/// lease are left, by PostgreSQL's clock.
+/// The members, each with how many seconds of its lease are left by
+/// PostgreSQL's clock (0: it is dead).
 const MEMBERS: &str = "
-SELECT name, incarnation, addr, hosts, lease_until > now(),
-       GREATEST(EXTRACT(EPOCH FROM lease_until - now()), 0)::float8
+SELECT name, incarnation, addr, hosts, GREATEST(EXTRACT(EPOCH FROM lease_until - now()), 0)::float8
 FROM stead_nodes ORDER BY name";
 
 /// How long shutdown waits for PostgreSQL to take note that the node left.
@@ -384,12 +383,13 @@ fn member(row: &tokio_postgres::Row, sent: Instant) -> Result<Member> {
              row was changed by hand: the node writes it again when it restarts"
         ))
     })?;
+    let lease_left = Duration::try_from_secs_f64(get(row, 4, "lease_until - now()")?).unwrap_or_default();
     Ok(Member {
         incarnation: get(row, 1, "stead_nodes.incarnation")?,
         addr,
         hosts: get(row, 3, "stead_nodes.hosts")?,
-        alive: get(row, 4, "lease_until > now()")?,
-        lease_left: Duration::try_from_secs_f64(get(row, 5, "lease_until - now()")?).unwrap_or_default(),
+        alive: !lease_left.is_zero(),
+        lease_left,
         read_at: sent,
         name,
     })
