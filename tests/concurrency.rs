@@ -261,3 +261,35 @@ async fn sixty_four_callers_on_one_durable_object_all_complete_calls() {
     );
     rt.shutdown().await.unwrap();
 }
+
+/// A task that calls idle objects in a loop runs every turn in its own
+/// poll, with no await that waits: it must still yield its worker, as it
+/// would on any tokio resource, so that a task queued behind it runs. (It
+/// did not: on one worker the other task ran only once the loop ended, and
+/// with 64 callers on 1,000 objects calls waited seconds.)
+#[tokio::test(flavor = "current_thread")]
+async fn a_task_calling_idle_objects_in_a_loop_lets_other_tasks_run() {
+    const CALLS: u64 = 10_000;
+    let rt = Runtime::builder().in_memory().host::<Counter>().build().await.unwrap();
+    let ns = rt.namespace::<Counter>();
+    let stubs: Vec<_> = (0..10).map(|i| ns.stub(&ns.id_from_name(&format!("c{i}")))).collect();
+    let calls = std::sync::Arc::new(AtomicUsize::new(0));
+    let looping = {
+        let calls = calls.clone();
+        tokio::spawn(async move {
+            for i in 0..CALLS {
+                stubs[i as usize % stubs.len()].increment(1).await.unwrap();
+                calls.fetch_add(1, Ordering::SeqCst);
+            }
+        })
+    };
+    // Queued behind the loop on the only worker.
+    let seen = tokio::spawn({
+        let calls = calls.clone();
+        async move { calls.load(Ordering::SeqCst) }
+    });
+    let seen = seen.await.unwrap();
+    looping.await.unwrap();
+    assert!(seen < CALLS as usize, "the other task ran only after all {seen} calls");
+    rt.shutdown().await.unwrap();
+}

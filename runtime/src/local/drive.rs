@@ -9,7 +9,11 @@
 //!
 //! A caller's poll runs the turns queued before its own, its own, and at most
 //! [`INLINE_TURNS`] in all; then it gives the right back (mailbox empty) or
-//! hands it to a spawned *drain task*, which runs the rest. A turn that has
+//! hands it to a spawned *drain task*, which runs the rest. Both spend
+//! tokio's cooperative budget, a unit per turn (a caller's poll, per reply
+//! it takes): a task that calls idle objects in a loop, or a drain task
+//! whose mailbox never empties, yields its worker regularly, as it would
+//! on any tokio resource. A turn that has
 //! to wait (an `async` method awaiting something) is moved to a drain task
 //! at that point, so that it finishes even if the caller stops polling: a
 //! turn, once started, always runs to completion.
@@ -247,16 +251,23 @@ impl Future for LocalReply {
         let this = self.get_mut();
         if let Some(activation) = &this.activation
             && this.receiver.is_empty()
-            && let Some(drainer) = Drainer::claim(activation)
         {
-            let receiver = &this.receiver;
-            drainer.run_inline(cx, || !receiver.is_empty());
-            // A turn run right here is a function call: take its reply
-            // without spending the task's scheduling budget (waiting for a
-            // reply from another task, below, does spend it).
-            if let Ok(reply) = this.receiver.try_recv() {
-                this.activation = None;
-                return Poll::Ready(reply);
+            // Turns run right here spend the task's scheduling budget, one
+            // unit per reply, as tokio's own resources do: a task that
+            // calls idle objects in a loop would otherwise never yield its
+            // worker, and the tasks queued behind it (drain tasks holding
+            // other objects, their callers) would wait for as long as it
+            // loops. Out of budget, the task yields and runs the turn when
+            // it is polled again.
+            let coop = std::task::ready!(tokio::task::coop::poll_proceed(cx));
+            if let Some(drainer) = Drainer::claim(activation) {
+                let receiver = &this.receiver;
+                drainer.run_inline(cx, || !receiver.is_empty());
+                if let Ok(reply) = this.receiver.try_recv() {
+                    coop.made_progress();
+                    this.activation = None;
+                    return Poll::Ready(reply);
+                }
             }
         }
         match Pin::new(&mut this.receiver).poll(cx) {
