@@ -144,7 +144,7 @@ impl RuntimeBuilder {
     }
 
     /// How many threads may sync object databases to disk at once (default
-    /// 64), with [`Durability::Full`] on disk.
+    /// 64), when they are on disk.
     ///
     /// Turns never wait for the disk on the tokio workers: a turn commits,
     /// the object goes on with its next turns, and a sync thread makes the
@@ -155,7 +155,9 @@ impl RuntimeBuilder {
     /// test VM, 64 threads gave about 1.6 times the throughput of 16 with
     /// 1,000 busy objects; see `benches/throughput.rs`). Lower it to spare a
     /// slow or shared disk. Threads start when needed and leave after 10 s
-    /// without work.
+    /// without work. With [`Durability::Normal`] commits are not synced,
+    /// and these threads run only the checkpoints and closes of databases,
+    /// which sync.
     pub fn sync_threads(mut self, threads: usize) -> Self {
         self.sync_threads = threads;
         self
@@ -469,6 +471,9 @@ impl RuntimeBuilder {
             _ => None,
         };
         let pressure = PressureEvictions::new(self.record_metrics, self.hosts.iter().map(|(name, _)| *name));
+        // Databases on disk are synced, checkpointed and closed off the
+        // tokio workers, with either durability.
+        let threads = data_dir.is_some().then(|| SyncThreads::new(self.sync_threads));
         let storage = StorageRoot {
             location: match &data_dir {
                 Some(dir) => Location::Files(dir.clone()),
@@ -480,8 +485,8 @@ impl RuntimeBuilder {
                 pressure,
             ),
             alarms: Arc::new(AlarmIndex::open(data_dir.as_deref(), self.durability)?),
-            sync: (data_dir.is_some() && (self.durability == Durability::Full || log.is_some()))
-                .then(|| SyncThreads::new(self.sync_threads)),
+            sync: threads.clone().filter(|_| self.durability == Durability::Full || log.is_some()),
+            upkeep: threads,
             log,
         };
         let config = Config {

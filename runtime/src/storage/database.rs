@@ -199,7 +199,8 @@ fn open_file(path: &Path, durability: Durability, page_size: Option<u32>) -> Res
     // switching a new file to WAL is not synced by SQLite with `Full`. With
     // `Full` SQLite never syncs (`OFF`): the runtime syncs commits and runs
     // checkpoints on its sync threads, before it releases a reply (see
-    // `wal.rs`). With `Normal` it syncs only around checkpoints (`NORMAL`).
+    // `wal.rs`). With `Normal` it syncs only in checkpoints (`NORMAL`),
+    // which run on sync threads too (`upkeep.rs`).
     let synchronous = if full { "OFF" } else { "NORMAL" };
     let page_size = page_size.map_or(String::new(), |size| format!("PRAGMA page_size = {size};"));
     conn.execute_batch(&format!(
@@ -209,7 +210,7 @@ fn open_file(path: &Path, durability: Durability, page_size: Option<u32>) -> Res
     .map_err(|e| storage_error(&format!("open {what} (is it an SQLite database?)"), e))?;
     // Checkpoints are the runtime's (see `wal.rs`); closing does its own
     // (see `Location::close`) and keeps the WAL file instead of deleting it.
-    conn.wal_hook(Some(if full { wal::count_frames } else { wal::count_frames_and_checkpoint }));
+    conn.wal_hook(Some(wal::count_frames));
     conn.set_db_config(DbConfig::SQLITE_DBCONFIG_NO_CKPT_ON_CLOSE, true)
         .map_err(|e| storage_error(&format!("configure {what}"), e))?;
     init(&conn, &what)?;

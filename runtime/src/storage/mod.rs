@@ -33,13 +33,15 @@
 //! overwrite the WAL instead of growing it (see `wal.rs`).
 //!
 //! # No sync on a turn's thread
-//! With [`Durability::Full`] every sync of an object's database runs on a
-//! sync thread (`sync_threads.rs`), never on the thread that runs a turn:
-//! the syncs of commits (`flush.rs`), of a new database file (with its first
-//! commit), of checkpoints and of closes (`upkeep.rs`, where the connection
-//! is handed to a sync thread between turns). SQLite runs with
-//! `synchronous = OFF` outside those checkpoints; `wal.rs` says why that
-//! keeps every acknowledged write safe from a power loss.
+//! Every sync of an object's database runs on a sync thread
+//! (`sync_threads.rs`), never on the thread that runs a turn. With
+//! [`Durability::Full`]: the syncs of commits (`flush.rs`), of a new
+//! database file (with its first commit), of checkpoints and of closes
+//! (`upkeep.rs`, where the connection is handed to a sync thread between
+//! turns); SQLite runs with `synchronous = OFF` outside those checkpoints,
+//! and `wal.rs` says why that keeps every acknowledged write safe from a
+//! power loss. With `Normal` commits are not synced, and the syncs of
+//! checkpoints and closes run on the sync threads the same way.
 
 mod alarm_index;
 mod database;
@@ -91,9 +93,13 @@ pub(crate) struct StorageRoot {
     pub(crate) durability: Durability,
     pub(crate) open: OpenDatabases,
     pub(crate) alarms: Arc<AlarmIndex>,
-    /// The threads that sync databases, when the runtime syncs them
-    /// (`Durability::Full` on disk; see `flush.rs`).
+    /// The threads that sync commits before their replies leave, when the
+    /// runtime syncs them (`Durability::Full` on disk, or replicated; see
+    /// `flush.rs`).
     pub(crate) sync: Option<SyncThreads>,
+    /// The same threads, for checkpoints and closes, whenever databases
+    /// are files (with either durability; see `upkeep.rs`).
+    pub(crate) upkeep: Option<SyncThreads>,
     /// The log that objects' databases are copies of, when storage is
     /// replicated (a PostgreSQL cluster with a data directory; see
     /// `replica.rs`). The sync threads then ship commits to it.

@@ -50,9 +50,10 @@
 //! the next activation finds a WAL of one page to read back, in a file of
 //! its old size.
 //!
-//! With `Durability::Normal` (no sync threads) SQLite keeps its own
-//! automatic checkpoint, every 1,000 pages, on the turn's thread
-//! ([`count_frames_and_checkpoint`]), as it syncs there at `NORMAL`.
+//! With `Durability::Normal` SQLite commits without syncing
+//! (`synchronous = NORMAL`) and syncs only in checkpoints, which are the
+//! runtime's here too: every [`CHECKPOINT_PAGES`], on a sync thread
+//! (`upkeep.rs`), so that the WAL keeps its size the same way.
 
 use std::cell::Cell;
 use std::ffi::c_int;
@@ -62,8 +63,8 @@ use rusqlite::hooks::Wal;
 
 use super::database::APPLICATION_ID;
 
-/// WAL pages after which an object's database is checkpointed
-/// (`Durability::Full`), before its next turn.
+/// WAL pages after which an object's database is checkpointed (with
+/// either durability), before its next turn.
 pub(crate) const CHECKPOINT_PAGES: u32 = 64;
 
 /// The size a WAL is cut back to when it starts over
@@ -72,31 +73,18 @@ pub(crate) const CHECKPOINT_PAGES: u32 = 64;
 /// finds a WAL past it.
 pub(crate) const KEPT_WAL_BYTES: i64 = 512 * 1024;
 
-/// SQLite's own automatic checkpoint interval, kept with `Normal`.
-const NORMAL_CHECKPOINT_PAGES: c_int = 1000;
-
 thread_local! {
     /// The pages in the WAL after the last commit on this thread that
     /// wrote any (0: none since the last [`take_frames`]).
     static FRAMES: Cell<u32> = const { Cell::new(0) };
 }
 
-/// The WAL hook with `Durability::Full`: notes the WAL's length after each
-/// commit that wrote pages, for [`take_frames`]. Installing it turns
-/// SQLite's automatic checkpoint off (the two share the hook).
+/// The WAL hook of every database on disk: notes the WAL's length after
+/// each commit that wrote pages, for [`take_frames`]. Installing it turns
+/// SQLite's automatic checkpoint off (the two share the hook): the runtime
+/// checkpoints instead, off the turn's thread (`upkeep.rs`).
 pub(crate) fn count_frames(_wal: &Wal, pages: c_int) -> rusqlite::Result<()> {
     FRAMES.set(u32::try_from(pages).unwrap_or(0));
-    Ok(())
-}
-
-/// The WAL hook with `Durability::Normal`: [`count_frames`], and SQLite's
-/// automatic checkpoint (which it replaces).
-pub(crate) fn count_frames_and_checkpoint(wal: &Wal, pages: c_int) -> rusqlite::Result<()> {
-    count_frames(wal, pages)?;
-    if pages >= NORMAL_CHECKPOINT_PAGES {
-        // As SQLite's own hook: a failed checkpoint is tried again later.
-        let _ = wal.checkpoint();
-    }
     Ok(())
 }
 
