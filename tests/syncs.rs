@@ -1,6 +1,7 @@
 //! Where object databases and the alarm index are synced: with
 //! `Durability::Full`, every `fsync` and `fdatasync` of a file under
-//! `objects/`, and of the alarm index once it exists, runs on a sync thread
+//! `objects/`, and of the alarm index once it exists (with `Normal`, of a
+//! file under `objects/`), runs on a sync thread
 //! (`stead-sync`), never on a thread that runs turns — not when a new
 //! database is created, not when a WAL is checkpointed, not when the pool
 //! closes a database to make room, not when an object is evicted, not when
@@ -19,9 +20,11 @@ use std::collections::HashMap;
 use std::path::Path;
 use std::process::Command;
 
-use stead::{Context, Runtime, durable_object};
+use stead::{Context, Durability, Runtime, durable_object};
 
 const DIR_VAR: &str = "STEAD_SYNCS_TEST_DIR";
+/// `normal` for `Durability::Normal` (else `Full`).
+const DURABILITY_VAR: &str = "STEAD_SYNCS_TEST_DURABILITY";
 
 /// The file the child syncs once its runtime is built.
 const BUILT: &str = "built";
@@ -69,8 +72,13 @@ fn child_creates_writes_and_closes() {
     let Ok(dir) = std::env::var(DIR_VAR) else { return };
     let tokio = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
     tokio.block_on(async {
+        let durability = match std::env::var(DURABILITY_VAR).as_deref() {
+            Ok("normal") => Durability::Normal,
+            _ => Durability::Full,
+        };
         let rt = Runtime::builder()
             .data_dir(Path::new(&dir))
+            .durability(durability)
             .max_open_databases(8)
             .host::<Store>()
             .build()
@@ -127,6 +135,22 @@ fn syncs(trace: &str) -> Vec<Sync> {
 
 #[test]
 fn full_durability_never_syncs_on_a_turn_thread() {
+    never_syncs_on_a_turn_thread("full");
+}
+
+/// With `Normal`, commits do not sync; a new database's first commit,
+/// checkpoints and closes do, on the sync threads too. (SQLite used to
+/// sync a new database as it made it, and run its own checkpoints in the
+/// commit that reached 1,000 pages, on the turn's thread.) The alarm index
+/// is the exception: with `Normal` nothing syncs it but SQLite's own
+/// checkpoints, every 1,000 pages, in the batch of `set_alarm`s that
+/// reaches them.
+#[test]
+fn normal_durability_never_syncs_on_a_turn_thread() {
+    never_syncs_on_a_turn_thread("normal");
+}
+
+fn never_syncs_on_a_turn_thread(durability: &str) {
     let dir = tempfile::tempdir().unwrap();
     let trace = dir.path().join("strace.out");
     let data = dir.path().join("data");
@@ -136,6 +160,7 @@ fn full_durability_never_syncs_on_a_turn_thread() {
         .arg(std::env::current_exe().unwrap())
         .args(["--exact", "child_creates_writes_and_closes", "--ignored", "--nocapture", "--test-threads=1"])
         .env(DIR_VAR, &data)
+        .env(DURABILITY_VAR, durability)
         .output();
     let output = match run {
         Ok(output) if output.status.success() => output,
@@ -181,7 +206,8 @@ fn full_durability_never_syncs_on_a_turn_thread() {
         };
         *counts.entry((thread, kind)).or_default() += 1;
         let creating_the_index = kind == "alarm index" && n < built;
-        if thread != "stead-sync" && !creating_the_index {
+        let exempt = creating_the_index || (kind == "alarm index" && durability == "normal");
+        if thread != "stead-sync" && !exempt {
             elsewhere.push(format!("{thread} ({}): {}", sync.tid, sync.path));
         }
     }

@@ -143,13 +143,14 @@ impl Location {
 /// An object's database, just opened.
 pub(crate) struct Opened {
     pub(crate) conn: Connection,
-    /// The WAL file, when the runtime syncs it (`Durability::Full` on
-    /// disk; see `flush.rs`).
+    /// The WAL file of a database on disk, to sync it (see `flush.rs`):
+    /// after every commit with `Durability::Full`, after the first commit
+    /// of a new database with `Normal`.
     pub(crate) wal: Option<Arc<File>>,
-    /// With `Durability::Full`, a new database file (created without a
-    /// sync, see `wal.rs`) and the directories whose entries changed (a
-    /// file or directory was created in them), to sync with the first
-    /// commit so that a power loss cannot take back the new database.
+    /// A new database file (created without a sync, see `wal.rs`) and the
+    /// directories whose entries changed (a file or directory was created
+    /// in them), to sync with the first commit so that a power loss cannot
+    /// take back the new database, or leave it torn.
     pub(crate) new_paths: Vec<PathBuf>,
     /// The object's place in its log, when its storage is replicated.
     pub(crate) replica: Option<Arc<Replica>>,
@@ -166,25 +167,25 @@ const REPLICATED_PAGE_SIZE: Option<u32> = Some(1024);
 /// Opens the database file at `path`; a new one gets `page_size`, if given.
 fn open_file(path: &Path, durability: Durability, page_size: Option<u32>) -> Result<Opened> {
     let what = format!("the database {}", path.display());
-    // With `Full`, a new file, the directories about to be made and the one
-    // of the new file are synced with the first commit (`Normal` leaves
-    // syncs to SQLite). A file of no bytes is new to SQLite too.
-    let full = durability == Durability::Full;
+    // A new file, the directories about to be made and the one of the new
+    // file are synced with the first commit, on a sync thread, before its
+    // reply (with either durability). A file of no bytes is new to SQLite
+    // too.
     let new = std::fs::metadata(path).map_or(true, |meta| meta.len() == 0);
     let mut new_paths = Vec::new();
-    if full && new {
+    if new {
         new_paths.push(path.to_path_buf());
     }
     if let Some(dir) = path.parent() {
         let mut missing = dir;
-        while full && !missing.exists() {
+        while !missing.exists() {
             let Some(parent) = missing.parent() else { break };
             new_paths.push(parent.to_path_buf());
             missing = parent;
         }
         std::fs::create_dir_all(dir)
             .map_err(|e| Error::Storage(format!("cannot create {}: {e}", dir.display())))?;
-        if full && new {
+        if new {
             new_paths.push(dir.to_path_buf());
         }
     }
@@ -195,16 +196,20 @@ fn open_file(path: &Path, durability: Durability, page_size: Option<u32>) -> Res
     conn.busy_timeout(Duration::from_secs(5)).map_err(|e| storage_error(&format!("configure {what}"), e))?;
     // Exclusive locking before the first access, so that WAL mode keeps its
     // index in memory (no `-shm` file) and transactions take no file locks
-    // (see the module docs of `storage`). `synchronous` before WAL, so that
-    // switching a new file to WAL is not synced by SQLite with `Full`. With
-    // `Full` SQLite never syncs (`OFF`): the runtime syncs commits and runs
-    // checkpoints on its sync threads, before it releases a reply (see
-    // `wal.rs`). With `Normal` it syncs only in checkpoints (`NORMAL`),
-    // which run on sync threads too (`upkeep.rs`).
-    let synchronous = if full { "OFF" } else { "NORMAL" };
+    // (see the module docs of `storage`). `synchronous = OFF` until the
+    // schema of a new file is in, so that SQLite does not sync its switch to
+    // WAL, nor the new WAL (the first commit's sync covers them). With `Full` SQLite never syncs (`OFF`): the
+    // runtime syncs commits and runs checkpoints on its sync threads,
+    // before it releases a reply (see `wal.rs`). With `Normal` it syncs
+    // only in checkpoints (`NORMAL`), which run on sync threads too
+    // (`upkeep.rs`).
+    let synchronous = match durability {
+        Durability::Full => "OFF",
+        Durability::Normal => "NORMAL",
+    };
     let page_size = page_size.map_or(String::new(), |size| format!("PRAGMA page_size = {size};"));
     conn.execute_batch(&format!(
-        "PRAGMA locking_mode = EXCLUSIVE; {page_size} PRAGMA synchronous = {synchronous}; PRAGMA journal_mode = WAL;
+        "PRAGMA locking_mode = EXCLUSIVE; {page_size} PRAGMA synchronous = OFF; PRAGMA journal_mode = WAL;
          PRAGMA journal_size_limit = {KEPT_WAL_BYTES};"
     ))
     .map_err(|e| storage_error(&format!("open {what} (is it an SQLite database?)"), e))?;
@@ -214,10 +219,9 @@ fn open_file(path: &Path, durability: Durability, page_size: Option<u32>) -> Res
     conn.set_db_config(DbConfig::SQLITE_DBCONFIG_NO_CKPT_ON_CLOSE, true)
         .map_err(|e| storage_error(&format!("configure {what}"), e))?;
     init(&conn, &what)?;
-    let wal = match durability {
-        Durability::Full => Some(Arc::new(open_wal(path)?)),
-        Durability::Normal => None,
-    };
+    conn.execute_batch(&format!("PRAGMA synchronous = {synchronous}"))
+        .map_err(|e| storage_error(&format!("configure {what}"), e))?;
+    let wal = Some(Arc::new(open_wal(path)?));
     Ok(Opened { conn, wal, new_paths, replica: None })
 }
 

@@ -16,6 +16,12 @@
 //! that set an alarm first syncs the node's alarm index through their
 //! entries (`alarm_index.rs`).
 //!
+//! With `Normal`, commits are not synced, and replies pass through here at
+//! once, except the first commit of a new database: it is synced like a
+//! `Full` one (with the database's file and directories), so that a power
+//! loss cannot leave a torn new database, and no tokio worker waits for
+//! the disk to make one.
+//!
 //! A sync that fails fails every reply it held and every reply held after
 //! it (their turns may have built on the lost writes), and marks the object
 //! for a reset: the runtime drops its instance and closes its database

@@ -40,8 +40,9 @@
 //! (`upkeep.rs`, where the connection is handed to a sync thread between
 //! turns); SQLite runs with `synchronous = OFF` outside those checkpoints,
 //! and `wal.rs` says why that keeps every acknowledged write safe from a
-//! power loss. With `Normal` commits are not synced, and the syncs of
-//! checkpoints and closes run on the sync threads the same way.
+//! power loss. With `Normal` commits are not synced, but a new database
+//! is, with its first commit (whose reply waits for it), and so are
+//! checkpoints and closes: on the sync threads, the same way.
 
 mod alarm_index;
 mod database;

@@ -22,7 +22,7 @@ use super::database::{self, storage_error};
 use super::flush::Shipment;
 use super::replica::Statement;
 use super::wal;
-use super::{State, Storage};
+use super::{Durability, State, Storage};
 use crate::error::{Error, Result};
 
 tokio::task_local! {
@@ -47,19 +47,20 @@ impl Storage {
     /// once outside a turn or with nothing to sync. See `flush.rs`.
     pub(crate) fn hold_output() {
         // Cloned only when the runtime syncs: most calls cost a lookup.
-        let syncing = TURN.try_with(|storage| storage.inner.root.sync.is_some().then(|| storage.clone()));
+        let syncing = TURN.try_with(|storage| storage.inner.root.upkeep.is_some().then(|| storage.clone()));
         if let Ok(Some(storage)) = syncing
-            && let Some(threads) = &storage.inner.root.sync
+            && let Some(threads) = &storage.inner.root.upkeep
         {
             storage.inner.flush.wait(threads);
         }
     }
 
-    /// Runs `release` once the commits so far are durable: at once unless
-    /// the runtime syncs commits (`Durability::Full` on disk), else in
-    /// order with the object's other replies (see `flush.rs`).
+    /// Runs `release` once the commits so far are durable: at once in
+    /// memory, else in order with the object's other replies (see
+    /// `flush.rs`; with `Durability::Normal` only a new database's first
+    /// commit is synced).
     pub(crate) fn release(&self, release: impl FnOnce(Result<()>) + Send + 'static) {
-        match &self.inner.root.sync {
+        match &self.inner.root.upkeep {
             None => release(Ok(())),
             Some(threads) => self.inner.flush.release(threads, Box::new(release)),
         }
@@ -86,7 +87,7 @@ impl Storage {
 
     /// Whether a sync failure waits for [`take_sync_failure`](Self::take_sync_failure).
     pub(crate) fn sync_failed(&self) -> bool {
-        self.inner.root.sync.is_some() && self.inner.flush.failed()
+        self.inner.root.upkeep.is_some() && self.inner.flush.failed()
     }
 
     /// Fails unless the current task runs a turn of this storage's object
@@ -179,7 +180,11 @@ impl Storage {
             return Ok(());
         }
         self.note_frames(&mut state, frames);
-        if wrote && let Some(wal) = state.wal.clone() {
+        let synced = self.inner.root.durability == Durability::Full || !state.new_paths.is_empty();
+        if wrote
+            && synced
+            && let Some(wal) = state.wal.clone()
+        {
             let paths = std::mem::take(&mut state.new_paths);
             let root = &self.inner.root;
             let index =
