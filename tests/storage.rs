@@ -5,7 +5,7 @@
 
 use std::path::Path;
 
-use stead::{Context, Error, ListOptions, Runtime, durable_object};
+use stead::{Context, Durability, Error, ListOptions, Runtime, durable_object};
 
 pub struct Store {
     ctx: Context,
@@ -404,6 +404,45 @@ async fn a_wal_keeps_its_size_across_checkpoints_and_activations() {
     assert_eq!(store.get("k000".into()).await.unwrap().unwrap(), Some(value.clone()));
     assert_eq!(store.get("k299".into()).await.unwrap().unwrap(), Some(value.clone()));
     assert_eq!(store.get("again19".into()).await.unwrap().unwrap(), Some(value));
+    rt.shutdown().await.unwrap();
+}
+
+/// With `Durability::Normal` a WAL is checkpointed every 1,000 pages (on a
+/// sync thread) and keeps its size while open, up to 5 MiB; closing the
+/// database cuts it back to 512 KiB, like a `Full` one.
+#[tokio::test]
+async fn a_normal_wal_is_checkpointed_while_open_and_cut_back_when_closed() {
+    let dir = tempfile::tempdir().unwrap();
+    let normal = || async {
+        Runtime::builder()
+            .data_dir(dir.path())
+            .durability(Durability::Normal)
+            .host::<Store>()
+            .build()
+            .await
+            .unwrap()
+    };
+    let rt = normal().await;
+    let ns = rt.namespace::<Store>();
+    let id = ns.unique_id();
+    let value = "x".repeat(3000);
+    // A page or more per turn: past the checkpoint interval twice.
+    for i in 0..2200 {
+        ns.stub(&id).put(format!("k{i:04}"), value.clone()).await.unwrap().unwrap();
+    }
+    let hex = id.to_string();
+    let wal = dir.path().join("objects").join("Store").join(&hex[..2]).join(format!("{hex}.sqlite-wal"));
+    let len = || std::fs::metadata(&wal).unwrap().len();
+    let open = len();
+    assert!((512 * 1024..=5 << 20).contains(&open), "the open WAL is {open} bytes");
+    rt.shutdown().await.unwrap();
+    assert!(len() <= 512 * 1024, "closing cuts the WAL back: {} bytes", len());
+
+    let rt = normal().await;
+    let ns = rt.namespace::<Store>();
+    let store = ns.stub(&id);
+    assert_eq!(store.get("k0000".into()).await.unwrap().unwrap(), Some(value.clone()));
+    assert_eq!(store.get("k2199".into()).await.unwrap().unwrap(), Some(value));
     rt.shutdown().await.unwrap();
 }
 

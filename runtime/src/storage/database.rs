@@ -11,7 +11,7 @@ use rusqlite::{Connection, OpenFlags};
 
 use super::durability::Durability;
 use super::replica::{ObjectLog, Replica};
-use super::wal::{self, KEPT_WAL_BYTES};
+use super::wal::{self, KEPT_WAL_BYTES, NORMAL_OPEN_WAL_BYTES};
 use crate::error::{Error, Result};
 use crate::id::ObjectId;
 use crate::sync::lock;
@@ -102,7 +102,7 @@ impl Location {
     ) {
         match self {
             Location::Files(_) if replicated => drop(conn),
-            Location::Files(_) => {
+            Location::Files(root) => {
                 // Move the WAL's pages into the database and start the WAL
                 // over, keeping its file at its size (see `wal.rs`): the
                 // next open then creates no file and reads back one page,
@@ -110,7 +110,17 @@ impl Location {
                 // WAL nothing was written to since is left as it is. (A
                 // failed checkpoint loses nothing: the WAL is read back on
                 // the next open.)
-                if written && let Err(err) = wal::checkpoint(&conn) {
+                // (With `Normal` a WAL may be longer than that while open,
+                // even with nothing written since its last checkpoint.)
+                let long = || {
+                    let mut wal = Location::path(root, type_name, id).into_os_string();
+                    wal.push("-wal");
+                    std::fs::metadata(wal).is_ok_and(|meta| meta.len() > KEPT_WAL_BYTES as u64)
+                };
+                let cut_back = format!("PRAGMA journal_size_limit = {KEPT_WAL_BYTES}");
+                if (written || long())
+                    && let Err(err) = conn.execute_batch(&cut_back).and_then(|()| wal::checkpoint(&conn))
+                {
                     tracing::debug!(%err, "could not checkpoint a database being closed");
                 }
                 drop(conn);
@@ -219,7 +229,11 @@ fn open_file(path: &Path, durability: Durability, page_size: Option<u32>) -> Res
     conn.set_db_config(DbConfig::SQLITE_DBCONFIG_NO_CKPT_ON_CLOSE, true)
         .map_err(|e| storage_error(&format!("configure {what}"), e))?;
     init(&conn, &what)?;
-    conn.execute_batch(&format!("PRAGMA synchronous = {synchronous}"))
+    let kept = match durability {
+        Durability::Full => KEPT_WAL_BYTES,
+        Durability::Normal => NORMAL_OPEN_WAL_BYTES,
+    };
+    conn.execute_batch(&format!("PRAGMA synchronous = {synchronous}; PRAGMA journal_size_limit = {kept}"))
         .map_err(|e| storage_error(&format!("configure {what}"), e))?;
     let wal = Some(Arc::new(open_wal(path)?));
     Ok(Opened { conn, wal, new_paths, replica: None })

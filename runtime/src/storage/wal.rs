@@ -52,8 +52,10 @@
 //!
 //! With `Durability::Normal` SQLite commits without syncing
 //! (`synchronous = NORMAL`) and syncs only in checkpoints, which are the
-//! runtime's here too: every [`CHECKPOINT_PAGES`], on a sync thread
-//! (`upkeep.rs`), so that the WAL keeps its size the same way.
+//! runtime's here too, on a sync thread (`upkeep.rs`), every
+//! [`NORMAL_CHECKPOINT_PAGES`]; the WAL keeps its size while the database
+//! is open ([`NORMAL_OPEN_WAL_BYTES`]) and is cut back to
+//! [`KEPT_WAL_BYTES`] when it is closed.
 
 use std::cell::Cell;
 use std::ffi::c_int;
@@ -63,8 +65,8 @@ use rusqlite::hooks::Wal;
 
 use super::database::APPLICATION_ID;
 
-/// WAL pages after which an object's database is checkpointed (with
-/// either durability), before its next turn.
+/// WAL pages after which an object's database is checkpointed
+/// (`Durability::Full`), before its next turn.
 pub(crate) const CHECKPOINT_PAGES: u32 = 64;
 
 /// The size a WAL is cut back to when it starts over
@@ -72,6 +74,21 @@ pub(crate) const CHECKPOINT_PAGES: u32 = 64;
 /// the checkpoint, which comes a turn after [`CHECKPOINT_PAGES`], rarely
 /// finds a WAL past it.
 pub(crate) const KEPT_WAL_BYTES: i64 = 512 * 1024;
+
+/// WAL pages after which an object's database is checkpointed with
+/// `Durability::Normal`: SQLite's own interval. `Normal` commits do not
+/// sync, so a longer WAL costs nothing per commit, and every checkpoint
+/// costs three syncs: measured, one every 64 pages made a lone writer's
+/// turns 1.4 times as slow as SQLite's (`durable_write`), one every 1,000
+/// as fast.
+pub(crate) const NORMAL_CHECKPOINT_PAGES: u32 = 1000;
+
+/// The size a WAL is cut back to when it starts over while its database
+/// is open with `Durability::Normal`: above [`NORMAL_CHECKPOINT_PAGES`] of
+/// 4 KiB, so that the WAL keeps its size between checkpoints (cutting it
+/// back took half of a checkpoint's time under load). Closing the
+/// database cuts it back to [`KEPT_WAL_BYTES`].
+pub(crate) const NORMAL_OPEN_WAL_BYTES: i64 = 5 << 20;
 
 thread_local! {
     /// The pages in the WAL after the last commit on this thread that
