@@ -264,7 +264,9 @@ async fn with_normal_durability_an_alarm_whose_index_entry_was_lost_fires_once_i
     let rt = build().await.unwrap();
     let ns = rt.namespace::<Reminder>();
     let id = ns.unique_id();
-    ns.stub(&id).remind_in(300, 0).await.unwrap().unwrap();
+    // Due well after the restart below, however slow the machine: an alarm
+    // due during the first runtime's shutdown would fire there.
+    ns.stub(&id).remind_in(2000, 0).await.unwrap().unwrap();
     rt.shutdown().await.unwrap();
     drop(rt);
     // A power loss kept the object's commit but not the index entry, which
