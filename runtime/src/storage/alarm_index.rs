@@ -62,6 +62,7 @@ use tokio::sync::Notify;
 use super::durability::Durability;
 use super::group_commit::GroupCommit;
 use super::now_millis;
+use super::wal;
 use crate::error::{Error, Result};
 use crate::id::ObjectId;
 use crate::sync::lock;
@@ -400,13 +401,11 @@ impl AlarmIndex {
 }
 
 /// Checkpoints the index (`synchronous = NORMAL`: SQLite syncs the WAL
-/// first and the database file after) and starts its WAL over with a
-/// commit that rewrites page 1 unchanged, which writes and syncs the WAL's
-/// new header, so that no writer does that later.
+/// first and the database file after) and starts its WAL over
+/// ([`wal::start_over`]), so that no writer does that later.
 fn checkpoint(conn: &Connection) -> rusqlite::Result<()> {
     conn.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |_| Ok(()))?;
-    let version: i64 = conn.query_row("PRAGMA user_version", [], |row| row.get(0))?;
-    conn.execute_batch(&format!("BEGIN IMMEDIATE; PRAGMA user_version = {version}; COMMIT;"))
+    wal::start_over(conn)
 }
 
 /// Adds to `found` the earliest `limit` entries of `type_name` due at

@@ -63,8 +63,6 @@ use std::ffi::c_int;
 use rusqlite::Connection;
 use rusqlite::hooks::Wal;
 
-use super::database::APPLICATION_ID;
-
 /// WAL pages after which an object's database is checkpointed
 /// (`Durability::Full`), before its next turn.
 pub(crate) const CHECKPOINT_PAGES: u32 = 64;
@@ -141,10 +139,17 @@ fn checkpoint_and_start_over(conn: &Connection) -> rusqlite::Result<()> {
             Some(format!("the checkpoint copied {copied} of {pages} WAL pages")),
         ));
     }
-    // Rewrites page 1 unchanged: the first commit after a complete
-    // checkpoint starts the WAL over (and cuts a long one back to
-    // `journal_size_limit`).
-    conn.execute_batch(&format!("BEGIN IMMEDIATE; PRAGMA application_id = {APPLICATION_ID}; COMMIT;"))
+    start_over(conn)
+}
+
+/// Starts the WAL of a completely checkpointed database over, with a
+/// commit that rewrites page 1 unchanged: the first commit after a
+/// complete checkpoint starts the WAL over (writing its new header, synced
+/// under `NORMAL`, and cutting a long one back to `journal_size_limit`),
+/// so that no later writer does.
+pub(crate) fn start_over(conn: &Connection) -> rusqlite::Result<()> {
+    let version: i64 = conn.query_row("PRAGMA user_version", [], |row| row.get(0))?;
+    conn.execute_batch(&format!("BEGIN IMMEDIATE; PRAGMA user_version = {version}; COMMIT;"))
 }
 
 #[cfg(test)]
