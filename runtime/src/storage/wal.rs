@@ -41,7 +41,8 @@
 //! new size (on the test VM, a 4 KiB write and `fdatasync` took 220–250 µs
 //! appending, 120–155 µs overwriting). So the WAL is never truncated to
 //! zero: after a checkpoint, commits overwrite it from its start. A
-//! checkpoint comes every [`CHECKPOINT_PAGES`] pages (256 KiB), and the
+//! checkpoint comes every [`CHECKPOINT_PAGES`] pages (64 KiB with the 1 KiB
+//! pages of a new database, see `database.rs`), and the
 //! file is cut back to [`KEPT_WAL_BYTES`] (`journal_size_limit`) when it
 //! starts over after growing past that (a large turn), so an object keeps at
 //! most 512 KiB of WAL on disk beside its database, and only an object that
@@ -82,10 +83,11 @@ pub(crate) const KEPT_WAL_BYTES: i64 = 512 * 1024;
 pub(crate) const NORMAL_CHECKPOINT_PAGES: u32 = 1000;
 
 /// The size a WAL is cut back to when it starts over while its database
-/// is open with `Durability::Normal`: above [`NORMAL_CHECKPOINT_PAGES`] of
-/// 4 KiB, so that the WAL keeps its size between checkpoints (cutting it
-/// back took half of a checkpoint's time under load). Closing the
-/// database cuts it back to [`KEPT_WAL_BYTES`].
+/// is open with `Durability::Normal`: above [`NORMAL_CHECKPOINT_PAGES`]
+/// (of 1 KiB in a new database, of up to 4 KiB in one made before pages
+/// were 1 KiB), so that the WAL keeps its size between checkpoints
+/// (cutting it back took half of a checkpoint's time under load). Closing
+/// the database cuts it back to [`KEPT_WAL_BYTES`].
 pub(crate) const NORMAL_OPEN_WAL_BYTES: i64 = 5 << 20;
 
 thread_local! {
