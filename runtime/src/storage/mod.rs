@@ -606,6 +606,7 @@ impl Storage {
             state.wal = opened.wal;
             state.new_paths = opened.new_paths;
             state.wal_frames = 0;
+            self.inner.gate.forget_sync_ahead();
             state.replica = opened.replica;
             root.open.opened(self.inner.clone());
             self.index_alarm_if_lost(state);
