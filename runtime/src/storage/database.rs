@@ -63,7 +63,7 @@ impl Location {
                         conn
                     }
                 };
-                Ok(Opened { conn, wal: None, new_paths: Vec::new(), replica: None })
+                Ok(Opened { conn, wal: None, page_size: 0, new_paths: Vec::new(), replica: None })
             }
         }
     }
@@ -83,7 +83,7 @@ impl Location {
         let (conn, replica) = Replica::open(log.clone(), type_name, id, &path, |path| {
             open_file(path, Durability::Normal).map(|opened| opened.conn)
         })?;
-        Ok(Opened { conn, wal: None, new_paths: Vec::new(), replica: Some(replica) })
+        Ok(Opened { conn, wal: None, page_size: 0, new_paths: Vec::new(), replica: Some(replica) })
     }
 
     /// Closes the database of an object (parks it, in memory). `written`:
@@ -157,6 +157,9 @@ pub(crate) struct Opened {
     /// after every commit with `Durability::Full`, after the first commit
     /// of a new database with `Normal`.
     pub(crate) wal: Option<Arc<File>>,
+    /// The size of the database's pages, in bytes, when its WAL is the
+    /// runtime's to checkpoint (see `wal.rs`); 0 otherwise.
+    pub(crate) page_size: u32,
     /// A new database file (created without a sync, see `wal.rs`) and the
     /// directories whose entries changed (a file or directory was created
     /// in them), to sync with the first commit so that a power loss cannot
@@ -240,8 +243,11 @@ fn open_file(path: &Path, durability: Durability) -> Result<Opened> {
     };
     conn.execute_batch(&format!("PRAGMA synchronous = {synchronous}; PRAGMA journal_size_limit = {kept}"))
         .map_err(|e| storage_error(&format!("configure {what}"), e))?;
+    let page_size = conn
+        .query_row("PRAGMA page_size", [], |row| row.get(0))
+        .map_err(|e| storage_error(&format!("read the page size of {what}"), e))?;
     let wal = Some(Arc::new(open_wal(path)?));
-    Ok(Opened { conn, wal, new_paths, replica: None })
+    Ok(Opened { conn, wal, page_size, new_paths, replica: None })
 }
 
 /// A handle on the WAL of the database at `path`, to sync it. SQLite has

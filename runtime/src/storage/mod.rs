@@ -213,6 +213,8 @@ struct State {
     /// database was opened or checkpointed (from the WAL hook, see
     /// `wal.rs`); 0 if none.
     wal_frames: u32,
+    /// The size of the open database's pages (`Opened::page_size`).
+    page_size: u32,
     /// `total_changes` of the connection when the turn's transaction began.
     changes: u64,
     /// The turn used `sql` or `delete_all`: its writes are not all counted
@@ -606,6 +608,7 @@ impl Storage {
             state.wal = opened.wal;
             state.new_paths = opened.new_paths;
             state.wal_frames = 0;
+            state.page_size = opened.page_size;
             self.inner.gate.forget_sync_ahead();
             state.replica = opened.replica;
             root.open.opened(self.inner.clone());

@@ -14,8 +14,8 @@
 //! reads, a pool close racing a turn's start) blocks until it is back:
 //! correct, and rare.
 //!
-//! - **Checkpoints.** A commit that leaves [`CHECKPOINT_PAGES`] or more in
-//!   the WAL ([`NORMAL_CHECKPOINT_PAGES`] with `Normal`, see `wal.rs`)
+//! - **Checkpoints.** A commit that leaves [`CHECKPOINT_BYTES`] of pages or
+//!   more in the WAL ([`NORMAL_CHECKPOINT_BYTES`] with `Normal`, see `wal.rs`)
 //!   marks a checkpoint due; the next turn hands the connection to
 //!   a sync thread, which runs [`wal::checkpoint`] and gives it back, and
 //!   then runs. Replies are not held by it: the output gate holds them
@@ -67,7 +67,7 @@ use rusqlite::Connection;
 use super::Durability;
 use super::flush::{Flush, Shipment};
 use super::replica::Replica;
-use super::wal::{self, CHECKPOINT_PAGES, NORMAL_CHECKPOINT_PAGES};
+use super::wal::{self, CHECKPOINT_BYTES, NORMAL_CHECKPOINT_BYTES};
 use super::{Storage, StorageRoot, is_empty};
 use crate::id::ObjectId;
 use crate::sync::lock;
@@ -194,9 +194,10 @@ impl Storage {
         state.wal_frames = frames;
         let Some(threads) = &self.inner.root.upkeep else { return };
         let gate = &self.inner.gate;
+        let bytes = u64::from(frames) * u64::from(state.page_size);
         match self.inner.root.durability {
-            Durability::Full if frames >= CHECKPOINT_PAGES => gate.due.store(true, Ordering::Relaxed),
-            Durability::Normal if frames >= NORMAL_CHECKPOINT_PAGES => {
+            Durability::Full if bytes >= CHECKPOINT_BYTES => gate.due.store(true, Ordering::Relaxed),
+            Durability::Normal if bytes >= NORMAL_CHECKPOINT_BYTES => {
                 match (gate.ahead.load(Ordering::SeqCst), &state.wal) {
                     (AHEAD_SYNCING, _) => {}
                     (AHEAD_NONE, Some(wal)) => {
