@@ -331,8 +331,7 @@ async fn delete_all_empties_the_storage_which_stays_usable() {
     // Emptied and left empty, the database file is removed on eviction.
     store.delete_all().await.unwrap().unwrap();
     rt.shutdown().await.unwrap();
-    let hex = id.to_string();
-    let file = dir.path().join("objects").join("Store").join(&hex[..2]).join(format!("{hex}.sqlite"));
+    let file = object_file(dir.path(), &id, "");
     assert!(!file.exists(), "{} should have been removed", file.display());
 }
 
@@ -343,13 +342,8 @@ async fn an_active_objects_database_is_its_runtimes_alone_and_is_left_tidy_on_ev
     let ns = rt.namespace::<Store>();
     let id = ns.unique_id();
     ns.stub(&id).put("k".into(), "v".into()).await.unwrap().unwrap();
-    let hex = id.to_string();
-    let file = dir.path().join("objects").join("Store").join(&hex[..2]).join(format!("{hex}.sqlite"));
-    let with_suffix = |suffix: &str| {
-        let mut name = file.clone().into_os_string();
-        name.push(suffix);
-        std::path::PathBuf::from(name)
-    };
+    let file = object_file(dir.path(), &id, "");
+    let with_suffix = |suffix: &str| object_file(dir.path(), &id, suffix);
 
     // While the object is active, no other connection may read or write.
     let foreign = stead::rusqlite::Connection::open(&file).unwrap();
@@ -378,10 +372,7 @@ async fn an_active_objects_database_is_its_runtimes_alone_and_is_left_tidy_on_ev
 #[tokio::test]
 async fn a_new_database_has_1_kib_pages_and_an_older_one_keeps_its_own() {
     let dir = tempfile::tempdir().unwrap();
-    let path = |id: &stead::ObjectId| {
-        let hex = id.to_string();
-        dir.path().join("objects").join("Store").join(&hex[..2]).join(format!("{hex}.sqlite"))
-    };
+    let path = |id: &stead::ObjectId| object_file(dir.path(), id, "");
     let page_size = |id: &stead::ObjectId| {
         let conn = stead::rusqlite::Connection::open(path(id)).unwrap();
         conn.query_row("PRAGMA page_size", [], |row| row.get::<_, i64>(0)).unwrap()
@@ -425,8 +416,7 @@ async fn a_wal_keeps_its_size_across_checkpoints_and_activations() {
     for i in 0..300 {
         ns.stub(&id).put(format!("k{i:03}"), value.clone()).await.unwrap().unwrap();
     }
-    let hex = id.to_string();
-    let wal = dir.path().join("objects").join("Store").join(&hex[..2]).join(format!("{hex}.sqlite-wal"));
+    let wal = object_file(dir.path(), &id, "-wal");
     let len = || std::fs::metadata(&wal).unwrap().len();
     let working = len();
     // At least a checkpoint interval of 256 pages of 1 KiB; at most the
@@ -473,8 +463,7 @@ async fn a_normal_wal_is_checkpointed_while_open_and_cut_back_when_closed() {
     for i in 0..2200 {
         ns.stub(&id).put(format!("k{i:04}"), value.clone()).await.unwrap().unwrap();
     }
-    let hex = id.to_string();
-    let wal = dir.path().join("objects").join("Store").join(&hex[..2]).join(format!("{hex}.sqlite-wal"));
+    let wal = object_file(dir.path(), &id, "-wal");
     let len = || std::fs::metadata(&wal).unwrap().len();
     let open = len();
     assert!((1000 * 1024..=4 << 20).contains(&open), "the open WAL is {open} bytes");
@@ -519,10 +508,7 @@ async fn a_corrupt_or_foreign_file_fails_only_its_own_object() {
     let corrupt = ns.unique_id();
     let foreign = ns.unique_id();
     let healthy = ns.unique_id();
-    let path = |id: &stead::ObjectId| {
-        let hex = id.to_string();
-        dir.path().join("objects").join("Store").join(&hex[..2]).join(format!("{hex}.sqlite"))
-    };
+    let path = |id: &stead::ObjectId| object_file(dir.path(), id, "");
     for id in [&corrupt, &foreign] {
         std::fs::create_dir_all(path(id).parent().unwrap()).unwrap();
     }
@@ -556,11 +542,16 @@ async fn no_more_databases_are_open_than_the_cap() {
     assert!(rt.open_databases() <= 4);
 }
 
+/// The database file of `Store` object `id` under data directory `dir`,
+/// or the file SQLite keeps beside it under `suffix` (`-wal`, `-shm`).
+fn object_file(dir: &Path, id: &stead::ObjectId, suffix: &str) -> std::path::PathBuf {
+    let hex = id.to_string();
+    dir.join("objects").join("Store").join(&hex[..2]).join(format!("{hex}.sqlite{suffix}"))
+}
+
 /// The name an object's database keeps, if any.
 fn stored_name(dir: &Path, id: &stead::ObjectId) -> Option<String> {
-    let hex = id.to_string();
-    let path = dir.join("objects").join("Store").join(&hex[..2]).join(format!("{hex}.sqlite"));
-    let conn = stead::rusqlite::Connection::open(path).unwrap();
+    let conn = stead::rusqlite::Connection::open(object_file(dir, id, "")).unwrap();
     conn.query_row("SELECT value FROM _stead_meta WHERE name = 'name'", [], |row| row.get(0)).ok()
 }
 

@@ -113,8 +113,7 @@ impl Location {
                 // (With `Normal` a WAL may be longer than that while open,
                 // even with nothing written since its last checkpoint.)
                 let long = || {
-                    let mut wal = Location::path(root, type_name, id).into_os_string();
-                    wal.push("-wal");
+                    let wal = with_suffix(&Location::path(root, type_name, id), "-wal");
                     std::fs::metadata(wal).is_ok_and(|meta| meta.len() > KEPT_WAL_BYTES as u64)
                 };
                 let cut_back = format!("PRAGMA journal_size_limit = {KEPT_WAL_BYTES}");
@@ -137,10 +136,8 @@ impl Location {
             Location::Files(root) => {
                 let path = Location::path(root, type_name, id);
                 for suffix in ["", "-wal", "-shm"] {
-                    let mut file = path.clone().into_os_string();
-                    file.push(suffix);
                     // Missing files are fine: the goal is that none is left.
-                    let _ = std::fs::remove_file(file);
+                    let _ = std::fs::remove_file(with_suffix(&path, suffix));
                 }
             }
             Location::Memory(parked) => {
@@ -250,14 +247,20 @@ fn open_file(path: &Path, durability: Durability) -> Result<Opened> {
     Ok(Opened { conn, wal, page_size, new_paths, replica: None })
 }
 
+/// The file SQLite keeps beside the database at `path` under `suffix`
+/// (`-wal`, `-shm`; `""`: the database itself).
+fn with_suffix(path: &Path, suffix: &str) -> PathBuf {
+    let mut file = path.as_os_str().to_owned();
+    file.push(suffix);
+    PathBuf::from(file)
+}
+
 /// A handle on the WAL of the database at `path`, to sync it. SQLite has
 /// it open already (the database was read in WAL mode, exclusively), and
 /// keeps it for as long as the connection lives (it is never deleted while
 /// open; see `Location::close`).
 fn open_wal(path: &Path) -> Result<File> {
-    let mut wal = path.as_os_str().to_owned();
-    wal.push("-wal");
-    let wal = PathBuf::from(wal);
+    let wal = with_suffix(path, "-wal");
     std::fs::OpenOptions::new()
         .read(true)
         .write(true)
