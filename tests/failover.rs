@@ -140,6 +140,71 @@ async fn an_object_whose_local_copy_is_lost_is_rebuilt_from_postgres() {
     rt.shutdown().await.unwrap();
 }
 
+/// Turns of many objects at once share shipments; an object whose epoch
+/// moved on in PostgreSQL (as another node's takeover moves it) fails its
+/// turn and appends nothing, and the others' turns of the same moment
+/// commit.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_fenced_object_fails_alone_among_turns_shipped_together() {
+    let pg = TempPostgres::start().unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let rt = local_node(&pg, dir.path(), "ohio").await;
+    let sql = sql(&pg).await;
+    let accounts = rt.namespace::<Account>();
+    let ids: Vec<_> = (0..32).map(|_| accounts.unique_id()).collect();
+    // All calls at once, each in a task of its own.
+    let deposit_all = |ids: &[stead::ObjectId], n: u64| {
+        let calls: Vec<_> = ids.iter().map(|id| tokio::spawn(accounts.stub(id).deposit(n))).collect();
+        async move {
+            let mut outcomes = Vec::new();
+            for call in calls {
+                outcomes.push(call.await.unwrap());
+            }
+            outcomes
+        }
+    };
+    for outcome in deposit_all(&ids, 0).await {
+        outcome.unwrap().unwrap();
+    }
+    // Every fourth object is taken over behind the node's back.
+    let fenced: Vec<_> = ids.iter().step_by(4).collect();
+    let last_entry = |id: &stead::ObjectId| {
+        let (sql, key) = (&sql, id.as_bytes().to_vec());
+        async move {
+            let row = sql.query_one("SELECT max(seq) FROM stead_log WHERE id = $1", &[&key]).await.unwrap();
+            row.get::<_, Option<i64>>(0)
+        }
+    };
+    let mut before = Vec::new();
+    for id in &fenced {
+        before.push(last_entry(id).await);
+        sql.execute(
+            "UPDATE stead_objects SET owner = 'seoul', epoch = epoch + 1 WHERE id = $1",
+            &[&id.as_bytes().as_slice()],
+        )
+        .await
+        .unwrap();
+    }
+
+    for (id, outcome) in ids.iter().zip(deposit_all(&ids, 1).await) {
+        match fenced.contains(&id) {
+            true => assert!(!matches!(outcome, Ok(Ok(_))), "a fenced object committed a turn: {outcome:?}"),
+            false => assert_eq!(outcome.unwrap().unwrap(), 2),
+        }
+    }
+    let others: Vec<_> = ids.iter().filter(|id| !fenced.contains(id)).copied().collect();
+    for outcome in deposit_all(&others, 2).await {
+        assert_eq!(outcome.unwrap().unwrap(), 3);
+    }
+    for (id, before) in fenced.iter().zip(before) {
+        assert_eq!(last_entry(id).await, before, "a fenced object's log grew");
+    }
+    for id in &others {
+        assert_eq!(accounts.stub(id).deposits().await.unwrap().unwrap(), [0, 1, 2]);
+    }
+    rt.shutdown().await.unwrap();
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn statements_commit_with_the_turn_or_neither_does() {
     let pg = TempPostgres::start().unwrap();

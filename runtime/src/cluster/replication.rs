@@ -21,7 +21,8 @@
 //! even one that changes nothing, added about 30 µs to every append.
 //!
 //! **Group commit.** Entries of many objects that are ready at the same
-//! moment share one statement, hence one transaction and one round trip:
+//! moment share one statement ([`APPEND_MANY`], the entries as arrays),
+//! hence one transaction and one round trip:
 //! a few connections ([`SHIPPERS`]) ship at once, each taking every entry
 //! waiting (up to [`MAX_BATCH`]) when it is free, the one used last first
 //! (see `dispatch`). Entries that carry the application's statements
@@ -81,6 +82,35 @@ WITH f AS (
 INSERT INTO stead_log (type, id, seq, wal_offset, frames)
 SELECT $1, $2, $7, $5, $6 FROM f
 RETURNING seq";
+
+/// [`APPEND`] for several entries at once, given as arrays (`$1` to `$6`:
+/// types, ids, epochs, numbers, WAL offsets, frames; `$7` this node).
+/// Returns, for each entry appended, its place in the arrays (from 1)
+/// and its number; an entry not returned was fenced.
+const APPEND_MANY: &str = "
+WITH e AS (
+    SELECT * FROM unnest($1::text[], $2::bytea[], $3::int8[], $4::int8[], $5::int8[], $6::bytea[])
+        WITH ORDINALITY AS e (type, id, epoch, seq, wal_offset, frames, n)
+), f AS (
+    SELECT e.* FROM e JOIN stead_objects o
+        ON o.type = e.type AND o.id = e.id AND o.epoch = e.epoch AND o.owner = $7
+    FOR SHARE OF o
+), i AS (
+    INSERT INTO stead_log (type, id, seq, wal_offset, frames)
+    SELECT type, id, seq, wal_offset, frames FROM f
+)
+SELECT n, seq FROM f";
+
+/// The types of [`APPEND_MANY`]'s parameters.
+const APPEND_MANY_TYPES: &[Type] = &[
+    Type::TEXT_ARRAY,
+    Type::BYTEA_ARRAY,
+    Type::INT8_ARRAY,
+    Type::INT8_ARRAY,
+    Type::INT8_ARRAY,
+    Type::BYTEA_ARRAY,
+    Type::TEXT,
+];
 
 const HEAD: &str = "
 SELECT owner, epoch,
@@ -403,12 +433,17 @@ fn fenced(type_name: &str, id: &ObjectId, me: &str) -> Error {
     ))
 }
 
-/// Appends entries without statements: one statement each, all sent at
-/// once (pipelined) in one transaction, so that the batch costs one round
-/// trip and one commit. A single entry needs no explicit transaction.
+/// Appends entries without statements in one transaction, so that the
+/// batch costs one round trip and one commit: a single entry by itself,
+/// several in one statement ([`APPEND_MANY`]), or, when one of them
+/// changed its object's alarm, one statement each, all sent at once
+/// (pipelined) in an explicit transaction.
 async fn append_plain(pg: &Pg, me: &str, batch: &[Entry]) -> Result<Vec<Outcome>> {
     pg.with("shipping turns' writes", |c| async move {
         let client = &c.client;
+        if batch.len() > 1 && batch.iter().all(|entry| entry.alarm.is_none()) {
+            return append_many(&c, me, batch).await;
+        }
         let appends = batch.iter().map(|entry| append_one(&c, me, entry));
         if batch.len() == 1 {
             return futures_util::future::try_join_all(appends).await;
@@ -424,6 +459,31 @@ async fn append_plain(pg: &Pg, me: &str, batch: &[Entry]) -> Result<Vec<Outcome>
         Ok(outcomes)
     })
     .await
+}
+
+/// Appends entries that change no alarm with one statement: each where
+/// its object's row still names this node at the entry's epoch.
+async fn append_many(
+    c: &PgConn,
+    me: &str,
+    batch: &[Entry],
+) -> std::result::Result<Vec<Outcome>, tokio_postgres::Error> {
+    let statement = c.prepared(APPEND_MANY, APPEND_MANY_TYPES).await?;
+    let column = |f: fn(&Entry) -> i64| batch.iter().map(f).collect::<Vec<i64>>();
+    let types: Vec<&str> = batch.iter().map(|entry| entry.type_name).collect();
+    let ids: Vec<&[u8]> = batch.iter().map(|entry| entry.id.as_bytes().as_slice()).collect();
+    let frames: Vec<&[u8]> = batch.iter().map(|entry| entry.frames.as_slice()).collect();
+    let (epochs, seqs, offsets) = (column(|e| e.epoch), column(|e| e.seq), column(|e| e.wal_offset));
+    let params: [&(dyn ToSql + Sync); 7] = [&types, &ids, &epochs, &seqs, &offsets, &frames, &me];
+    let appended = c.client.query(&statement, &params).await?;
+    let mut outcomes: Vec<Outcome> = batch.iter().map(|_| Outcome::Fenced).collect();
+    for row in appended {
+        let (ordinal, seq): (i64, i64) = (row.try_get(0)?, row.try_get(1)?);
+        if let Some(outcome) = usize::try_from(ordinal - 1).ok().and_then(|i| outcomes.get_mut(i)) {
+            *outcome = Outcome::Appended(seq);
+        }
+    }
+    Ok(outcomes)
 }
 
 /// Appends one entry (the statements are prepared once per connection).
