@@ -393,8 +393,10 @@ async fn a_paused_owner_that_lost_its_object_commits_nothing_more_for_it() {
     cluster.signal(&owner, "-STOP");
     let paused = Instant::now();
     // Another node takes it over once the lease has lapsed.
+    // A try that timed out may have committed all the same (a timeout says
+    // nothing of the turn), so the deposit of 2 may be there more than once.
     let deposits = eventually(Duration::from_secs(20), || accounts.stub(&id).deposit(2)).await;
-    assert_eq!(deposits.unwrap(), 2);
+    assert!(deposits.unwrap() >= 2);
     let new_owner = cluster.owner(&id).await;
     assert_ne!(new_owner, owner);
     println!("taken over by {new_owner} {:?} after the pause", paused.elapsed());
@@ -408,6 +410,7 @@ async fn a_paused_owner_that_lost_its_object_commits_nothing_more_for_it() {
     let deposits = eventually(Duration::from_secs(10), || accounts.stub(&id).deposits()).await.unwrap();
     assert!(!deposits.contains(&3), "the paused node committed after losing the object: {deposits:?}");
     assert_eq!(deposits[..2], [1, 2]);
+    assert!(deposits[1..].iter().all(|&n| n == 2 || n == 4), "{deposits:?}");
     assert_eq!(cluster.owner(&id).await, new_owner, "the object stays where it moved");
 }
 
