@@ -92,9 +92,11 @@ WITH e AS (
     SELECT * FROM unnest($1::text[], $2::bytea[], $3::int8[], $4::int8[], $5::int8[], $6::bytea[])
         WITH ORDINALITY AS e (type, id, epoch, seq, wal_offset, frames, n)
 ), f AS (
-    SELECT e.* FROM e JOIN stead_objects o
-        ON o.type = e.type AND o.id = e.id AND o.epoch = e.epoch AND o.owner = $7
-    FOR SHARE OF o
+    SELECT e.* FROM e CROSS JOIN LATERAL (
+        SELECT 1 FROM stead_objects o
+        WHERE o.type = e.type AND o.id = e.id AND o.epoch = e.epoch AND o.owner = $7
+        FOR SHARE
+    ) o
 ), i AS (
     INSERT INTO stead_log (type, id, seq, wal_offset, frames)
     SELECT type, id, seq, wal_offset, frames FROM f
