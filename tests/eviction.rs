@@ -187,10 +187,14 @@ async fn a_call_that_arrives_while_the_evicted_instance_still_drops_loses_no_wri
         let ns = rt.namespace::<SlowDrop>();
         let id = ns.unique_id();
         let object = ns.stub(&id);
+        // Counted before each call: its instance may be evicted (20 ms
+        // idle) before the caller runs again on a busy machine.
+        let mut before = drops_begun(id);
         assert_eq!(object.add(1).await.unwrap().unwrap(), 1);
         for expected in 2..=4 {
             // The call lands while eviction is dropping the instance.
-            wait_for_a_drop(id, drops_begun(id)).await;
+            wait_for_a_drop(id, before).await;
+            before = drops_begun(id);
             let value = object.add(1).await.unwrap();
             assert_eq!(value.unwrap(), expected, "in_memory: {in_memory}");
         }
@@ -205,12 +209,14 @@ async fn a_write_made_while_an_emptied_object_closes_survives_its_next_eviction(
     let id = ns.unique_id();
     let object = ns.stub(&id);
     object.add(5).await.unwrap().unwrap();
+    // Counted before each call, as above.
+    let before = drops_begun(id);
     object.reset().await.unwrap().unwrap();
     // Closing the emptied database removes its file; the call must not be
     // left writing to a removed file.
-    wait_for_a_drop(id, drops_begun(id)).await;
-    assert_eq!(object.add(1).await.unwrap().unwrap(), 1);
+    wait_for_a_drop(id, before).await;
     let before = drops_begun(id);
+    assert_eq!(object.add(1).await.unwrap().unwrap(), 1);
     wait_for_a_drop(id, before).await;
     assert_eq!(object.stored().await.unwrap().unwrap(), 1, "the write went to a removed file");
 }
