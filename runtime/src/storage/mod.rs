@@ -215,6 +215,9 @@ struct State {
     wal_frames: u32,
     /// The size of the open database's pages (`Opened::page_size`).
     page_size: u32,
+    /// The WAL file's length as last seen (`wal::make_room`); `None` when
+    /// not known (the database was opened or checkpointed since).
+    wal_len: Option<u64>,
     /// `total_changes` of the connection when the turn's transaction began.
     changes: u64,
     /// The turn used `sql` or `delete_all`: its writes are not all counted
@@ -608,6 +611,7 @@ impl Storage {
             state.wal = opened.wal;
             state.new_paths = opened.new_paths;
             state.wal_frames = 0;
+            state.wal_len = None;
             state.page_size = opened.page_size;
             self.inner.gate.forget_sync_ahead();
             state.replica = opened.replica;

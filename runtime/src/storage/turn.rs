@@ -180,7 +180,11 @@ impl Storage {
             return Ok(());
         }
         self.note_frames(&mut state, frames);
-        let synced = self.inner.root.durability == Durability::Full || !state.new_paths.is_empty();
+        let full = self.inner.root.durability == Durability::Full;
+        if full && frames > 0 && state.page_size > 0 {
+            self.make_room(&mut state, frames);
+        }
+        let synced = full || !state.new_paths.is_empty();
         if wrote
             && synced
             && let Some(wal) = state.wal.clone()
@@ -192,6 +196,18 @@ impl Storage {
             self.inner.flush.committed(&wal, paths, index);
         }
         Ok(())
+    }
+
+    /// Keeps the WAL written ahead of the commit's frames, so that the
+    /// syncs of the next commits overwrite it rather than append to it
+    /// (`wal::make_room`). The commit does not depend on it: a failure is
+    /// only logged.
+    fn make_room(&self, state: &mut State, frames: u32) {
+        let State { wal, wal_len, page_size, .. } = state;
+        let Some(wal) = wal else { return };
+        if let Err(err) = wal::make_room(wal, wal_len, wal::frames_end(frames, *page_size)) {
+            tracing::debug!(%err, r#type = self.inner.type_name, object = %self.inner.id, "could not write the WAL ahead of its frames");
+        }
     }
 
     /// Queues statements of a turn that touched no storage, to be shipped

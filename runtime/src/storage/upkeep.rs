@@ -252,6 +252,7 @@ impl Storage {
         }
         let Some(conn) = state.conn.take() else { return };
         state.wal_frames = 0;
+        state.wal_len = None;
         let failed_ahead = self.inner.gate.forget_sync_ahead();
         self.inner.gate.leave();
         drop(state);

@@ -49,7 +49,9 @@
 //! wrote that much keeps that much: 10,000 such objects, 5 GiB at most.
 //! Closing a database checkpoints it the same way (`Location::close`), so
 //! the next activation finds a WAL of one page to read back, in a file of
-//! its old size.
+//! its old size. A young WAL, not yet that long, is kept written with zeros
+//! ahead of its last commit ([`make_room`]), so that its commits overwrite
+//! too.
 //!
 //! With `Durability::Normal` SQLite commits without syncing
 //! (`synchronous = NORMAL`) and syncs only in checkpoints, which are the
@@ -60,6 +62,8 @@
 
 use std::cell::Cell;
 use std::ffi::c_int;
+use std::fs::File;
+use std::os::unix::fs::FileExt;
 
 use rusqlite::Connection;
 use rusqlite::hooks::Wal;
@@ -94,6 +98,64 @@ pub(crate) const NORMAL_CHECKPOINT_BYTES: u64 = 1000 * 1024;
 /// checkpoint's time under load). Closing the database cuts it back to
 /// [`KEPT_WAL_BYTES`].
 pub(crate) const NORMAL_OPEN_WAL_BYTES: i64 = 4 << 20;
+
+/// How far a WAL synced after every commit (`Durability::Full`) is kept
+/// written ahead of its last frame, with zeros: a commit then overwrites
+/// bytes the file already has, and its `fdatasync` need not write the
+/// file's new size as well (an append's sync costs a journal commit of the
+/// filesystem too; see [`make_room`]).
+pub(crate) const ROOM_BYTES: u64 = 64 * 1024;
+
+/// The bytes of a WAL's header, and of the header of each of its frames.
+const WAL_HEADER_BYTES: u64 = 32;
+const FRAME_HEADER_BYTES: u64 = 24;
+
+/// Zeros to write ahead of a WAL's frames.
+static ZEROS: [u8; ROOM_BYTES as usize] = [0; ROOM_BYTES as usize];
+
+/// Where the last of `frames` frames of `page_size`-byte pages ends in
+/// the WAL.
+pub(crate) fn frames_end(frames: u32, page_size: u32) -> u64 {
+    WAL_HEADER_BYTES + u64::from(frames) * (u64::from(page_size) + FRAME_HEADER_BYTES)
+}
+
+/// Keeps the WAL written with zeros at least [`ROOM_BYTES`] / 2 beyond
+/// `end`, the end of its last committed frame, up to [`KEPT_WAL_BYTES`]
+/// (so that SQLite never cuts the file back): `len` is the file's length
+/// as last seen (`None`: not known, read it). Call it on the thread that
+/// commits, between two commits, so that no frame is being written.
+///
+/// Why: a `fdatasync` after an append must also make the file's new size
+/// durable, which on ext4 is a commit of its journal, shared by all the
+/// files being synced. A small program writing 1 KiB frames and
+/// `fdatasync`ing them from 64 threads into 1,000 files did 21,000–25,000
+/// syncs a second overwriting and 18,000 appending (p99 4.0–5.0 ms against
+/// 5.4–5.5 ms). A WAL is overwritten once it is checkpointed (it keeps its
+/// size), so only a young WAL appends: every WAL of the many objects that
+/// wrote less than a checkpoint's worth since they were made. PostgreSQL
+/// does the same for its WAL segments (`wal_init_zero`). `fallocate` would
+/// not do: writing into its unwritten extents changes the file's metadata
+/// too. The zeros are not valid frames (their page number is 0), so SQLite
+/// reads the WAL back up to its last commit, as it does in a WAL kept at
+/// its size, and nothing more.
+pub(crate) fn make_room(wal: &File, len: &mut Option<u64>, end: u64) -> std::io::Result<()> {
+    let limit = KEPT_WAL_BYTES as u64;
+    let known = match *len {
+        Some(known) => known,
+        None => wal.metadata()?.len(),
+    }
+    .max(end);
+    *len = Some(known);
+    if end + ROOM_BYTES / 2 <= known || known >= limit {
+        return Ok(());
+    }
+    let upto = (end + ROOM_BYTES).min(limit);
+    let zeros = &ZEROS[..usize::try_from(upto - known).unwrap_or(ZEROS.len()).min(ZEROS.len())];
+    *len = None; // Unknown if the write fails halfway.
+    wal.write_all_at(zeros, known)?;
+    *len = Some(known + zeros.len() as u64);
+    Ok(())
+}
 
 thread_local! {
     /// The pages in the WAL after the last commit on this thread that
@@ -176,10 +238,14 @@ mod tests {
         conn
     }
 
-    fn wal_len(path: &std::path::Path) -> u64 {
+    fn with_wal(path: &std::path::Path) -> std::path::PathBuf {
         let mut wal = path.as_os_str().to_owned();
         wal.push("-wal");
-        std::fs::metadata(wal).unwrap().len()
+        wal.into()
+    }
+
+    fn wal_len(path: &std::path::Path) -> u64 {
+        std::fs::metadata(with_wal(path)).unwrap().len()
     }
 
     #[test]
@@ -223,6 +289,57 @@ mod tests {
         let conn = Connection::open(&path).unwrap();
         let rows: i64 = conn.query_row("SELECT count(*) FROM t", [], |row| row.get(0)).unwrap();
         assert_eq!(rows, 41);
+    }
+
+    #[test]
+    fn zeros_written_ahead_of_the_frames_are_not_read_as_frames() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("db");
+        let conn = full(&path);
+        let wal = File::options().write(true).open(with_wal(&path)).unwrap();
+        let page_size: u32 = conn.query_row("PRAGMA page_size", [], |row| row.get(0)).unwrap();
+        let mut len = None;
+        take_frames();
+        let mut frames = 0;
+        let (limit, mut commits, mut at_limit) = (KEPT_WAL_BYTES as u64, 0, false);
+        // Commits of about a page each, until SQLite itself grows the WAL
+        // past the size kept.
+        while frames_end(frames, page_size) <= limit {
+            conn.execute("INSERT INTO t VALUES (?1, randomblob(100))", [commits]).unwrap();
+            commits += 1;
+            frames = take_frames();
+            let end = frames_end(frames, page_size);
+            make_room(&wal, &mut len, end).unwrap();
+            let on_disk = wal_len(&path);
+            assert_eq!(len, Some(on_disk), "commit {commits}");
+            assert!(
+                on_disk >= (end + ROOM_BYTES / 2).min(limit),
+                "commit {commits}: {on_disk} bytes, frames end at {end}"
+            );
+            assert!(on_disk <= limit.max(end), "commit {commits}: {on_disk} bytes");
+            at_limit |= on_disk == limit;
+            if commits % 25 == 0 {
+                // Zeros follow the frames: the WAL is read up to its last
+                // commit, no further.
+                assert!(on_disk > end);
+                assert_eq!(read_back_copy(&path), (commits, i64::from(frames)));
+            }
+        }
+        assert!(at_limit, "it wrote up to the size kept, no further");
+    }
+
+    /// The rows in `t` and the pages in the WAL of a copy of the files of
+    /// the database at `path`, made while it is open (as after a crash).
+    fn read_back_copy(path: &std::path::Path) -> (i64, i64) {
+        let copy = path.with_extension("copy");
+        std::fs::copy(path, &copy).unwrap();
+        std::fs::copy(with_wal(path), with_wal(&copy)).unwrap();
+        let conn = Connection::open(&copy).unwrap();
+        let rows = conn.query_row("SELECT count(*) FROM t", [], |row| row.get(0)).unwrap();
+        let pages = conn.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |row| row.get(1)).unwrap();
+        drop(conn); // Which checkpoints the copy and removes its WAL.
+        std::fs::remove_file(copy).unwrap();
+        (rows, pages)
     }
 
     #[test]
