@@ -440,6 +440,61 @@ async fn a_wal_keeps_its_size_across_checkpoints_and_activations() {
     rt.shutdown().await.unwrap();
 }
 
+/// With `Durability::Full` a young WAL is kept written with zeros ahead of
+/// its last commit, so that the syncs of the next commits overwrite rather
+/// than append (see `storage/wal.rs`); the zeros are not read as frames.
+/// With `Normal`, whose commits do not sync, the WAL just grows.
+#[tokio::test]
+async fn a_young_full_wal_is_written_ahead_with_zeros_that_are_never_read_as_commits() {
+    let dir = tempfile::tempdir().unwrap();
+    let rt = on_disk(dir.path()).await;
+    let ns = rt.namespace::<Store>();
+    let id = ns.unique_id();
+    for i in 0..5 {
+        ns.stub(&id).put(format!("k{i}"), "v".repeat(100)).await.unwrap().unwrap();
+    }
+    let wal = std::fs::read(object_file(dir.path(), &id, "-wal")).unwrap();
+    // Five commits of a page or two of 1 KiB, and 32-64 KiB of zeros.
+    assert!((32 * 1024..=80 * 1024).contains(&wal.len()), "the WAL is {} bytes", wal.len());
+    assert!(wal[wal.len() - 16 * 1024..].iter().all(|byte| *byte == 0), "the WAL ends in zeros");
+
+    // The files as a crash would leave them, opened by another runtime
+    // (with the same secret, which minted the id).
+    let copy = tempfile::tempdir().unwrap();
+    std::fs::copy(dir.path().join("secret"), copy.path().join("secret")).unwrap();
+    for suffix in ["", "-wal"] {
+        let to = object_file(copy.path(), &id, suffix);
+        std::fs::create_dir_all(to.parent().unwrap()).unwrap();
+        std::fs::copy(object_file(dir.path(), &id, suffix), to).unwrap();
+    }
+    let after_crash = on_disk(copy.path()).await;
+    let store = after_crash.namespace::<Store>().stub(&id);
+    for i in 0..5 {
+        assert_eq!(store.get(format!("k{i}")).await.unwrap().unwrap(), Some("v".repeat(100)));
+    }
+    store.put("k5".into(), "w".into()).await.unwrap().unwrap();
+    assert_eq!(store.get("k5".into()).await.unwrap().unwrap(), Some("w".into()));
+    after_crash.shutdown().await.unwrap();
+    rt.shutdown().await.unwrap();
+
+    let normal = tempfile::tempdir().unwrap();
+    let rt = Runtime::builder()
+        .data_dir(normal.path())
+        .durability(Durability::Normal)
+        .host::<Store>()
+        .build()
+        .await
+        .unwrap();
+    let ns = rt.namespace::<Store>();
+    let id = ns.unique_id();
+    for i in 0..5 {
+        ns.stub(&id).put(format!("k{i}"), "v".repeat(100)).await.unwrap().unwrap();
+    }
+    let len = std::fs::metadata(object_file(normal.path(), &id, "-wal")).unwrap().len();
+    assert!(len < 16 * 1024, "a Normal WAL is not written ahead: {len} bytes");
+    rt.shutdown().await.unwrap();
+}
+
 /// With `Durability::Normal` a WAL is checkpointed every 1,000 pages of
 /// 1 KiB (on a sync thread) and keeps its size while open, up to 4 MiB; closing the
 /// database cuts it back to 512 KiB, like a `Full` one.
