@@ -114,6 +114,11 @@ async fn on_disk(dir: &Path) -> Runtime {
     Runtime::builder().data_dir(dir).host::<Store>().build().await.unwrap()
 }
 
+/// [`on_disk`] with `Durability::Normal`.
+async fn on_disk_normal(dir: &Path) -> Runtime {
+    Runtime::builder().data_dir(dir).durability(Durability::Normal).host::<Store>().build().await.unwrap()
+}
+
 fn list(
     prefix: Option<&str>,
     start: Option<&str>,
@@ -478,13 +483,7 @@ async fn a_young_full_wal_is_written_ahead_with_zeros_that_are_never_read_as_com
     rt.shutdown().await.unwrap();
 
     let normal = tempfile::tempdir().unwrap();
-    let rt = Runtime::builder()
-        .data_dir(normal.path())
-        .durability(Durability::Normal)
-        .host::<Store>()
-        .build()
-        .await
-        .unwrap();
+    let rt = on_disk_normal(normal.path()).await;
     let ns = rt.namespace::<Store>();
     let id = ns.unique_id();
     for i in 0..5 {
@@ -501,16 +500,7 @@ async fn a_young_full_wal_is_written_ahead_with_zeros_that_are_never_read_as_com
 #[tokio::test]
 async fn a_normal_wal_is_checkpointed_while_open_and_cut_back_when_closed() {
     let dir = tempfile::tempdir().unwrap();
-    let normal = || async {
-        Runtime::builder()
-            .data_dir(dir.path())
-            .durability(Durability::Normal)
-            .host::<Store>()
-            .build()
-            .await
-            .unwrap()
-    };
-    let rt = normal().await;
+    let rt = on_disk_normal(dir.path()).await;
     let ns = rt.namespace::<Store>();
     let id = ns.unique_id();
     let value = "x".repeat(3000);
@@ -525,7 +515,7 @@ async fn a_normal_wal_is_checkpointed_while_open_and_cut_back_when_closed() {
     rt.shutdown().await.unwrap();
     assert!(len() <= 512 * 1024, "closing cuts the WAL back: {} bytes", len());
 
-    let rt = normal().await;
+    let rt = on_disk_normal(dir.path()).await;
     let ns = rt.namespace::<Store>();
     let store = ns.stub(&id);
     assert_eq!(store.get("k0000".into()).await.unwrap().unwrap(), Some(value.clone()));
