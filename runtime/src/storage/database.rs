@@ -152,7 +152,8 @@ pub(crate) struct Opened {
     pub(crate) conn: Connection,
     /// The WAL file of a database on disk, to sync it (see `flush.rs`):
     /// after every commit with `Durability::Full`, after the first commit
-    /// of a new database with `Normal`.
+    /// of a new database with `Normal`; and with `Full` to write zeros
+    /// ahead of its commits (`wal::make_room`).
     pub(crate) wal: Option<Arc<File>>,
     /// The size of the database's pages, in bytes, when its WAL is the
     /// runtime's to checkpoint (see `wal.rs`); 0 otherwise.
@@ -255,10 +256,11 @@ fn with_suffix(path: &Path, suffix: &str) -> PathBuf {
     PathBuf::from(file)
 }
 
-/// A handle on the WAL of the database at `path`, to sync it. SQLite has
-/// it open already (the database was read in WAL mode, exclusively), and
-/// keeps it for as long as the connection lives (it is never deleted while
-/// open; see `Location::close`).
+/// A handle on the WAL of the database at `path`, to sync it (and write it
+/// ahead, see `wal::make_room`). SQLite has it open already (the database
+/// was read in WAL mode, exclusively), and keeps it for as long as the
+/// connection lives (it is never deleted while open; see
+/// `Location::close`).
 fn open_wal(path: &Path) -> Result<File> {
     let wal = with_suffix(path, "-wal");
     std::fs::OpenOptions::new()
