@@ -293,3 +293,43 @@ async fn a_task_calling_idle_objects_in_a_loop_lets_other_tasks_run() {
     assert!(seen < CALLS as usize, "the other task ran only after all {seen} calls");
     rt.shutdown().await.unwrap();
 }
+
+/// A task whose calls run their turns in its own poll yields its worker at
+/// its next call, not after 128 of them: with many callers always ready,
+/// one that has yielded waits for a round of the others' polls, and 128
+/// turns a poll made that round take up to 280 ms (see
+/// `INLINE_REPLY_BUDGET` in `local/drive.rs`).
+#[tokio::test(flavor = "current_thread")]
+async fn a_task_calling_objects_in_a_loop_yields_at_its_next_call() {
+    const CALLS: usize = 2_000;
+    let rt = Runtime::builder().in_memory().host::<Counter>().build().await.unwrap();
+    let ns = rt.namespace::<Counter>();
+    let stubs: Vec<_> = (0..10).map(|i| ns.stub(&ns.id_from_name(&format!("c{i}")))).collect();
+    let calls = std::sync::Arc::new(AtomicUsize::new(0));
+    let looping = {
+        let calls = calls.clone();
+        tokio::spawn(async move {
+            for i in 0..CALLS {
+                stubs[i % stubs.len()].increment(1).await.unwrap();
+                calls.fetch_add(1, Ordering::SeqCst);
+            }
+        })
+    };
+    // Runs whenever the looping task yields: counts its calls in between.
+    let watcher = tokio::spawn(async move {
+        let (mut last, mut most) = (0, 0);
+        while last < CALLS {
+            let now = calls.load(Ordering::SeqCst);
+            most = most.max(now - last);
+            last = now;
+            tokio::task::yield_now().await;
+        }
+        most
+    });
+    looping.await.unwrap();
+    let most = watcher.await.unwrap();
+    // One call a poll; a few between two runs of the watcher if it was
+    // not woken in every round (with one unit a reply: 128 and more).
+    assert!((1..=8).contains(&most), "{most} calls between two runs of the other task");
+    rt.shutdown().await.unwrap();
+}
