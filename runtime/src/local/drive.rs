@@ -307,7 +307,11 @@ impl Future for LocalReply {
                 }
             }
         }
-        match Pin::new(&mut this.receiver).poll(cx) {
+        // Unconstrained: the budget was spent above, for the turns; out of
+        // it, tokio's channel would not register the task to be woken by
+        // the reply (only to be polled again soon, which would spin until
+        // the reply came).
+        match Pin::new(&mut tokio::task::unconstrained(&mut this.receiver)).poll(cx) {
             Poll::Pending => Poll::Pending,
             Poll::Ready(reply) => {
                 this.activation = None;
