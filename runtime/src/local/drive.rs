@@ -96,7 +96,7 @@ pub(crate) const INLINE_TURNS: usize = 64;
 /// the others' turns: 0.8 % of calls took 30–280 ms (measured with
 /// `Normal` on 1,000 objects, in memory as on disk, where p99 stayed at
 /// 0.06 ms and the longest call took 240 ms). Spending the whole budget, the
-/// longest call there took 8–10 ms and p99 rose to 1.7–2.5 ms, at the same
+/// longest call there took 8–10 ms and p99 rose to 1.7–3.0 ms, at the same
 /// throughput within the runs' spread; on 100 objects, where these waits
 /// added to those for checkpoints, p99 fell from 19–23 ms to 1.7–2.3 ms. A task
 /// that makes one call between its awaits is not slowed: its next await
