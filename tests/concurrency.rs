@@ -271,18 +271,7 @@ async fn sixty_four_callers_on_one_durable_object_all_complete_calls() {
 async fn a_task_calling_idle_objects_in_a_loop_lets_other_tasks_run() {
     const CALLS: u64 = 10_000;
     let rt = Runtime::builder().in_memory().host::<Counter>().build().await.unwrap();
-    let ns = rt.namespace::<Counter>();
-    let stubs: Vec<_> = (0..10).map(|i| ns.stub(&ns.id_from_name(&format!("c{i}")))).collect();
-    let calls = std::sync::Arc::new(AtomicUsize::new(0));
-    let looping = {
-        let calls = calls.clone();
-        tokio::spawn(async move {
-            for i in 0..CALLS {
-                stubs[i as usize % stubs.len()].increment(1).await.unwrap();
-                calls.fetch_add(1, Ordering::SeqCst);
-            }
-        })
-    };
+    let (looping, calls) = spawn_looping_caller(&rt, CALLS as usize);
     // Queued behind the loop on the only worker.
     let seen = tokio::spawn({
         let calls = calls.clone();
@@ -303,18 +292,7 @@ async fn a_task_calling_idle_objects_in_a_loop_lets_other_tasks_run() {
 async fn a_task_calling_objects_in_a_loop_yields_at_its_next_call() {
     const CALLS: usize = 2_000;
     let rt = Runtime::builder().in_memory().host::<Counter>().build().await.unwrap();
-    let ns = rt.namespace::<Counter>();
-    let stubs: Vec<_> = (0..10).map(|i| ns.stub(&ns.id_from_name(&format!("c{i}")))).collect();
-    let calls = std::sync::Arc::new(AtomicUsize::new(0));
-    let looping = {
-        let calls = calls.clone();
-        tokio::spawn(async move {
-            for i in 0..CALLS {
-                stubs[i % stubs.len()].increment(1).await.unwrap();
-                calls.fetch_add(1, Ordering::SeqCst);
-            }
-        })
-    };
+    let (looping, calls) = spawn_looping_caller(&rt, CALLS);
     // Runs whenever the looping task yields: counts its calls in between.
     let watcher = tokio::spawn(async move {
         let (mut last, mut most) = (0, 0);
@@ -332,4 +310,25 @@ async fn a_task_calling_objects_in_a_loop_yields_at_its_next_call() {
     // not woken in every round (with one unit a reply: 128 and more).
     assert!((1..=8).contains(&most), "{most} calls between two runs of the other task");
     rt.shutdown().await.unwrap();
+}
+
+/// Spawns a task that makes `calls` calls to ten idle `Counter` objects of
+/// `rt` in a loop, and the count of the calls it made so far.
+fn spawn_looping_caller(
+    rt: &Runtime,
+    calls: usize,
+) -> (tokio::task::JoinHandle<()>, std::sync::Arc<AtomicUsize>) {
+    let ns = rt.namespace::<Counter>();
+    let stubs: Vec<_> = (0..10).map(|i| ns.stub(&ns.id_from_name(&format!("c{i}")))).collect();
+    let made = std::sync::Arc::new(AtomicUsize::new(0));
+    let looping = tokio::spawn({
+        let made = made.clone();
+        async move {
+            for i in 0..calls {
+                stubs[i % stubs.len()].increment(1).await.unwrap();
+                made.fetch_add(1, Ordering::SeqCst);
+            }
+        }
+    });
+    (looping, made)
 }
