@@ -53,11 +53,6 @@ use crate::sync::lock;
 /// trimmed): 8 MiB, about 2,000 pages.
 pub(crate) const SNAPSHOT_AFTER: u64 = 8 << 20;
 
-/// The size of a WAL file's header.
-const WAL_HEADER: u64 = 32;
-/// The size of a WAL frame's header (the page follows it).
-const FRAME_HEADER: u64 = 24;
-
 /// The log of every object of a runtime, kept by the cluster's referee
 /// (implemented in `cluster/replication.rs`). Every method blocks the
 /// calling thread (storage is synchronous) and is bounded in time.
@@ -149,7 +144,8 @@ pub(crate) struct Replica {
     wal: File,
     /// The marker, overwritten in place after each shipment.
     marker: File,
-    frame_size: u64,
+    /// The size of the database's pages (each WAL frame holds one).
+    page_size: u32,
     epoch: i64,
     shipped: Mutex<Shipped>,
 }
@@ -209,9 +205,9 @@ impl Replica {
         // Counts the frames of each commit, and replaces SQLite's automatic
         // checkpoints: the runtime checkpoints (see `checkpoint`).
         conn.wal_hook(Some(wal::count_frames));
-        let page_size: u64 = conn
+        let page_size: u32 = conn
             .query_row("PRAGMA page_size", [], |row| row.get::<_, i64>(0))
-            .map(|size| u64::try_from(size).unwrap_or(4096))
+            .map(|size| u32::try_from(size).unwrap_or(4096))
             .map_err(|e| Error::Storage(format!("could not read the page size of {}: {e}", db.display())))?;
         let wal = File::open(&files.wal).map_err(|e| io(&files.wal, e))?;
         let marker = std::fs::OpenOptions::new()
@@ -228,7 +224,7 @@ impl Replica {
             db: db.to_path_buf(),
             wal,
             marker,
-            frame_size: FRAME_HEADER + page_size,
+            page_size,
             epoch: head.epoch,
             // A new object's first shipment starts its log with the file
             // SQLite made (its header says WAL mode, and only it).
@@ -240,7 +236,7 @@ impl Replica {
     /// The end of the WAL after a commit that left `frames` frames in it
     /// (`wal::take_frames`: 0 when the commit wrote none).
     pub(crate) fn wal_end(&self, frames: u32) -> Option<u64> {
-        (frames > 0).then(|| WAL_HEADER + u64::from(frames) * self.frame_size)
+        (frames > 0).then(|| wal::frames_end(frames, self.page_size))
     }
 
     /// Whether the WAL has grown past [`SNAPSHOT_AFTER`].

@@ -149,8 +149,9 @@ pub(crate) fn make_room(wal: &File, len: &mut Option<u64>, end: u64) -> std::io:
     if end + ROOM_BYTES / 2 <= known || known >= limit {
         return Ok(());
     }
+    // Past `known` (which is at least `end`) and at most `ROOM_BYTES` on.
     let upto = (end + ROOM_BYTES).min(limit);
-    let zeros = &ZEROS[..usize::try_from(upto - known).unwrap_or(ZEROS.len()).min(ZEROS.len())];
+    let zeros = &ZEROS[..(upto - known) as usize];
     *len = None; // Unknown if the write fails halfway.
     wal.write_all_at(zeros, known)?;
     *len = Some(known + zeros.len() as u64);
