@@ -35,7 +35,7 @@ pub const DEFAULT_MAX_OPEN_DATABASES: usize = 1024;
 
 /// How many threads sync object databases at once, unless
 /// [`RuntimeBuilder::sync_threads`] says otherwise.
-pub const DEFAULT_SYNC_THREADS: usize = 64;
+pub const DEFAULT_SYNC_THREADS: usize = 32;
 
 /// How long a caller waits for a reply unless configured otherwise.
 pub const DEFAULT_CALL_TIMEOUT: Duration = Duration::from_secs(30);
@@ -151,10 +151,12 @@ impl RuntimeBuilder {
     /// commit durable before the replies it covers leave (one sync covers
     /// every turn committed since the one before). Syncs of different
     /// objects run in parallel, up to this many: a disk serves concurrent
-    /// syncs of different files in parallel up to its queue depth (on the
-    /// test VM, 64 threads gave about 1.6 times the throughput of 16 with
-    /// 1,000 busy objects; see `benches/throughput.rs`). Lower it to spare a
-    /// slow or shared disk. Threads start when needed and leave after 10 s
+    /// syncs of different files in parallel up to its queue depth. The
+    /// default, 32, is where the test VM's disk stopped gaining: with 1,000
+    /// busy objects, 16 threads gave about 0.85 of the throughput of 32, and
+    /// 64 the same throughput as 32 with a longer tail (p99 13–21 ms against
+    /// 10–18 ms; see `benches/throughput.rs`). Raise it for a disk with a
+    /// deeper queue (an NVMe drive), lower it to spare a slow or shared one. Threads start when needed and leave after 10 s
     /// without work. With [`Durability::Normal`] commits are not synced,
     /// and these threads run only the checkpoints and closes of databases,
     /// which sync.
