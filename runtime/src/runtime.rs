@@ -156,10 +156,11 @@ impl RuntimeBuilder {
     /// busy objects, 16 threads gave about 0.85 of the throughput of 32, and
     /// 64 the same throughput as 32 with a longer tail (p99 13–21 ms against
     /// 10–18 ms; see `benches/throughput.rs`). Raise it for a disk with a
-    /// deeper queue (an NVMe drive), lower it to spare a slow or shared one. Threads start when needed and leave after 10 s
-    /// without work. With [`Durability::Normal`] commits are not synced,
-    /// and these threads run only the checkpoints and closes of databases,
-    /// which sync.
+    /// deeper queue (an NVMe drive), lower it to spare a slow or shared
+    /// one. Threads start when needed and leave after 10 s without work.
+    /// With [`Durability::Normal`] commits are not synced, and these
+    /// threads run only the checkpoints and closes of databases, which
+    /// sync.
     pub fn sync_threads(mut self, threads: usize) -> Self {
         self.sync_threads = threads;
         self
