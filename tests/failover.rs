@@ -284,6 +284,59 @@ async fn snapshots_keep_the_log_bounded_and_a_large_object_restores_intact() {
     rt.shutdown().await.unwrap();
 }
 
+/// A turn that ships more than PostgreSQL keeps inline (about 2 KiB) is
+/// compressed with lz4, not PostgreSQL's slower default; tables made
+/// before this setting get it when a node starts, and the object restores.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_log_is_compressed_with_lz4_and_restores() {
+    let pg = TempPostgres::start().unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let sql = sql(&pg).await;
+    let compression = "SELECT attname::text, attcompression::text FROM pg_attribute \
+                       WHERE attrelid IN ('stead_log'::regclass, 'stead_snapshots'::regclass) \
+                       AND attname IN ('frames', 'data') ORDER BY attname";
+    let rt = local_node(&pg, dir.path(), "ohio").await;
+    let settings = |rows: Vec<tokio_postgres::Row>| {
+        rows.iter().map(|row| (row.get::<_, String>(0), row.get::<_, String>(1))).collect::<Vec<_>>()
+    };
+    let lz4 = vec![("data".to_string(), "l".to_string()), ("frames".to_string(), "l".to_string())];
+    assert_eq!(settings(sql.query(compression, &[]).await.unwrap()), lz4);
+    // As an earlier release left them.
+    rt.shutdown().await.unwrap();
+    sql.batch_execute(
+        "ALTER TABLE stead_log ALTER COLUMN frames SET COMPRESSION pglz; \
+         ALTER TABLE stead_snapshots ALTER COLUMN data SET COMPRESSION pglz",
+    )
+    .await
+    .unwrap();
+    let rt = local_node(&pg, dir.path(), "ohio").await;
+    assert_eq!(settings(sql.query(compression, &[]).await.unwrap()), lz4);
+
+    let accounts = rt.namespace::<Account>();
+    let id = accounts.unique_id();
+    accounts.stub(&id).blob("pages".into(), 3000, 7).await.unwrap().unwrap();
+    let (method, bytes, stored): (String, i64, i64) = {
+        let row = sql
+            .query_one(
+                "SELECT pg_column_compression(frames)::text, length(frames)::int8, \
+                 pg_column_size(frames)::int8 FROM stead_log ORDER BY length(frames) DESC LIMIT 1",
+                &[],
+            )
+            .await
+            .unwrap();
+        (row.get(0), row.get(1), row.get(2))
+    };
+    assert_eq!(method, "lz4", "an entry of {bytes} bytes");
+    assert!(bytes > 3000 && stored < 1000, "{bytes} bytes stored in {stored}");
+
+    rt.shutdown().await.unwrap();
+    std::fs::remove_dir_all(dir.path().join("ohio")).unwrap();
+    let rt = local_node(&pg, dir.path(), "ohio").await;
+    let blob = rt.namespace::<Account>().stub(&id).blob_of("pages".into()).await.unwrap().unwrap();
+    assert_eq!(blob, Some((3000, 7)));
+    rt.shutdown().await.unwrap();
+}
+
 /// Kills the owner during a stream of acknowledged deposits, several
 /// times: the object comes back on a live node with every one of them.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
