@@ -368,19 +368,24 @@ async fn migrate(tx: &tokio_postgres::Transaction<'_>) -> Result<()> {
 const USES_LZ4: &str = "
 SELECT attcompression = 'l' FROM pg_attribute WHERE attrelid = 'stead_log'::regclass AND attname = 'frames'";
 
+/// Sets lz4; the tables' lock is waited for at most a second (the setting
+/// needs it alone), so that a busy cluster never holds up a node's start.
 const SET_LZ4: &str = "
+SET LOCAL lock_timeout = '1s';
 ALTER TABLE stead_log ALTER COLUMN frames SET COMPRESSION lz4;
 ALTER TABLE stead_snapshots ALTER COLUMN data SET COMPRESSION lz4";
 
 /// Has PostgreSQL compress the log's frames and the snapshots with lz4
 /// rather than its default, pglz, where the server has lz4 (version 14 and
-/// later built with it, as the common packages are). A shipped commit
-/// holds whole 4 KiB pages, mostly zeros, and PostgreSQL compresses every
-/// value over about 2 KiB: with pglz that took 20 to 65 µs of each append
-/// on the test VM, with lz4 a few (`cargo bench --bench postgres`, see the
+/// later built with it, as the common packages are). An entry holds whole
+/// pages (1 KiB each), mostly zeros, and PostgreSQL compresses every value
+/// over about 2 KiB (a turn that wrote three pages or more, every
+/// snapshot): for a turn of 3 KiB that cost 20–40 µs more with pglz than
+/// with lz4 on the test VM (`cargo bench --bench postgres`, see the
 /// README). The setting is no new version of the tables: any release reads
-/// such values, and values stored before keep their compression. A server
-/// without lz4 keeps pglz, with a warning; nothing else changes.
+/// such values, and values stored before keep their compression. When it
+/// cannot be set (no lz4, another owner, the tables busy for a second) the
+/// log keeps pglz, with a warning, and the next node to start tries again.
 async fn compress_with_lz4(tx: &mut tokio_postgres::Transaction<'_>) -> Result<()> {
     let failed = |e: tokio_postgres::Error| pg_error("setting the log's compression", &e);
     // In a savepoint: on an older server the check itself fails.
@@ -395,8 +400,9 @@ async fn compress_with_lz4(tx: &mut tokio_postgres::Transaction<'_>) -> Result<(
         Err(err) if err.as_db_error().is_some() => {
             tracing::warn!(
                 err = %pg_error("lz4 compression", &err),
-                "PostgreSQL cannot compress the objects' log with lz4 (version 14 or later built with lz4 can): \
-                 it keeps pglz, which adds tens of microseconds to each replicated turn"
+                "could not have PostgreSQL compress the objects' log with lz4 (it needs PostgreSQL 14 or \
+                 later built with lz4, and the tables' owner): the log keeps pglz, which adds tens of \
+                 microseconds to each turn that ships more than 2 KiB; the next node to start tries again"
             );
             savepoint.rollback().await.map_err(failed)
         }
