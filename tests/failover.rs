@@ -416,6 +416,29 @@ async fn kill_rounds(rounds: usize) {
     }
 }
 
+/// A node killed with `kill -9` and started again (same name, same data)
+/// finds its object's copy behind the log (markers are brought up to date
+/// when a database closes, which a killed node never does) and catches it
+/// up from the log: every acknowledged write is there, and it goes on.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_restarted_after_kill_9_has_every_acknowledged_write() {
+    let mut cluster = cluster(&["ohio"]);
+    let client = cluster.client("client").await;
+    let accounts = client.namespace::<Account>();
+    let id = accounts.id_from_name("restarted");
+    for round in 0..3u64 {
+        for n in round * 20..round * 20 + 20 {
+            let deposits = eventually(Duration::from_secs(20), || accounts.stub(&id).deposit(n)).await;
+            assert_eq!(deposits.unwrap(), n + 1);
+        }
+        cluster.kill("ohio");
+        cluster.start_node("ohio");
+        let deposits = eventually(Duration::from_secs(20), || accounts.stub(&id).deposits()).await.unwrap();
+        assert_eq!(deposits, (0..round * 20 + 20).collect::<Vec<_>>(), "round {round}");
+        assert_eq!(cluster.owner(&id).await, "ohio");
+    }
+}
+
 /// A caller that loses its connection to the owner while the owner's lease
 /// still holds (its peer timeout is shorter than the lease, its connect
 /// timeout far longer) finds the object on its new node: its connection

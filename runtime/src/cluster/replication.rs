@@ -126,6 +126,10 @@ const SNAPSHOT_DATA: &str = "SELECT data FROM stead_snapshots WHERE type = $1 AN
 const LOG: &str =
     "SELECT seq, wal_offset, frames FROM stead_log WHERE type = $1 AND id = $2 AND seq > $3 ORDER BY seq";
 
+/// The entries after `$3` up to `$4`, for a copy that catches up.
+const TAIL: &str = "SELECT seq, wal_offset, frames FROM stead_log \
+    WHERE type = $1 AND id = $2 AND seq > $3 AND seq <= $4 ORDER BY seq";
+
 const SNAPSHOT: &str = "
 WITH f AS (
     UPDATE stead_objects SET snapshot_seq = $5
@@ -231,6 +235,26 @@ impl ObjectLog for PostgresLog {
         })
     }
 
+    fn tail(
+        &self,
+        type_name: &'static str,
+        id: &ObjectId,
+        after: i64,
+        upto: i64,
+        from: u64,
+    ) -> Result<Option<Vec<u8>>> {
+        let id = *id;
+        self.run("catching an object up with its log", move |pg, _| async move {
+            let key = id.as_bytes().as_slice();
+            let entries = pg
+                .with("catching an object up with its log", |c| async move {
+                    c.client.query(TAIL, &[&type_name, &key, &after, &upto]).await
+                })
+                .await?;
+            Ok(join(&entries, after, from)?.filter(|(_, last)| *last == upto).map(|(wal, _)| wal))
+        })
+    }
+
     fn append(&self, entry: Entry) -> Result<i64> {
         self.wait("shipping a turn's writes", |reply| {
             let done: Appended = Box::new(move |appended| drop(reply.send(appended)));
@@ -305,22 +329,13 @@ async fn fetch(pg: &Pg, me: &str, type_name: &'static str, id: &ObjectId) -> Res
         })
         .await?;
     let snapshot = snapshot.map(|row| get::<Vec<u8>>(&row, 0, "stead_snapshots.data")).transpose()?;
-    let mut wal = Vec::new();
-    let mut expected = snapshot_seq;
-    for row in &entries {
-        let (seq, offset): (i64, i64) = (get(row, 0, "stead_log.seq")?, get(row, 1, "stead_log.wal_offset")?);
-        let frames: &[u8] = get(row, 2, "stead_log.frames")?;
-        if seq != expected + 1 || offset != wal.len() as i64 {
-            return Err(Error::Storage(format!(
-                "the log of `{type_name}` object {id} in PostgreSQL is not whole: entry {seq} (at WAL offset \
-                 {offset}) follows entry {expected} ({} bytes); the tables were changed by hand, restore them \
-                 from a backup",
-                wal.len()
-            )));
-        }
-        wal.extend_from_slice(frames);
-        expected = seq;
-    }
+    let Some((wal, expected)) = join(&entries, snapshot_seq, 0)? else {
+        return Err(Error::Storage(format!(
+            "the log of `{type_name}` object {id} in PostgreSQL is not whole: its entries do not follow each \
+             other from entry {snapshot_seq}, the snapshot's; the tables were changed by hand, restore them \
+             from a backup"
+        )));
+    };
     if expected != head.seq {
         return Err(Error::Storage(format!(
             "the log of `{type_name}` object {id} in PostgreSQL ends at entry {expected}, its row says {}; \
@@ -329,6 +344,23 @@ async fn fetch(pg: &Pg, me: &str, type_name: &'static str, id: &ObjectId) -> Res
         )));
     }
     Ok(Fetched { head, snapshot, wal })
+}
+
+/// The frames of `entries` end to end, with the last one's number, if
+/// they follow entry `after` one by one from WAL offset `from`.
+fn join(entries: &[tokio_postgres::Row], after: i64, from: u64) -> Result<Option<(Vec<u8>, i64)>> {
+    let mut wal = Vec::new();
+    let mut last = after;
+    for row in entries {
+        let (seq, offset): (i64, i64) = (get(row, 0, "stead_log.seq")?, get(row, 1, "stead_log.wal_offset")?);
+        let frames: &[u8] = get(row, 2, "stead_log.frames")?;
+        if seq != last + 1 || u64::try_from(offset).ok() != Some(from + wal.len() as u64) {
+            return Ok(None);
+        }
+        wal.extend_from_slice(frames);
+        last = seq;
+    }
+    Ok(Some((wal, last)))
 }
 
 async fn snapshot(

@@ -719,7 +719,7 @@ impl StorageInner {
             new_paths: std::mem::take(&mut state.new_paths),
             maybe_empty: std::mem::take(&mut state.maybe_empty),
             written: std::mem::take(&mut state.wal_frames) > 0,
-            replicated: state.replica.take().is_some(),
+            replica: state.replica.take(),
         })
     }
 }

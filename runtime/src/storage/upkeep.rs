@@ -328,9 +328,10 @@ pub(super) struct Closing {
     pub(super) maybe_empty: bool,
     /// Commits wrote to the WAL since its last checkpoint.
     pub(super) written: bool,
-    /// The database is a copy of its log (`replica.rs`): no checkpoint,
-    /// and it is never removed (the log would rebuild it anyway).
-    pub(super) replicated: bool,
+    /// The database's place in its log, if it is a copy of it
+    /// (`replica.rs`): no checkpoint, it is never removed (the log would
+    /// rebuild it anyway), and its marker is brought up to date.
+    pub(super) replica: Option<Arc<Replica>>,
 }
 
 impl Closing {
@@ -354,13 +355,17 @@ impl Closing {
     pub(super) fn run(self) {
         // Nothing held may wait for a file that is about to close.
         self.flush.settle();
+        if let Some(replica) = &self.replica {
+            replica.close();
+        }
         for path in &self.new_paths {
             if let Err(err) = File::open(path).and_then(|file| file.sync_all()) {
                 tracing::warn!(%err, path = %path.display(), "could not sync a new object database's file or directory");
             }
         }
-        let empty = self.maybe_empty && !self.replicated && is_empty(&self.conn);
-        self.root.location.close(self.type_name, &self.id, self.conn, self.written, self.replicated);
+        let replicated = self.replica.is_some();
+        let empty = self.maybe_empty && !replicated && is_empty(&self.conn);
+        self.root.location.close(self.type_name, &self.id, self.conn, self.written, replicated);
         if empty {
             self.root.location.remove(self.type_name, &self.id);
         }
