@@ -45,6 +45,16 @@ impl Account {
         Ok(self.ctx.storage().get("deposits")?.unwrap_or_default())
     }
 
+    /// Deposits `n` into account `other` from this turn, without waiting
+    /// for the answer. Making the call holds this turn until the account's
+    /// earlier turns are durable (output is held).
+    pub fn tell(&mut self, other: String, n: u64) -> stead::Result<()> {
+        let accounts = self.ctx.namespace::<Account>();
+        let call = accounts.stub(&accounts.id_from_name(&other)).deposit(n);
+        tokio::spawn(async move { drop(call.await) });
+        Ok(())
+    }
+
     /// Stores `len` bytes under `key`.
     pub fn blob(&mut self, key: String, len: usize, fill: u8) -> stead::Result<()> {
         self.ctx.storage().put(&key, &vec![fill; len])
@@ -281,6 +291,59 @@ async fn snapshots_keep_the_log_bounded_and_a_large_object_restores_intact() {
         let blob = accounts.stub(&id).blob_of(format!("blob {i}")).await.unwrap().unwrap();
         assert_eq!(blob, Some((1 << 20, i)), "blob {i}");
     }
+    rt.shutdown().await.unwrap();
+}
+
+/// A turn commits and its entry waits to be sent from this worker (the
+/// lane); the next turn, run by the same poll, calls another object, which
+/// blocks the worker until the first turn is durable. The entry is taken
+/// back and shipped by the log's thread: nothing hangs, even on one worker.
+#[tokio::test(flavor = "multi_thread", worker_threads = 1)]
+async fn a_turn_blocking_for_an_earlier_turn_on_its_worker_does_not_hang() {
+    let pg = TempPostgres::start().unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let rt = local_node(&pg, dir.path(), "ohio").await;
+    let accounts = rt.namespace::<Account>();
+    let (a, b) = (accounts.id_from_name("a"), accounts.id_from_name("b"));
+    accounts.stub(&a).deposit(0).await.unwrap().unwrap();
+    // From a task, so that the turns run on the runtime's worker.
+    let calls = tokio::spawn({
+        let accounts = accounts.clone();
+        async move {
+            for round in 1..=20 {
+                // Both calls are queued before either runs: one poll runs both.
+                let first = accounts.stub(&a).deposit(round);
+                let second = accounts.stub(&a).tell("b".into(), round);
+                let (first, second) = tokio::join!(first, second);
+                assert_eq!(first.unwrap().unwrap(), round + 1);
+                second.unwrap().unwrap();
+            }
+        }
+    });
+    // A hung worker would stop this runtime's timers too: a thread watches.
+    let (finished, watchdog) = std::sync::mpsc::channel::<()>();
+    std::thread::spawn(move || {
+        if let Err(std::sync::mpsc::RecvTimeoutError::Timeout) =
+            watchdog.recv_timeout(Duration::from_secs(60))
+        {
+            eprintln!("the worker hung on its own shipment");
+            std::process::abort();
+        }
+    });
+    calls.await.unwrap();
+    drop(finished);
+    let told = eventually(Duration::from_secs(10), || async {
+        let deposits = accounts.stub(&b).deposits().await?;
+        match deposits {
+            Ok(deposits) if deposits.len() == 20 => Ok(deposits),
+            _ => Err(Error::Unavailable("not yet".into())),
+        }
+    })
+    .await;
+    // Each call was made from a task of its own: in any order.
+    let mut told = told;
+    told.sort_unstable();
+    assert_eq!(told, (1..=20).collect::<Vec<_>>());
     rt.shutdown().await.unwrap();
 }
 

@@ -205,6 +205,7 @@ impl Flush {
             state = lock(&self.state);
         }
         while state.durable < upto && state.failed.is_none() {
+            super::before_blocking();
             state = self.synced.wait(state).unwrap_or_else(|poisoned| poisoned.into_inner());
         }
     }
@@ -217,6 +218,7 @@ impl Flush {
             let mut state = lock(&self.state);
             // A shipment in flight finishes first: one at a time.
             while state.syncing && state.replica.is_some() && state.failed.is_none() {
+                super::before_blocking();
                 state = self.synced.wait(state).unwrap_or_else(|poisoned| poisoned.into_inner());
             }
             if state.durable >= state.committed {

@@ -81,7 +81,7 @@ pub(crate) use pool::OpenDatabases;
 use pool::{Closable, CloseAttempt};
 use replica::Replica;
 pub(crate) use replica::Statement;
-pub(crate) use replica::{Appended, Entry, Fetched, Head, ObjectLog};
+pub(crate) use replica::{Appended, Entry, Fetched, Head, ObjectLog, before_blocking, on_block};
 pub(crate) use sync_threads::SyncThreads;
 use upkeep::{Closing, Gate};
 

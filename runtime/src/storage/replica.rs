@@ -115,6 +115,31 @@ pub(crate) trait ObjectLog: Send + Sync + 'static {
 /// What runs once an entry is appended (or could not be).
 pub(crate) type Appended = Box<dyn FnOnce(Result<i64>) + Send>;
 
+thread_local! {
+    /// What must run before this thread blocks (see [`before_blocking`]).
+    static BEFORE_BLOCKING: std::cell::RefCell<Option<Box<dyn FnOnce()>>> =
+        const { std::cell::RefCell::new(None) };
+}
+
+/// Has `take_back` run if this thread blocks before the work it queued on
+/// this thread's tokio worker ran. A log that sends a turn's entry from the
+/// worker that committed it (`cluster/replication.rs`) leaves the sending
+/// task in the worker's next-task slot, which only this worker runs, once
+/// its current task yields: a turn that blocks meanwhile (waiting for that
+/// very entry, say) would wait for ever. `take_back` hands the work to
+/// another thread instead. Replaces what an earlier call left.
+pub(crate) fn on_block(take_back: Box<dyn FnOnce()>) {
+    BEFORE_BLOCKING.with(|hook| *hook.borrow_mut() = Some(take_back));
+}
+
+/// Runs what [`on_block`] left for this thread, if anything: called by
+/// every wait of storage that blocks a thread.
+pub(crate) fn before_blocking() {
+    if let Some(take_back) = BEFORE_BLOCKING.with(|hook| hook.borrow_mut().take()) {
+        take_back();
+    }
+}
+
 /// Where an object's log stands.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) struct Head {

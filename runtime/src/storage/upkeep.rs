@@ -128,6 +128,7 @@ impl Gate {
     pub(super) fn wait(&self) {
         let mut away = lock(&self.state);
         while *away {
+            super::before_blocking();
             away = self.back.wait(away).unwrap_or_else(|poisoned| poisoned.into_inner());
         }
     }
