@@ -138,11 +138,9 @@ FROM stead_objects o WHERE type = $1 AND id = $2";
 
 const SNAPSHOT_DATA: &str = "SELECT data FROM stead_snapshots WHERE type = $1 AND id = $2";
 
-const LOG: &str =
-    "SELECT seq, wal_offset, frames FROM stead_log WHERE type = $1 AND id = $2 AND seq > $3 ORDER BY seq";
-
-/// The entries after `$3` up to `$4`, for a copy that catches up.
-const TAIL: &str = "SELECT seq, wal_offset, frames FROM stead_log \
+/// The entries after `$3` up to `$4`: all since the snapshot for a
+/// rebuild (`$4` the largest number), the tail for a copy that catches up.
+const LOG: &str = "SELECT seq, wal_offset, frames FROM stead_log \
     WHERE type = $1 AND id = $2 AND seq > $3 AND seq <= $4 ORDER BY seq";
 
 const SNAPSHOT: &str = "
@@ -350,7 +348,7 @@ impl ObjectLog for PostgresLog {
             let key = id.as_bytes().as_slice();
             let entries = pg
                 .with("catching an object up with its log", |c| async move {
-                    c.client.query(TAIL, &[&type_name, &key, &after, &upto]).await
+                    c.client.query(LOG, &[&type_name, &key, &after, &upto]).await
                 })
                 .await?;
             Ok(join(&entries, after, from)?.filter(|(_, last)| *last == upto).map(|(wal, _)| wal))
@@ -427,7 +425,7 @@ async fn fetch(pg: &Pg, me: &str, type_name: &'static str, id: &ObjectId) -> Res
                 true => c.client.query_opt(SNAPSHOT_DATA, &[&type_name, &key]).await?,
                 false => None,
             };
-            let entries = c.client.query(LOG, &[&type_name, &key, &snapshot_seq]).await?;
+            let entries = c.client.query(LOG, &[&type_name, &key, &snapshot_seq, &i64::MAX]).await?;
             Ok((snapshot, entries))
         })
         .await?;

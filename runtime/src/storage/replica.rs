@@ -546,11 +546,7 @@ impl Files {
         let end = marker.end + tail.len() as u64;
         wal.set_len(end).map_err(|e| io(&self.wal, e))?;
         if !tail.is_empty() {
-            let file = std::fs::OpenOptions::new()
-                .write(true)
-                .open(&self.marker)
-                .map_err(|e| io(&self.marker, e))?;
-            Marker { head, end }.write(&file).map_err(|e| io(&self.marker, e))?;
+            self.write_marker(&Marker { head, end })?;
         }
         Ok(Some(end))
     }
@@ -575,9 +571,14 @@ impl Files {
             std::fs::write(&self.wal, &fetched.wal).map_err(|e| io(&self.wal, e))?;
         }
         let end = fetched.wal.len() as u64;
-        let marker = File::create(&self.marker).map_err(|e| io(&self.marker, e))?;
-        Marker { head: fetched.head, end }.write(&marker).map_err(|e| io(&self.marker, e))?;
+        self.write_marker(&Marker { head: fetched.head, end })?;
         Ok(end)
+    }
+
+    /// Writes `marker` as the copy's marker file, afresh.
+    fn write_marker(&self, marker: &Marker) -> Result<()> {
+        let file = File::create(&self.marker).map_err(|e| io(&self.marker, e))?;
+        marker.write(&file).map_err(|e| io(&self.marker, e))
     }
 }
 
