@@ -320,14 +320,21 @@ async fn a_turn_blocking_for_an_earlier_turn_on_its_worker_does_not_hang() {
             }
         }
     });
-    // A hung worker would stop this runtime's timers too: a thread watches.
+    // A hung worker would stop this runtime's timers too: a thread watches,
+    // and on a hang stops the server (an abort runs no destructor) and
+    // aborts.
+    let pg = std::sync::Arc::new(std::sync::Mutex::new(Some(pg)));
     let (finished, watchdog) = std::sync::mpsc::channel::<()>();
-    std::thread::spawn(move || {
-        if let Err(std::sync::mpsc::RecvTimeoutError::Timeout) =
-            watchdog.recv_timeout(Duration::from_secs(60))
-        {
-            eprintln!("the worker hung on its own shipment");
-            std::process::abort();
+    std::thread::spawn({
+        let pg = pg.clone();
+        move || {
+            if let Err(std::sync::mpsc::RecvTimeoutError::Timeout) =
+                watchdog.recv_timeout(Duration::from_secs(60))
+            {
+                eprintln!("the worker hung on its own shipment");
+                drop(pg.lock().unwrap_or_else(|e| e.into_inner()).take());
+                std::process::abort();
+            }
         }
     });
     calls.await.unwrap();
