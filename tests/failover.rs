@@ -150,6 +150,36 @@ async fn an_object_whose_local_copy_is_lost_is_rebuilt_from_postgres() {
     rt.shutdown().await.unwrap();
 }
 
+/// PostgreSQL ending every connection between two writes (as
+/// `pg_terminate_backend` or a restart does) costs no write: a connection
+/// is made again before its next use, the lane's too, which nothing reads
+/// while it is idle.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_write_after_postgres_ended_every_connection_succeeds() {
+    let pg = TempPostgres::start().unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let rt = local_node(&pg, dir.path(), "ohio").await;
+    let sql = sql(&pg).await;
+    let accounts = rt.namespace::<Account>();
+    let id = accounts.id_from_name("reconnects");
+    for n in 0..5 {
+        assert_eq!(accounts.stub(&id).deposit(n).await.unwrap().unwrap(), n + 1);
+        let ended: i64 = sql
+            .query_one(
+                "SELECT count(*) FILTER (WHERE pg_terminate_backend(pid)) FROM pg_stat_activity \
+                 WHERE pid <> pg_backend_pid() AND backend_type = 'client backend'",
+                &[],
+            )
+            .await
+            .unwrap()
+            .get(0);
+        assert!(ended > 0, "round {n}: no connection to end");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(accounts.stub(&id).deposits().await.unwrap().unwrap(), (0..5).collect::<Vec<_>>());
+    rt.shutdown().await.unwrap();
+}
+
 /// Turns of many objects at once share shipments; an object whose epoch
 /// moved on in PostgreSQL (as another node's takeover moves it) fails its
 /// turn and appends nothing, and the others' turns of the same moment

@@ -30,6 +30,7 @@
 //! | `connections.rs` | the QUIC endpoint and one connection per peer |
 //! | `directory.rs` | where objects live: the trait, the coordinator's SQLite directory and its client |
 //! | `postgres.rs` | PostgreSQL: the connection, the schema and its version, the directory kept there |
+//! | `driven.rs` | PostgreSQL: a connection driven by the task that uses it (the lane's) |
 //! | `inspect.rs` | PostgreSQL: a read-only view of the tables, for the `stead` command |
 //! | `membership.rs` | PostgreSQL: nodes' registration, leases and self-fencing, the members |
 //! | `route.rs` | the caller's side: a stub's route, its stream or this node's mailbox |
@@ -40,6 +41,7 @@
 mod config;
 mod connections;
 mod directory;
+mod driven;
 mod inbound;
 pub mod inspect;
 mod membership;

@@ -43,6 +43,7 @@ use tokio_postgres::types::Type;
 use tokio_postgres::{Client, GenericClient, NoTls, Row, Statement};
 
 use super::directory::check_type_name;
+use super::driven::{Driver, PgConnection};
 use super::membership::Lease;
 use crate::error::{Error, Result};
 use crate::id::ObjectId;
@@ -155,12 +156,16 @@ const LOOKUP: &str = "SELECT owner FROM stead_objects WHERE type = $1 AND id = $
 pub(crate) struct Pg {
     conninfo: String,
     timeout: Duration,
+    /// Whether its users drive the connection ([`Pg::driven`]).
+    driven: bool,
     conn: tokio::sync::Mutex<Option<Arc<PgConn>>>,
 }
 
 /// A live connection and its statements.
 pub(crate) struct PgConn {
     pub(crate) client: Client,
+    /// The connection's I/O, when its users drive it ([`Pg::driven`]).
+    driver: Option<Driver>,
     claim: Statement,
     take_over: Statement,
     lookup: Statement,
@@ -188,7 +193,13 @@ impl Pg {
     /// A connection to `conninfo`, each use of which (connecting included)
     /// may take `timeout`.
     pub(crate) fn new(conninfo: &str, timeout: Duration) -> Self {
-        Pg { conninfo: conninfo.to_string(), timeout, conn: tokio::sync::Mutex::new(None) }
+        Pg { conninfo: conninfo.to_string(), timeout, driven: false, conn: tokio::sync::Mutex::new(None) }
+    }
+
+    /// Like [`new`](Self::new), but the connection has no task of its own:
+    /// each use drives it (see `driven.rs`). For one use at a time.
+    pub(crate) fn driven(conninfo: &str, timeout: Duration) -> Self {
+        Pg { driven: true, ..Pg::new(conninfo, timeout) }
     }
 
     /// Runs `f` on the connection, within the timeout; `what` says what
@@ -216,7 +227,7 @@ impl Pg {
             Error::Unavailable(format!("PostgreSQL did not answer within {timeout:?} ({what}); retry later"))
         };
         let conn = tokio::time::timeout_at(deadline, self.connection()).await.map_err(|_| late())??;
-        match tokio::time::timeout_at(deadline, f(conn.clone())).await {
+        match tokio::time::timeout_at(deadline, drive(conn.driver.as_ref(), f(conn.clone()))).await {
             Ok(Ok(value)) => Ok(value),
             Ok(Err(err)) => {
                 if conn.client.is_closed() {
@@ -236,21 +247,34 @@ impl Pg {
     async fn connection(&self) -> Result<Arc<PgConn>> {
         let mut conn = self.conn.lock().await;
         if let Some(live) = conn.as_ref()
+            && live.driver.as_ref().is_none_or(Driver::alive)
             && !live.client.is_closed()
         {
             return Ok(live.clone());
         }
-        let client = connect(&self.conninfo).await?;
+        let (client, connection) = connect_unspawned(&self.conninfo).await?;
+        let driver = match self.driven {
+            true => Some(Driver::new(connection)),
+            false => {
+                spawn_connection(connection);
+                None
+            }
+        };
         let claim_types = [Type::TEXT, Type::BYTEA, Type::TEXT, Type::TEXT];
         let take_over_types = [Type::TEXT, Type::BYTEA, Type::TEXT, Type::INT8, Type::BOOL];
         let lookup_types = [Type::TEXT, Type::BYTEA];
-        let (claim, take_over, lookup) = tokio::try_join!(
-            client.prepare_typed(CLAIM, &claim_types),
-            client.prepare_typed(TAKE_OVER, &take_over_types),
-            client.prepare_typed(LOOKUP, &lookup_types),
-        )
-        .map_err(|e| pg_error("preparing the directory's statements", &e))?;
-        let live = Arc::new(PgConn { client, claim, take_over, lookup, prepared: Default::default() });
+        let prepares = async {
+            tokio::try_join!(
+                client.prepare_typed(CLAIM, &claim_types),
+                client.prepare_typed(TAKE_OVER, &take_over_types),
+                client.prepare_typed(LOOKUP, &lookup_types),
+            )
+        };
+        let (claim, take_over, lookup) = drive(driver.as_ref(), prepares)
+            .await
+            .map_err(|e| pg_error("preparing the directory's statements", &e))?;
+        let live =
+            Arc::new(PgConn { client, driver, claim, take_over, lookup, prepared: Default::default() });
         *conn = Some(live.clone());
         Ok(live)
     }
@@ -274,17 +298,36 @@ impl Pg {
     }
 }
 
+/// Runs `work`, a use of a connection, driving the connection meanwhile if
+/// its users drive it (`driver`).
+async fn drive<F: Future>(driver: Option<&Driver>, work: F) -> F::Output {
+    match driver {
+        Some(driver) => driver.drive(work).await,
+        None => work.await,
+    }
+}
+
 /// Connects to `conninfo`; the connection's task runs on the current tokio
 /// runtime until the client is dropped.
 async fn connect(conninfo: &str) -> Result<Client> {
-    let (client, connection) =
-        tokio_postgres::connect(conninfo, NoTls).await.map_err(|e| pg_error("connecting", &e))?;
+    let (client, connection) = connect_unspawned(conninfo).await?;
+    spawn_connection(connection);
+    Ok(client)
+}
+
+/// Connects to `conninfo`; the caller runs the connection.
+async fn connect_unspawned(conninfo: &str) -> Result<(Client, PgConnection)> {
+    tokio_postgres::connect(conninfo, NoTls).await.map_err(|e| pg_error("connecting", &e))
+}
+
+/// Runs `connection` on the current tokio runtime until its client is
+/// dropped.
+fn spawn_connection(connection: PgConnection) {
     tokio::spawn(async move {
         if let Err(err) = connection.await {
             tracing::debug!(%err, "a connection to PostgreSQL ended");
         }
     });
-    Ok(client)
 }
 
 /// The error for a failed use of PostgreSQL: a refusal by the server is a
