@@ -42,7 +42,7 @@
 use std::collections::VecDeque;
 use std::fs::File;
 use std::path::PathBuf;
-use std::sync::{Arc, Condvar, Mutex};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 
 use super::alarm_index::AlarmIndex;
 use super::replica::{Pending, Replica, Statement};
@@ -91,6 +91,9 @@ struct State {
     alarm: Option<Option<i64>>,
     /// Why the last sync failed, until the object is reset.
     failed: Option<Error>,
+    /// Threads waiting on `synced` (a signal nobody waits for is a
+    /// system call saved, twice a replicated write).
+    waiters: usize,
 }
 
 /// What a turn gives the log besides its frames.
@@ -206,7 +209,24 @@ impl Flush {
         }
         while state.durable < upto && state.failed.is_none() {
             super::before_blocking();
-            state = self.synced.wait(state).unwrap_or_else(|poisoned| poisoned.into_inner());
+            state = self.wait_synced(state);
+        }
+    }
+
+    /// Waits for the next signal of `synced`.
+    fn wait_synced<'a>(&self, mut state: MutexGuard<'a, State>) -> MutexGuard<'a, State> {
+        state.waiters += 1;
+        let mut state = self.synced.wait(state).unwrap_or_else(|poisoned| poisoned.into_inner());
+        state.waiters -= 1;
+        state
+    }
+
+    /// Signals `synced`, if anyone waits (with `state` still locked).
+    fn signal_synced(&self, state: MutexGuard<'_, State>) {
+        let waiting = state.waiters > 0;
+        drop(state);
+        if waiting {
+            self.synced.notify_all();
         }
     }
 
@@ -219,7 +239,7 @@ impl Flush {
             // A shipment in flight finishes first: one at a time.
             while state.syncing && state.replica.is_some() && state.failed.is_none() {
                 super::before_blocking();
-                state = self.synced.wait(state).unwrap_or_else(|poisoned| poisoned.into_inner());
+                state = self.wait_synced(state);
             }
             if state.durable >= state.committed {
                 return;
@@ -260,9 +280,8 @@ impl Flush {
         let mut state = lock(&self.state);
         if state.durable >= state.committed || state.failed.is_some() {
             state.syncing = false;
-            drop(state);
             // A close may wait for the job to be over (`settle`).
-            self.synced.notify_all();
+            self.signal_synced(state);
             return None;
         }
         Some(state.work())
@@ -362,8 +381,7 @@ impl Flush {
                 state.held.drain(..).map(|(_, release)| (release, Err(err.clone()))).collect()
             }
         };
-        drop(state);
-        self.synced.notify_all();
+        self.signal_synced(state);
         for (release, outcome) in released {
             release(outcome);
         }
