@@ -324,6 +324,33 @@ async fn snapshots_keep_the_log_bounded_and_a_large_object_restores_intact() {
     rt.shutdown().await.unwrap();
 }
 
+/// A turn that writes megabytes is one entry of that size, sent from the
+/// worker that committed it (the lane) like any other: it is shipped
+/// whole, and the object restores with it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_turn_writing_megabytes_is_shipped_whole_and_restores() {
+    let pg = TempPostgres::start().unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let rt = local_node(&pg, dir.path(), "ohio").await;
+    let accounts = rt.namespace::<Account>();
+    let id = accounts.unique_id();
+    accounts.stub(&id).blob("small".into(), 100, 3).await.unwrap().unwrap();
+    // Below the WAL size that makes a turn snapshot its object instead.
+    accounts.stub(&id).blob("large".into(), 6 << 20, 9).await.unwrap().unwrap();
+    let sql = sql(&pg).await;
+    let largest: i64 =
+        sql.query_one("SELECT max(length(frames))::int8 FROM stead_log", &[]).await.unwrap().get(0);
+    assert!(largest > 6 << 20, "the largest entry has {largest} bytes");
+    rt.shutdown().await.unwrap();
+    std::fs::remove_dir_all(dir.path().join("ohio")).unwrap();
+
+    let rt = local_node(&pg, dir.path(), "ohio").await;
+    let stub = rt.namespace::<Account>().stub(&id);
+    assert_eq!(stub.blob_of("large".into()).await.unwrap().unwrap(), Some((6 << 20, 9)));
+    assert_eq!(stub.blob_of("small".into()).await.unwrap().unwrap(), Some((100, 3)));
+    rt.shutdown().await.unwrap();
+}
+
 /// A turn commits and its entry waits to be sent from this worker (the
 /// lane); the next turn, run by the same poll, calls another object, which
 /// blocks the worker until the first turn is durable. The entry is taken

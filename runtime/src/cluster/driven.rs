@@ -75,7 +75,9 @@ impl Driver {
     /// Wake-ups during the poll (the client queueing a request wakes the
     /// connection, an answer wakes `work`) only make the poll go round
     /// again: passed on to the task, they would make it yield and wake
-    /// another worker.
+    /// another worker. After [`ROUNDS`] rounds the task yields anyway, so
+    /// that a wake-up that asks for exactly that (tokio's budget of work
+    /// per poll, spent) is not taken for more work forever.
     pub(crate) async fn drive<F: Future>(&self, work: F) -> F::Output {
         let relay = Arc::new(Relay { task: AtomicWaker::new(), state: AtomicU8::new(IDLE) });
         let waker = Waker::from(relay.clone());
@@ -83,7 +85,7 @@ impl Driver {
         std::future::poll_fn(|cx| {
             relay.task.register(cx.waker());
             let mut inner = Context::from_waker(&waker);
-            loop {
+            for _ in 0..ROUNDS {
                 relay.state.store(POLLING, Ordering::SeqCst);
                 self.poll(&mut inner);
                 if let Poll::Ready(output) = work.as_mut().poll(&mut inner) {
@@ -96,10 +98,16 @@ impl Driver {
                     return Poll::Pending;
                 }
             }
+            cx.waker().wake_by_ref();
+            Poll::Pending
         })
         .await
     }
 }
+
+/// The most rounds of one poll of [`Driver::drive`] (a write takes one or
+/// two).
+const ROUNDS: usize = 16;
 
 /// [`Relay::state`]: not in [`Driver::drive`]'s poll.
 const IDLE: u8 = 0;
