@@ -154,10 +154,18 @@ WITH f AS (
     INSERT INTO stead_snapshots (type, id, seq, data) SELECT type, id, $5, $6 FROM f
     ON CONFLICT (type, id) DO UPDATE SET seq = EXCLUDED.seq, data = EXCLUDED.data
     RETURNING 1
-), d AS (
-    DELETE FROM stead_log l USING f WHERE l.type = f.type AND l.id = f.id AND l.seq <= $5
 )
 SELECT count(*) FROM f";
+
+/// Trims the log entries up to a snapshot's (`$3`), once it is committed.
+///
+/// Not part of [`SNAPSHOT`], which the object's next turn waits for:
+/// deleting a snapshot's worth of entries (about 8,000 of 1 KiB) took
+/// 7–15 ms there, and the longest write of a long run went from 25–30 ms
+/// to 14–16 ms without it. Nothing reads entries up to the snapshot's
+/// (restoring starts after it), so they may go later; should the trim
+/// fail, the next snapshot's takes them too.
+const TRIM: &str = "DELETE FROM stead_log WHERE type = $1 AND id = $2 AND seq <= $3";
 
 type Reply<T> = std::sync::mpsc::SyncSender<Result<T>>;
 
@@ -385,7 +393,20 @@ impl ObjectLog for PostgresLog {
         let id = *id;
         self.run("shipping an object's snapshot", move |pg, me| async move {
             snapshot(&pg, &me, type_name, &id, epoch, seq, data).await
-        })
+        })?;
+        let reads = self.reads.clone();
+        self.handle.spawn(async move {
+            let key = id.as_bytes().as_slice();
+            let trimmed = reads
+                .with("trimming an object's log", |c| async move {
+                    c.client.execute(TRIM, &[&type_name, &key, &seq]).await
+                })
+                .await;
+            if let Err(err) = trimmed {
+                tracing::warn!(%err, r#type = type_name, object = %id, "could not trim the log up to the object's snapshot; its next snapshot will");
+            }
+        });
+        Ok(())
     }
 }
 

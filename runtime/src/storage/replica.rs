@@ -62,7 +62,7 @@ use crate::id::ObjectId;
 use crate::sync::lock;
 
 /// The WAL size past which a turn snapshots its object (and the log is
-/// trimmed): 8 MiB, about 2,000 pages.
+/// trimmed): 8 MiB, about 8,000 frames of 1 KiB pages.
 pub(crate) const SNAPSHOT_AFTER: u64 = 8 << 20;
 
 /// The log of every object of a runtime, kept by the cluster's referee
