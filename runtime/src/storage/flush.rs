@@ -208,13 +208,14 @@ impl Flush {
             state = lock(&self.state);
         }
         while state.durable < upto && state.failed.is_none() {
-            super::before_blocking();
             state = self.wait_synced(state);
         }
     }
 
-    /// Waits for the next signal of `synced`.
+    /// Waits for the next signal of `synced`, after running what this
+    /// thread must do before it blocks (`replica::on_block`).
     fn wait_synced<'a>(&self, mut state: MutexGuard<'a, State>) -> MutexGuard<'a, State> {
+        super::before_blocking();
         state.waiters += 1;
         let mut state = self.synced.wait(state).unwrap_or_else(|poisoned| poisoned.into_inner());
         state.waiters -= 1;
@@ -238,7 +239,6 @@ impl Flush {
             let mut state = lock(&self.state);
             // A shipment in flight finishes first: one at a time.
             while state.syncing && state.replica.is_some() && state.failed.is_none() {
-                super::before_blocking();
                 state = self.wait_synced(state);
             }
             if state.durable >= state.committed {
