@@ -10,7 +10,7 @@ use rusqlite::config::DbConfig;
 use rusqlite::{Connection, OpenFlags};
 
 use super::durability::Durability;
-use super::replica::{ObjectLog, Replica};
+use super::replica::{self, ObjectLog, Replica};
 use super::wal::{self, KEPT_WAL_BYTES, NORMAL_OPEN_WAL_BYTES};
 use crate::error::{Error, Result};
 use crate::id::ObjectId;
@@ -79,9 +79,16 @@ impl Location {
     ) -> Result<Opened> {
         let Location::Files(root) = self else { return self.open(type_name, id, Durability::Normal) };
         let path = Location::path(root, type_name, id);
-        // The log is what is durable: the local file is never synced.
+        // The log is what is durable: the local files are never synced, not
+        // even by SQLite's checkpoints (see `replica.rs`).
         let (conn, replica) = Replica::open(log.clone(), type_name, id, &path, |path| {
-            open_file(path, Durability::Normal).map(|opened| opened.conn)
+            let conn = open_file(path, Durability::Normal)?.conn;
+            conn.execute_batch(&format!(
+                "PRAGMA synchronous = OFF; PRAGMA journal_size_limit = {}",
+                replica::KEPT_WAL_BYTES
+            ))
+            .map_err(|e| storage_error(&format!("configure the database {}", path.display()), e))?;
+            Ok(conn)
         })?;
         Ok(Opened { conn, wal: None, page_size: 0, new_paths: Vec::new(), replica: Some(replica) })
     }
