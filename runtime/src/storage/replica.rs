@@ -275,7 +275,7 @@ impl Replica {
             .query_row("PRAGMA page_size", [], |row| row.get::<_, i64>(0))
             .map(|size| u32::try_from(size).unwrap_or(4096))
             .map_err(|e| Error::Storage(format!("could not read the page size of {}: {e}", db.display())))?;
-        let wal = File::open(&files.wal).map_err(|e| io(&files.wal, e))?;
+        let wal = open_to_read(&files.wal).map_err(|e| io(&files.wal, e))?;
         let marker = std::fs::OpenOptions::new()
             .read(true)
             .write(true)
@@ -650,6 +650,24 @@ impl Files {
         let file = File::create(&self.marker).map_err(|e| io(&self.marker, e))?;
         marker.write(&file).map_err(|e| io(&self.marker, e))
     }
+}
+
+/// Opens the WAL at `path` to read frames back: on Linux without updating
+/// its access time (`O_NOATIME`). Every commit changes the file's
+/// modification time first, so under `relatime` (the usual mount option)
+/// every read of frames also wrote the file's inode: `touch_atime` took
+/// about 3 % of the process's CPU in `replicated_throughput` (`perf`).
+fn open_to_read(path: &Path) -> std::io::Result<File> {
+    #[cfg(target_os = "linux")]
+    {
+        use std::os::unix::fs::OpenOptionsExt;
+        match std::fs::OpenOptions::new().read(true).custom_flags(libc::O_NOATIME).open(path) {
+            // Only the file's owner may ask for it (or a privileged process).
+            Err(err) if err.raw_os_error() == Some(libc::EPERM) => {}
+            opened => return opened,
+        }
+    }
+    File::open(path)
 }
 
 fn io(path: &Path, err: std::io::Error) -> Error {
