@@ -833,7 +833,6 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let db = dir.path().join("x.sqlite");
         let log = Arc::new(MemoryLog::default());
-        let fetches = || log.fetches.load(std::sync::atomic::Ordering::Relaxed);
 
         let (conn, replica) = open(&log, &db);
         let end = insert(&conn, &replica, 1);
@@ -848,9 +847,9 @@ mod tests {
         let on_disk = Files::of(&db).read_marker().unwrap();
         assert_eq!(on_disk.head.seq, 1);
 
-        let rebuilt = fetches();
+        let rebuilt = fetches(&log);
         let (conn, replica) = open(&log, &db);
-        assert_eq!(fetches(), rebuilt, "caught up, not rebuilt");
+        assert_eq!(fetches(&log), rebuilt, "caught up, not rebuilt");
         assert_eq!(rows(&conn), [1, 2, 3, 4]);
         assert_eq!(Files::of(&db).read_marker().unwrap().head.seq, 4, "marked after the catch-up");
 
@@ -863,36 +862,42 @@ mod tests {
         drop((conn, replica));
         let (conn, _replica) = open(&log, &db);
         assert_eq!(rows(&conn), [1, 2, 3, 4, 6]);
-        assert_eq!(fetches(), rebuilt);
+        assert_eq!(fetches(&log), rebuilt);
+    }
+
+    /// A copy in `dir` whose row 1 is shipped and marked, and its log.
+    fn marked_copy(dir: &Path) -> (Arc<MemoryLog>, PathBuf, Connection, Arc<Replica>) {
+        let db = dir.join("x.sqlite");
+        let log = Arc::new(MemoryLog::default());
+        let (conn, replica) = open(&log, &db);
+        let end = insert(&conn, &replica, 1);
+        replica.ship(Pending { end, statements: Vec::new(), alarm: None }).unwrap();
+        (log, db, conn, replica)
+    }
+
+    fn fetches(log: &MemoryLog) -> usize {
+        log.fetches.load(std::sync::atomic::Ordering::Relaxed)
     }
 
     #[test]
     fn a_copy_whose_entries_were_trimmed_is_rebuilt() {
         let dir = tempfile::tempdir().unwrap();
-        let db = dir.path().join("x.sqlite");
-        let log = Arc::new(MemoryLog::default());
-        let (conn, replica) = open(&log, &db);
-        let end = insert(&conn, &replica, 1);
-        replica.ship(Pending { end, statements: Vec::new(), alarm: None }).unwrap(); // marked
+        let (log, db, conn, replica) = marked_copy(dir.path());
         let end = insert(&conn, &replica, 2);
         ship_lazily(&replica, end);
         drop((conn, replica));
         // The entries after the marker's are gone from the log.
         lock(&log.starts).clear();
-        let fetched = log.fetches.load(std::sync::atomic::Ordering::Relaxed);
+        let fetched = fetches(&log);
         let (conn, _replica) = open(&log, &db);
-        assert_eq!(log.fetches.load(std::sync::atomic::Ordering::Relaxed), fetched + 1);
+        assert_eq!(fetches(&log), fetched + 1);
         assert_eq!(rows(&conn), [1, 2]);
     }
 
     #[test]
     fn a_copy_marked_in_another_boot_of_the_system_is_rebuilt() {
         let dir = tempfile::tempdir().unwrap();
-        let db = dir.path().join("x.sqlite");
-        let log = Arc::new(MemoryLog::default());
-        let (conn, replica) = open(&log, &db);
-        let end = insert(&conn, &replica, 1);
-        replica.ship(Pending { end, statements: Vec::new(), alarm: None }).unwrap(); // marked
+        let (log, db, conn, replica) = marked_copy(dir.path());
         drop((conn, replica));
         let files = Files::of(&db);
         let marker = files.read_marker().unwrap();
@@ -901,9 +906,9 @@ mod tests {
         // The same marker, as written before the machine restarted: the
         // files may have lost whatever was not synced, which is everything.
         files.write_marker(&Marker { boot: [7; 16], ..marker }).unwrap();
-        let fetched = log.fetches.load(std::sync::atomic::Ordering::Relaxed);
+        let fetched = fetches(&log);
         let (conn, _replica) = open(&log, &db);
-        assert_eq!(log.fetches.load(std::sync::atomic::Ordering::Relaxed), fetched + 1, "rebuilt");
+        assert_eq!(fetches(&log), fetched + 1, "rebuilt");
         assert_eq!(rows(&conn), [1]);
         assert!(files.read_marker().unwrap().of_this_boot(), "marked anew by the rebuild");
     }
