@@ -78,10 +78,9 @@ impl Driver {
     /// another worker. After [`ROUNDS`] rounds the task yields anyway, so
     /// that a wake-up that asks for exactly that (tokio's budget of work
     /// per poll, spent) is not taken for more work forever.
-    pub(crate) async fn drive<F: Future>(&self, work: F) -> F::Output {
+    pub(crate) async fn drive<F: Future>(&self, mut work: Pin<&mut F>) -> F::Output {
         let relay = Arc::new(Relay { task: AtomicWaker::new(), state: AtomicU8::new(IDLE) });
         let waker = Waker::from(relay.clone());
-        let mut work = std::pin::pin!(work);
         std::future::poll_fn(|cx| {
             relay.task.register(cx.waker());
             let mut inner = Context::from_waker(&waker);

@@ -36,6 +36,7 @@
 //! `sslmode=require` is refused by the driver.
 
 use std::future::Future;
+use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -227,7 +228,10 @@ impl Pg {
             Error::Unavailable(format!("PostgreSQL did not answer within {timeout:?} ({what}); retry later"))
         };
         let conn = tokio::time::timeout_at(deadline, self.connection()).await.map_err(|_| late())??;
-        match tokio::time::timeout_at(deadline, drive(conn.driver.as_ref(), f(conn.clone()))).await {
+        // Pinned here, once: the futures below hold a pointer to it, not a
+        // copy of it each (see `drive`).
+        let work = std::pin::pin!(f(conn.clone()));
+        match tokio::time::timeout_at(deadline, drive(conn.driver.as_ref(), work)).await {
             Ok(Ok(value)) => Ok(value),
             Ok(Err(err)) => {
                 if conn.client.is_closed() {
@@ -252,6 +256,17 @@ impl Pg {
         {
             return Ok(live.clone());
         }
+        // Boxed: connecting is rare, and its future (about 9 KiB) made the
+        // future of every use of the connection that large; a lone write's
+        // was copied at its spawn and at each `.await` that starts a nested
+        // future (`memmove` took about 4 % of the lone writer's CPU).
+        let live = Box::pin(self.connect_prepared()).await?;
+        *conn = Some(live.clone());
+        Ok(live)
+    }
+
+    /// A new connection with the directory's statements prepared.
+    async fn connect_prepared(&self) -> Result<Arc<PgConn>> {
         let (client, connection) = connect_unspawned(&self.conninfo).await?;
         let driver = match self.driven {
             true => Some(Driver::new(connection)),
@@ -270,13 +285,10 @@ impl Pg {
                 client.prepare_typed(LOOKUP, &lookup_types),
             )
         };
-        let (claim, take_over, lookup) = drive(driver.as_ref(), prepares)
+        let (claim, take_over, lookup) = drive(driver.as_ref(), std::pin::pin!(prepares))
             .await
             .map_err(|e| pg_error("preparing the directory's statements", &e))?;
-        let live =
-            Arc::new(PgConn { client, driver, claim, take_over, lookup, prepared: Default::default() });
-        *conn = Some(live.clone());
-        Ok(live)
+        Ok(Arc::new(PgConn { client, driver, claim, take_over, lookup, prepared: Default::default() }))
     }
 
     /// A new connection of its own, outside this `Pg`, within the timeout.
@@ -300,7 +312,11 @@ impl Pg {
 
 /// Runs `work`, a use of a connection, driving the connection meanwhile if
 /// its users drive it (`driver`).
-async fn drive<F: Future>(driver: Option<&Driver>, work: F) -> F::Output {
+///
+/// `work` comes pinned by the caller: taken by value, each async layer
+/// kept a copy of it in its own state (a use's future was about 5 KiB, 3
+/// times the work's, copied at every spawn and `.await`).
+async fn drive<F: Future>(driver: Option<&Driver>, work: Pin<&mut F>) -> F::Output {
     match driver {
         Some(driver) => driver.drive(work).await,
         None => work.await,

@@ -605,25 +605,33 @@ fn fenced(type_name: &str, id: &ObjectId, me: &str) -> Error {
 /// (pipelined) in an explicit transaction.
 async fn append_plain(pg: &Pg, me: &str, batch: &[Entry]) -> Result<Vec<Outcome>> {
     pg.with("shipping turns' writes", |c| async move {
-        let client = &c.client;
-        if batch.len() > 1 && batch.iter().all(|entry| entry.alarm.is_none()) {
-            return append_many(&c, me, batch).await;
+        match batch {
+            [entry] => append_one(&c, me, entry).await.map(|outcome| vec![outcome]),
+            _ if batch.iter().all(|entry| entry.alarm.is_none()) => append_many(&c, me, batch).await,
+            _ => append_pipelined(&c, me, batch).await,
         }
-        let appends = batch.iter().map(|entry| append_one(&c, me, entry));
-        if batch.len() == 1 {
-            return futures_util::future::try_join_all(appends).await;
-        }
-        let (began, outcomes, committed) = tokio::join!(
-            client.batch_execute("BEGIN"),
-            futures_util::future::join_all(appends),
-            client.batch_execute("COMMIT"),
-        );
-        began?;
-        let outcomes = outcomes.into_iter().collect::<std::result::Result<Vec<_>, _>>()?;
-        committed?;
-        Ok(outcomes)
     })
     .await
+}
+
+/// Appends entries one statement each, all sent at once (pipelined)
+/// between `BEGIN` and `COMMIT`: for batches where an entry changed its
+/// object's alarm.
+async fn append_pipelined(
+    c: &PgConn,
+    me: &str,
+    batch: &[Entry],
+) -> std::result::Result<Vec<Outcome>, tokio_postgres::Error> {
+    let appends = batch.iter().map(|entry| append_one(c, me, entry));
+    let (began, outcomes, committed) = tokio::join!(
+        c.client.batch_execute("BEGIN"),
+        futures_util::future::join_all(appends),
+        c.client.batch_execute("COMMIT"),
+    );
+    began?;
+    let outcomes = outcomes.into_iter().collect::<std::result::Result<Vec<_>, _>>()?;
+    committed?;
+    Ok(outcomes)
 }
 
 /// Appends entries that change no alarm with one statement: each where
