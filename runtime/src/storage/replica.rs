@@ -84,9 +84,9 @@ pub(crate) const SNAPSHOT_AFTER: u64 = 8 << 20;
 /// The size a replicated database's WAL is cut back to when it starts over
 /// after a snapshot (`PRAGMA journal_size_limit`): twice [`SNAPSHOT_AFTER`],
 /// so that the file keeps the size it reached and the next commits
-/// overwrite it instead of growing it from nothing (cutting it back, to
-/// SQLite's 4 MiB, took 1.2–1.5 ms of the next turn by `strace -T`, and
-/// the commits after it grew the file again). A turn that left a longer
+/// overwrite it instead of growing it from nothing (cutting it back to the
+/// 4 MiB of a `Normal` database took 1.2–1.5 ms of the next turn by
+/// `strace -T`, and the commits after it grew the file again). A turn that left a longer
 /// WAL (a large write) gives the space back.
 pub(crate) const KEPT_WAL_BYTES: u64 = 2 * SNAPSHOT_AFTER;
 
