@@ -25,13 +25,13 @@
 //! checkpoint does not write the WAL's 8 MiB to the disk and wait for it
 //! (on the test VM a snapshot's checkpoint took about 10 ms with `NORMAL`,
 //! 6 of them syncing the WAL, and takes 0.1–0.4 ms without; the next turn
-//! waits for it). What an unsynced file may lose, only a crash of the operating
-//! system loses (a power loss, a kernel panic, a reset of the machine): a
-//! process that dies, even by `kill -9`, leaves its writes in the page
-//! cache, where the next process reads them. So the marker (below) names
-//! the boot of the operating system that wrote it (Linux's `boot_id`),
-//! and a copy is trusted only in that same boot: after a reboot, every
-//! object is rebuilt from the log on its first activation.
+//! waits for it). What an unsynced file may lose, only a crash of the
+//! operating system loses (a power loss, a kernel panic, a reset of the
+//! machine): a process that dies, even by `kill -9`, leaves its writes in
+//! the page cache, where the next process reads them. So the marker
+//! (below) names the boot of the operating system that wrote it (Linux's
+//! `boot_id`), and a copy is trusted only in that same boot: after a
+//! reboot, every object is rebuilt from the log on its first activation.
 //!
 //! Each entry is fenced by the object's *epoch*: the referee takes it only
 //! while the object still belongs to this node at that epoch, so a node
@@ -40,11 +40,12 @@
 //!
 //! The local copy is trusted only as far as it is known to match the log:
 //! a small marker file beside the database (`<id>.sqlite-log`: epoch,
-//! entry number, shipped WAL length, the boot that wrote it) says how far. It is written when the
-//! database closes, and at once around a checkpoint and its snapshot, not
-//! after each shipment: that write updates the file's metadata (about 3 µs
-//! of CPU a turn by `perf`, in `replicated_throughput`) and buys nothing a
-//! crash needs, since the log has every shipped entry. At open, the
+//! entry number, shipped WAL length, the boot that wrote it) says how far.
+//! It is written when the database closes, and at once around a checkpoint
+//! and its snapshot, not after each shipment: that write updates the
+//! file's metadata (about 3 µs of CPU a turn by `perf`, in
+//! `replicated_throughput`) and buys nothing a crash needs, since the log
+//! has every shipped entry. At open, the
 //! object's head in the log (its epoch and last entry) is read, and a
 //! marker written in this boot of the system is compared with it:
 //!
@@ -52,9 +53,10 @@
 //!   (frames committed locally but never shipped were never acknowledged)
 //!   and the copy is used;
 //! - the marker is behind it at the same epoch (this node's process died,
-//!   or the marker's last write was not made): the local WAL is good up to the marker's
-//!   length, so only the entries after the marker's are fetched and written
-//!   from there (*catch-up*), and the WAL is cut after them;
+//!   or the marker's last write was not made): the local WAL is good up to
+//!   the marker's length, so only the entries after the marker's are
+//!   fetched and written from there (*catch-up*), and the WAL is cut after
+//!   them;
 //! - otherwise (no marker, one of another boot, another epoch: another
 //!   node wrote since) the copy is rebuilt from the snapshot and the whole
 //!   log.
@@ -86,8 +88,8 @@ pub(crate) const SNAPSHOT_AFTER: u64 = 8 << 20;
 /// so that the file keeps the size it reached and the next commits
 /// overwrite it instead of growing it from nothing (cutting it back to the
 /// 4 MiB of a `Normal` database took 1.2–1.5 ms of the next turn by
-/// `strace -T`, and the commits after it grew the file again). A turn that left a longer
-/// WAL (a large write) gives the space back.
+/// `strace -T`, and the commits after it grew the file again). A turn that
+/// left a longer WAL (a large write) gives the space back.
 pub(crate) const KEPT_WAL_BYTES: u64 = 2 * SNAPSHOT_AFTER;
 
 /// The log of every object of a runtime, kept by the cluster's referee
