@@ -211,7 +211,10 @@ async fn a_fenced_object_fails_alone_among_turns_shipped_together() {
     let last_entry = |id: &stead::ObjectId| {
         let (sql, key) = (&sql, id.as_bytes().to_vec());
         async move {
-            let row = sql.query_one("SELECT max(seq) FROM stead_log WHERE id = $1", &[&key]).await.unwrap();
+            let row = sql
+                .query_one("SELECT max(seq) FROM stead_log WHERE id = $1 AND wal_offset >= 0", &[&key])
+                .await
+                .unwrap();
             row.get::<_, Option<i64>>(0)
         }
     };
@@ -238,11 +241,104 @@ async fn a_fenced_object_fails_alone_among_turns_shipped_together() {
     }
     for (id, before) in fenced.iter().zip(before) {
         assert_eq!(last_entry(id).await, before, "a fenced object's log grew");
+        // The update by hand fenced the log as a takeover does.
+        let fences = sql
+            .query(
+                "SELECT seq, wal_offset FROM stead_log WHERE id = $1 AND wal_offset < 0",
+                &[&id.as_bytes().as_slice()],
+            )
+            .await
+            .unwrap();
+        let fences: Vec<(i64, i64)> = fences.iter().map(|row| (row.get(0), row.get(1))).collect();
+        assert_eq!(fences, [(before.unwrap() + 1, -2)]);
     }
     for id in &others {
         assert_eq!(accounts.stub(id).deposits().await.unwrap().unwrap(), [0, 1, 2]);
     }
     rt.shutdown().await.unwrap();
+}
+
+/// A takeover fences the object's log after its last entry, even an entry
+/// of the old owner that was in flight and took the fence's number first
+/// (the takeover waits for it, fails, and is tried again); the new owner
+/// restores every committed entry and numbers its own after the fence.
+/// Fences stay when the log is trimmed, and refuse the old owner.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_takeover_fences_the_log_after_an_entry_in_flight() {
+    let pg = TempPostgres::start().unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let ohio = local_node(&pg, dir.path(), "ohio").await;
+    let id = ohio.namespace::<Account>().id_from_name("moved");
+    ohio.namespace::<Account>().stub(&id).deposit(1).await.unwrap().unwrap();
+    ohio.shutdown().await.unwrap(); // Its lease ends: its objects may move.
+    let key = id.as_bytes().to_vec();
+    let sql = sql(&pg).await;
+    let log = || async {
+        let query = "SELECT seq, wal_offset FROM stead_log WHERE id = $1 ORDER BY seq";
+        let rows = sql.query(query, &[&key]).await.unwrap();
+        rows.iter().map(|row| (row.get::<_, i64>(0), row.get::<_, i64>(1))).collect::<Vec<_>>()
+    };
+    let before = log().await;
+    let last = before.last().unwrap().0;
+    assert!(before.iter().all(|&(_, offset)| offset >= 0), "{before:?}");
+
+    // The old owner's next entry, in flight: inserted, not yet committed
+    // (with no frames, so that restoring skips it).
+    let mut in_flight = self::sql(&pg).await;
+    let in_flight = in_flight.transaction().await.unwrap();
+    let insert = "INSERT INTO stead_log (type, id, seq, wal_offset, frames) \
+                  SELECT type, id, $2, $3, ''::bytea FROM stead_objects WHERE id = $1";
+    in_flight.execute(insert, &[&key, &(last + 1), &-1i64]).await.unwrap();
+    let seoul = local_node(&pg, dir.path(), "seoul").await;
+    let call = tokio::spawn(seoul.namespace::<Account>().stub(&id).deposit(2));
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert!(!call.is_finished(), "the takeover did not wait for the entry in flight");
+    in_flight.commit().await.unwrap();
+    assert_eq!(call.await.unwrap().unwrap().unwrap(), 2);
+    assert_eq!(seoul.namespace::<Account>().stub(&id).deposits().await.unwrap().unwrap(), [1, 2]);
+
+    let after = log().await;
+    assert_eq!(after[..before.len()], before);
+    assert_eq!(after[before.len()..before.len() + 2], [(last + 1, -1), (last + 2, -2)]);
+    assert_eq!(after[before.len() + 2].0, last + 3, "{after:?}");
+    // A trim by hand deletes entries, not fences; a fence refuses an entry.
+    sql.execute("DELETE FROM stead_log WHERE id = $1", &[&key]).await.unwrap();
+    assert_eq!(log().await, [(last + 1, -1), (last + 2, -2)]);
+    let refused = sql.execute(insert, &[&key, &(last + 2), &0i64]).await.unwrap_err();
+    assert_eq!(refused.code(), Some(&tokio_postgres::error::SqlState::UNIQUE_VIOLATION));
+    seoul.shutdown().await.unwrap();
+}
+
+/// Tables of version 2, from before fences, are upgraded in place by the
+/// next node to start: from then on, a change of epoch fences the log.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tables_of_version_2_are_upgraded_to_fence_the_log() {
+    let pg = TempPostgres::start().unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let ohio = local_node(&pg, dir.path(), "ohio").await;
+    let id = ohio.namespace::<Account>().id_from_name("upgraded");
+    ohio.namespace::<Account>().stub(&id).deposit(1).await.unwrap().unwrap();
+    ohio.shutdown().await.unwrap();
+    let sql = sql(&pg).await;
+    sql.batch_execute(
+        "DROP TRIGGER stead_fence ON stead_objects; DROP FUNCTION stead_fence(); \
+         DROP TRIGGER stead_keep_fences ON stead_log; DROP FUNCTION stead_keep_fence(); \
+         UPDATE stead_schema SET version = 2",
+    )
+    .await
+    .unwrap();
+
+    let ohio = local_node(&pg, dir.path(), "ohio").await;
+    let version: i32 = sql.query_one("SELECT version FROM stead_schema", &[]).await.unwrap().get(0);
+    assert_eq!(version, 3);
+    let key = id.as_bytes().as_slice();
+    sql.execute("UPDATE stead_objects SET owner = 'seoul', epoch = epoch + 1 WHERE id = $1", &[&key])
+        .await
+        .unwrap();
+    let fences = "SELECT wal_offset FROM stead_log WHERE id = $1 AND wal_offset < 0";
+    let fences: Vec<i64> = sql.query(fences, &[&key]).await.unwrap().iter().map(|row| row.get(0)).collect();
+    assert_eq!(fences, [-2]);
+    ohio.shutdown().await.unwrap();
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

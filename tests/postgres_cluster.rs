@@ -433,7 +433,7 @@ async fn a_database_with_newer_tables_is_refused_with_a_clear_error() {
         .await
         .unwrap_err();
     assert!(matches!(err, Error::Config(_)), "{err}");
-    assert!(err.to_string().contains("version 99, newer than version 2"), "{err}");
+    assert!(err.to_string().contains("version 99, newer than version 3"), "{err}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -259,7 +259,7 @@ async fn a_database_without_stead_tables_or_with_newer_ones_is_refused_saying_wh
     for command in ["nodes", "objects"] {
         let run = stead([command, "--postgres", newer.as_str()]);
         let error = run.failed();
-        assert!(error.contains("tables of version 99, newer than version 2"), "{error}");
+        assert!(error.contains("tables of version 99, newer than version 3"), "{error}");
         assert!(error.contains("use the `stead` command of the release the cluster's nodes run"), "{error}");
     }
 }

@@ -17,8 +17,9 @@
 //!   holds; the first claim wins (`epoch` 1). An object that was placed
 //!   already costs a second round trip, which answers its owner and, when
 //!   the owner's lease has lapsed, lets a node that replicates storage
-//!   take it over in one conditional `UPDATE`, bumping `epoch` (see
-//!   `replication.rs`). `snapshot_seq` is
+//!   take it over in one conditional `UPDATE`, bumping `epoch`, which
+//!   fences the object's log (see [`FENCES`] and `replication.rs`).
+//!   `snapshot_seq` is
 //!   the log entry of the object's snapshot; `alarm_at` is its
 //!   alarm (milliseconds since the epoch), so that a dead node's alarms
 //!   are found and fired elsewhere (see `orphans.rs`).
@@ -40,12 +41,13 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
 
-use tokio_postgres::types::Type;
+use tokio_postgres::types::{ToSql, Type};
 use tokio_postgres::{Client, GenericClient, NoTls, Row, Statement};
 
 use super::directory::check_type_name;
 use super::driven::{Driver, PgConnection};
 use super::membership::Lease;
+use super::replication::number_taken;
 use crate::error::{Error, Result};
 use crate::id::ObjectId;
 use crate::local::BoxFuture;
@@ -53,7 +55,7 @@ use crate::local::BoxFuture;
 use super::Directory;
 
 /// The version of the tables this build reads and writes.
-pub(crate) const SCHEMA_VERSION: i32 = 2;
+pub(crate) const SCHEMA_VERSION: i32 = 3;
 
 /// The advisory lock under which the schema is created (its key spells
 /// "stead" and the lock's purpose).
@@ -86,7 +88,8 @@ CREATE TABLE stead_objects (
 
 /// The migrations from each version to the next: `MIGRATIONS[0]` takes
 /// version 1 to 2, and so on.
-const MIGRATIONS: &[&str] = &["
+const MIGRATIONS: &[&str] = &[
+    "
 ALTER TABLE stead_objects
     ADD COLUMN snapshot_seq bigint NOT NULL DEFAULT 0,
     ADD COLUMN alarm_at bigint;
@@ -106,7 +109,43 @@ CREATE TABLE stead_snapshots (
     data bytea NOT NULL,
     PRIMARY KEY (type, id)
 );
-"];
+",
+    FENCES,
+];
+
+/// Version 2 to 3: every change of an object's epoch (a takeover) fences
+/// the object's log, and fences are never deleted (see `replication.rs`).
+///
+/// A fence is a row of `stead_log` that takes the number after the last
+/// entry (or the snapshot's), with no frames and `wal_offset` minus the
+/// new epoch. Entries are appended by number with a plain `INSERT`, and
+/// the primary key refuses a number twice: the node that lost the object
+/// can never append its next entry. The trigger does it in the
+/// statement that changes the epoch, whoever runs it (a node of this
+/// release or an older one, or an operator by hand), and its statements
+/// read the tables where they were created (`SET search_path FROM
+/// CURRENT`). Should an entry of the old owner take that number first (it
+/// was in flight), the `INSERT` fails, and with it the takeover, which is
+/// then tried again. The second trigger keeps fences from deletes, the
+/// log's trims included (also an older release's, which trims every
+/// entry up to a snapshot).
+const FENCES: &str = "
+CREATE FUNCTION stead_fence() RETURNS trigger LANGUAGE plpgsql SET search_path FROM CURRENT AS $$
+BEGIN
+    INSERT INTO stead_log (type, id, seq, wal_offset, frames)
+    SELECT NEW.type, NEW.id, greatest(max(l.seq), NEW.snapshot_seq) + 1, -NEW.epoch, ''::bytea
+    FROM stead_log l WHERE l.type = NEW.type AND l.id = NEW.id;
+    RETURN NULL;
+END $$;
+CREATE TRIGGER stead_fence AFTER UPDATE OF epoch ON stead_objects
+    FOR EACH ROW WHEN (NEW.epoch <> OLD.epoch) EXECUTE FUNCTION stead_fence();
+CREATE FUNCTION stead_keep_fence() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN
+    RETURN NULL;
+END $$;
+CREATE TRIGGER stead_keep_fences BEFORE DELETE ON stead_log
+    FOR EACH ROW WHEN (OLD.wal_offset < 0) EXECUTE FUNCTION stead_keep_fence();
+";
 
 /// A claim: the object is inserted for node `$4`, unless it was placed
 /// already; then nothing is, and [`TAKE_OVER`] says where.
@@ -151,6 +190,10 @@ FROM stead_objects o
 WHERE o.type = $1 AND o.id = $2 AND NOT EXISTS (SELECT 1 FROM taken)";
 
 const LOOKUP: &str = "SELECT owner FROM stead_objects WHERE type = $1 AND id = $2";
+
+/// How many times a takeover is tried while the old owner's entries take
+/// the fence's number first (see `claim_now`).
+const TAKE_OVER_TRIES: u32 = 5;
 
 /// One connection to PostgreSQL (made on first use, made again after it
 /// broke) with its prepared statements. Every use is bounded in time.
@@ -580,7 +623,18 @@ impl PostgresDirectory {
             .pg
             .with("placing an object", |c| async move {
                 let id = id.as_bytes().as_slice();
-                c.client.query_opt(&c.take_over, &[&type_name, &id, &node, &incarnation, &takes_over]).await
+                let params: [&(dyn ToSql + Sync); 5] = [&type_name, &id, &node, &incarnation, &takes_over];
+                // A takeover fences the object's log (see `FENCES`); it
+                // fails when an entry of the old owner, in flight, took the
+                // fence's number first. The old owner sends one entry at a
+                // time, and stops by itself once its lease lapsed.
+                let mut tries = 1;
+                loop {
+                    match c.client.query_opt(&c.take_over, &params).await {
+                        Err(err) if number_taken(&err) && tries < TAKE_OVER_TRIES => tries += 1,
+                        done => break done,
+                    }
+                }
             })
             .await?;
         let lapsed = || {

@@ -6,19 +6,25 @@
 //! id, seq, data)` each object's last snapshot, and `stead_objects` the
 //! object's `epoch`, `snapshot_seq` and `alarm_at`.
 //!
-//! **Fencing.** An entry is appended by one statement that first locks the
-//! object's row (`FOR SHARE`) where it still names this node *at the epoch
-//! the node activated it with*, and inserts only then. A takeover updates
-//! that row (a new owner, the next epoch), so it waits for appends in
-//! flight to commit, and appends after it find no row: a node that lost
-//! the object appends nothing, and its turn fails. So there is never a
-//! second activation that can commit, and the new owner, which restores
-//! after its takeover committed, sees every entry that was acknowledged.
-//! Entries are numbered by the node (the last plus one; the primary key
-//! refuses a number twice), so a turn costs no update of the row unless it
-//! changed the object's alarm; only then is the statement the one that
-//! updates it as well ([`APPEND_SETTING_ALARM`]): a data-modifying part,
-//! even one that changes nothing, added about 30 µs to every append.
+//! **Fencing.** A node numbers its object's entries itself, the last one
+//! plus one, with at most one shipment of the object in flight, and
+//! appends each with a plain insert ([`APPEND`]); the primary key refuses
+//! a number twice. Every change of an object's epoch (a takeover) puts a
+//! *fence* in its log in the same statement (the table's trigger, see
+//! `FENCES` in `postgres.rs`): a row with the number after the last entry,
+//! no frames, and minus the new epoch as its offset. That is the number of
+//! the old owner's next entry, so PostgreSQL refuses it, and the turn
+//! fails and resets the object; its next activation reads the object's row
+//! and finds another owner. An entry of the old owner in flight during the
+//! takeover either commits first (the fence's insert waits for it, fails,
+//! and the takeover is tried again, its fence after that entry) or is
+//! refused. So there is never a second activation that can commit, and
+//! the new owner, which restores after its takeover committed, sees every
+//! entry that was acknowledged, and numbers its own after the fence.
+//! Fences are never deleted (a trigger skips them), since a paused node
+//! may wake at any time. A turn thus costs no read or lock of the object's
+//! row, and no update of it unless it changed the object's alarm
+//! ([`APPEND_SETTING_ALARM`]).
 //!
 //! **Group commit.** Entries of many objects that are ready at the same
 //! moment share one statement ([`APPEND_MANY`], the entries as arrays),
@@ -59,6 +65,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use tokio::sync::mpsc;
+use tokio_postgres::error::SqlState;
 use tokio_postgres::types::{ToSql, Type};
 
 use super::postgres::{Pg, PgConn, get, pg_error};
@@ -72,68 +79,71 @@ const MAX_BATCH: usize = 256;
 /// The shippers: shipments in flight at once, each on its own connection.
 const SHIPPERS: usize = 4;
 
-/// Appends one entry where the object's row still names this node at the
-/// entry's epoch (by its primary key); nothing inserted: fenced.
+/// Appends one entry, by its number: a plain insert, which the primary
+/// key refuses when the number is taken, by a fence (the object was taken
+/// over: see the module's docs) or by another entry; then the entry is
+/// fenced ([`number_taken`]). For an entry alone in its transaction or
+/// savepoint: the refusal aborts it.
 ///
-/// One plain `INSERT .. SELECT`, nothing returned: as a `WITH` query
-/// returning the entry's number it took PostgreSQL about 10 µs more
-/// (pgbench on the test VM, 150 against 159 µs a commit).
-const APPEND: &str = "
-INSERT INTO stead_log (type, id, seq, wal_offset, frames)
-SELECT $1, $2, $7, $5, $6 FROM stead_objects
-WHERE type = $1 AND id = $2 AND epoch = $3 AND owner = $4
-FOR SHARE";
+/// Checking the object's row in the statement instead (an `INSERT ..
+/// SELECT` from `stead_objects` where it names this node at the entry's
+/// epoch, `FOR SHARE`) took PostgreSQL about 19 µs more a commit (pgbench
+/// on the test VM, medians of ten alternating rounds: 152 against 133 µs;
+/// the bare upsert of `replicated_write`'s baseline took 131).
+const APPEND: &str = "INSERT INTO stead_log (type, id, seq, wal_offset, frames) VALUES ($1, $2, $3, $4, $5)";
 
-/// [`APPEND`] for an entry that changed the object's alarm: also sets it
-/// (to `$8`, none: `NULL`) where the row still names this node at the
-/// entry's epoch.
+/// [`APPEND`] for an entry sharing a transaction with others: a taken
+/// number adds nothing and fails nothing else (`ON CONFLICT DO NOTHING`,
+/// about 11 µs dearer than the plain insert by the same measure).
+const APPEND_UNLESS_FENCED: &str = "
+INSERT INTO stead_log (type, id, seq, wal_offset, frames) VALUES ($1, $2, $3, $4, $5)
+ON CONFLICT DO NOTHING";
+
+/// [`APPEND_UNLESS_FENCED`] for an entry that changed the object's alarm:
+/// also sets it (to `$6`, none: `NULL`) if the entry was appended.
+/// Returns a row if it was.
 const APPEND_SETTING_ALARM: &str = "
-WITH f AS (
-    SELECT 1 FROM stead_objects
-    WHERE type = $1 AND id = $2 AND epoch = $3 AND owner = $4
-    FOR SHARE
+WITH i AS (
+    INSERT INTO stead_log (type, id, seq, wal_offset, frames) VALUES ($1, $2, $3, $4, $5)
+    ON CONFLICT DO NOTHING
+    RETURNING 1
 ), a AS (
-    UPDATE stead_objects SET alarm_at = $8
-    WHERE type = $1 AND id = $2 AND epoch = $3 AND owner = $4
+    UPDATE stead_objects SET alarm_at = $6 WHERE type = $1 AND id = $2 AND EXISTS (SELECT 1 FROM i)
 )
-INSERT INTO stead_log (type, id, seq, wal_offset, frames)
-SELECT $1, $2, $7, $5, $6 FROM f
-RETURNING seq";
+SELECT 1 FROM i";
 
-/// [`APPEND`] for several entries at once, given as arrays (`$1` to `$6`:
-/// types, ids, epochs, numbers, WAL offsets, frames; `$7` this node).
-/// Returns, for each entry appended, its place in the arrays (from 1)
-/// and its number; an entry not returned was fenced.
+/// The types of [`APPEND_SETTING_ALARM`]'s parameters; [`APPEND`] and
+/// [`APPEND_UNLESS_FENCED`] have the first five.
+const APPEND_TYPES: &[Type] = &[Type::TEXT, Type::BYTEA, Type::INT8, Type::INT8, Type::BYTEA, Type::INT8];
+
+/// [`APPEND`] for several entries at once, given as arrays (`$1` to `$5`:
+/// types, ids, numbers, WAL offsets, frames): every entry, or, if one of
+/// them is fenced, none.
 const APPEND_MANY: &str = "
+INSERT INTO stead_log (type, id, seq, wal_offset, frames)
+SELECT * FROM unnest($1::text[], $2::bytea[], $3::int8[], $4::int8[], $5::bytea[])";
+
+/// [`APPEND_MANY`] where one of the entries is fenced: appends the others,
+/// and returns the place in the arrays (from 1) of each entry appended.
+const APPEND_MANY_UNLESS_FENCED: &str = "
 WITH e AS (
-    SELECT * FROM unnest($1::text[], $2::bytea[], $3::int8[], $4::int8[], $5::int8[], $6::bytea[])
-        WITH ORDINALITY AS e (type, id, epoch, seq, wal_offset, frames, n)
-), f AS (
-    SELECT e.* FROM e CROSS JOIN LATERAL (
-        SELECT 1 FROM stead_objects o
-        WHERE o.type = e.type AND o.id = e.id AND o.epoch = e.epoch AND o.owner = $7
-        FOR SHARE
-    ) o
+    SELECT * FROM unnest($1::text[], $2::bytea[], $3::int8[], $4::int8[], $5::bytea[])
+        WITH ORDINALITY AS e (type, id, seq, wal_offset, frames, n)
 ), i AS (
     INSERT INTO stead_log (type, id, seq, wal_offset, frames)
-    SELECT type, id, seq, wal_offset, frames FROM f
+    SELECT type, id, seq, wal_offset, frames FROM e
+    ON CONFLICT DO NOTHING
+    RETURNING type, id, seq
 )
-SELECT n, seq FROM f";
+SELECT e.n FROM e JOIN i USING (type, id, seq)";
 
 /// The types of [`APPEND_MANY`]'s parameters.
-const APPEND_MANY_TYPES: &[Type] = &[
-    Type::TEXT_ARRAY,
-    Type::BYTEA_ARRAY,
-    Type::INT8_ARRAY,
-    Type::INT8_ARRAY,
-    Type::INT8_ARRAY,
-    Type::BYTEA_ARRAY,
-    Type::TEXT,
-];
+const APPEND_MANY_TYPES: &[Type] =
+    &[Type::TEXT_ARRAY, Type::BYTEA_ARRAY, Type::INT8_ARRAY, Type::INT8_ARRAY, Type::BYTEA_ARRAY];
 
 const HEAD: &str = "
 SELECT owner, epoch,
-       (SELECT coalesce(max(l.seq), o.snapshot_seq) FROM stead_log l WHERE l.type = o.type AND l.id = o.id),
+       (SELECT greatest(max(l.seq), o.snapshot_seq) FROM stead_log l WHERE l.type = o.type AND l.id = o.id),
        snapshot_seq,
        EXISTS (SELECT 1 FROM stead_snapshots s WHERE s.type = o.type AND s.id = o.id)
 FROM stead_objects o WHERE type = $1 AND id = $2";
@@ -157,7 +167,8 @@ WITH f AS (
 )
 SELECT count(*) FROM f";
 
-/// Trims the log entries up to a snapshot's (`$3`), once it is committed.
+/// Trims the log entries up to a snapshot's (`$3`), once it is committed;
+/// fences stay (the table's trigger skips them: see the module's docs).
 ///
 /// Not part of [`SNAPSHOT`], which the object's next turn waits for:
 /// deleting a snapshot's worth of entries (about 8,000 of 1 KiB) took
@@ -471,18 +482,24 @@ async fn fetch(pg: &Pg, me: &str, type_name: &'static str, id: &ObjectId) -> Res
 }
 
 /// The frames of `entries` end to end, with the last one's number, if
-/// they follow entry `after` one by one from WAL offset `from`.
+/// they follow entry `after` one by one from WAL offset `from`. Fences
+/// (a negative offset) take their number and add no frames.
 fn join(entries: &[tokio_postgres::Row], after: i64, from: u64) -> Result<Option<(Vec<u8>, i64)>> {
     let mut wal = Vec::new();
     let mut last = after;
     for row in entries {
         let (seq, offset): (i64, i64) = (get(row, 0, "stead_log.seq")?, get(row, 1, "stead_log.wal_offset")?);
-        let frames: &[u8] = get(row, 2, "stead_log.frames")?;
-        if seq != last + 1 || u64::try_from(offset).ok() != Some(from + wal.len() as u64) {
+        if seq != last + 1 {
             return Ok(None);
         }
-        wal.extend_from_slice(frames);
         last = seq;
+        if offset < 0 {
+            continue;
+        }
+        if u64::try_from(offset).ok() != Some(from + wal.len() as u64) {
+            return Ok(None);
+        }
+        wal.extend_from_slice(get(row, 2, "stead_log.frames")?);
     }
     Ok(Some((wal, last)))
 }
@@ -557,9 +574,9 @@ async fn ship(pg: &Pg, me: &str, mut batch: Vec<Append>) {
     let (entries, dones): (Vec<Entry>, Vec<Appended>) =
         batch.into_iter().map(|append| (append.entry, append.done)).unzip();
     let outcomes = if entries.iter().all(|entry| entry.statements.is_empty()) {
-        append_plain(pg, me, &entries).await
+        append_plain(pg, &entries).await
     } else {
-        append_in_transaction(pg, me, &entries).await
+        append_in_transaction(pg, &entries).await
     };
     answer(&entries, dones, outcomes, me);
 }
@@ -603,12 +620,12 @@ fn fenced(type_name: &str, id: &ObjectId, me: &str) -> Error {
 /// several in one statement ([`APPEND_MANY`]), or, when one of them
 /// changed its object's alarm, one statement each, all sent at once
 /// (pipelined) in an explicit transaction.
-async fn append_plain(pg: &Pg, me: &str, batch: &[Entry]) -> Result<Vec<Outcome>> {
+async fn append_plain(pg: &Pg, batch: &[Entry]) -> Result<Vec<Outcome>> {
     pg.with("shipping turns' writes", |c| async move {
         match batch {
-            [entry] => append_one(&c, me, entry).await.map(|outcome| vec![outcome]),
-            _ if batch.iter().all(|entry| entry.alarm.is_none()) => append_many(&c, me, batch).await,
-            _ => append_pipelined(&c, me, batch).await,
+            [entry] => append_one(&c, entry, Alone::Yes).await.map(|outcome| vec![outcome]),
+            _ if batch.iter().all(|entry| entry.alarm.is_none()) => append_many(&c, batch).await,
+            _ => append_pipelined(&c, batch).await,
         }
     })
     .await
@@ -619,10 +636,9 @@ async fn append_plain(pg: &Pg, me: &str, batch: &[Entry]) -> Result<Vec<Outcome>
 /// object's alarm.
 async fn append_pipelined(
     c: &PgConn,
-    me: &str,
     batch: &[Entry],
 ) -> std::result::Result<Vec<Outcome>, tokio_postgres::Error> {
-    let appends = batch.iter().map(|entry| append_one(c, me, entry));
+    let appends = batch.iter().map(|entry| append_one(c, entry, Alone::No));
     let (began, outcomes, committed) = tokio::join!(
         c.client.batch_execute("BEGIN"),
         futures_util::future::join_all(appends),
@@ -634,56 +650,71 @@ async fn append_pipelined(
     Ok(outcomes)
 }
 
-/// Appends entries that change no alarm with one statement: each where
-/// its object's row still names this node at the entry's epoch.
+/// Appends entries that change no alarm with one statement; if one of
+/// them is fenced (rare: its object was taken over), with another that
+/// tells which.
 async fn append_many(
     c: &PgConn,
-    me: &str,
     batch: &[Entry],
 ) -> std::result::Result<Vec<Outcome>, tokio_postgres::Error> {
-    let statement = c.prepared(APPEND_MANY, APPEND_MANY_TYPES).await?;
     let column = |f: fn(&Entry) -> i64| batch.iter().map(f).collect::<Vec<i64>>();
     let types: Vec<&str> = batch.iter().map(|entry| entry.type_name).collect();
     let ids: Vec<&[u8]> = batch.iter().map(|entry| entry.id.as_bytes().as_slice()).collect();
     let frames: Vec<&[u8]> = batch.iter().map(|entry| entry.frames.as_slice()).collect();
-    let (epochs, seqs, offsets) = (column(|e| e.epoch), column(|e| e.seq), column(|e| e.wal_offset));
-    let params: [&(dyn ToSql + Sync); 7] = [&types, &ids, &epochs, &seqs, &offsets, &frames, &me];
-    let appended = c.client.query(&statement, &params).await?;
+    let (seqs, offsets) = (column(|e| e.seq), column(|e| e.wal_offset));
+    let params: [&(dyn ToSql + Sync); 5] = [&types, &ids, &seqs, &offsets, &frames];
+    let all = c.client.execute(&c.prepared(APPEND_MANY, APPEND_MANY_TYPES).await?, &params).await;
+    match all {
+        Ok(_) => return Ok(batch.iter().map(|entry| Outcome::Appended(entry.seq)).collect()),
+        Err(err) if number_taken(&err) => {}
+        Err(err) => return Err(err),
+    }
+    let statement = c.prepared(APPEND_MANY_UNLESS_FENCED, APPEND_MANY_TYPES).await?;
     let mut outcomes: Vec<Outcome> = batch.iter().map(|_| Outcome::Fenced).collect();
-    for row in appended {
-        let (ordinal, seq): (i64, i64) = (row.try_get(0)?, row.try_get(1)?);
-        if let Some(outcome) = usize::try_from(ordinal - 1).ok().and_then(|i| outcomes.get_mut(i)) {
-            *outcome = Outcome::Appended(seq);
+    for row in c.client.query(&statement, &params).await? {
+        let ordinal: i64 = row.try_get(0)?;
+        if let Some((entry, outcome)) =
+            usize::try_from(ordinal - 1).ok().and_then(|i| batch.get(i).zip(outcomes.get_mut(i)))
+        {
+            *outcome = Outcome::Appended(entry.seq);
         }
     }
     Ok(outcomes)
 }
 
+/// Whether an entry is alone in its transaction (or savepoint), which a
+/// fenced entry may abort.
+#[derive(Clone, Copy)]
+enum Alone {
+    Yes,
+    No,
+}
+
 /// Appends one entry (the statements are prepared once per connection).
 async fn append_one(
     c: &PgConn,
-    me: &str,
     entry: &Entry,
+    alone: Alone,
 ) -> std::result::Result<Outcome, tokio_postgres::Error> {
     let id = entry.id.as_bytes().as_slice();
     let alarm = entry.alarm.flatten();
-    let params: [&(dyn ToSql + Sync); 8] = [
-        &entry.type_name,
-        &id,
-        &entry.epoch,
-        &me,
-        &entry.wal_offset,
-        &entry.frames.as_slice(),
-        &entry.seq,
-        &alarm,
-    ];
-    let appended = match entry.alarm {
-        None => c.client.execute(&c.prepared(APPEND, &APPEND_TYPES[..7]).await?, &params[..7]).await? == 1,
-        Some(_) => c
-            .client
-            .query_opt(&c.prepared(APPEND_SETTING_ALARM, APPEND_TYPES).await?, &params)
-            .await?
-            .is_some(),
+    let params: [&(dyn ToSql + Sync); 6] =
+        [&entry.type_name, &id, &entry.seq, &entry.wal_offset, &entry.frames.as_slice(), &alarm];
+    let appended = match (entry.alarm, alone) {
+        (None, Alone::Yes) => {
+            match c.client.execute(&c.prepared(APPEND, &APPEND_TYPES[..5]).await?, &params[..5]).await {
+                Err(err) if number_taken(&err) => false,
+                appended => appended? == 1,
+            }
+        }
+        (None, Alone::No) => {
+            let statement = c.prepared(APPEND_UNLESS_FENCED, &APPEND_TYPES[..5]).await?;
+            c.client.execute(&statement, &params[..5]).await? == 1
+        }
+        (Some(_), _) => {
+            let statement = c.prepared(APPEND_SETTING_ALARM, APPEND_TYPES).await?;
+            c.client.query_opt(&statement, &params).await?.is_some()
+        }
     };
     Ok(match appended {
         true => Outcome::Appended(entry.seq),
@@ -691,17 +722,21 @@ async fn append_one(
     })
 }
 
-/// The types of [`APPEND_SETTING_ALARM`]'s parameters; [`APPEND`] has the
-/// first seven.
-const APPEND_TYPES: &[Type] =
-    &[Type::TEXT, Type::BYTEA, Type::INT8, Type::TEXT, Type::INT8, Type::BYTEA, Type::INT8, Type::INT8];
+/// Whether PostgreSQL refused a row of the log because its number is
+/// taken: an entry after its object was taken over (the number is the
+/// takeover's fence), or a takeover's fence after an entry of the old
+/// owner took the number first.
+pub(crate) fn number_taken(err: &tokio_postgres::Error) -> bool {
+    err.as_db_error()
+        .is_some_and(|db| *db.code() == SqlState::UNIQUE_VIOLATION && db.table() == Some("stead_log"))
+}
 
 /// Appends entries with the application's statements: one transaction,
 /// each entry with its statements in a savepoint, so that a failing
 /// statement undoes only its own turn.
-async fn append_in_transaction(pg: &Pg, me: &str, batch: &[Entry]) -> Result<Vec<Outcome>> {
+async fn append_in_transaction(pg: &Pg, batch: &[Entry]) -> Result<Vec<Outcome>> {
     pg.with("shipping turns' writes with their statements", |c| async move {
-        let outcomes = transact(&c, me, batch).await;
+        let outcomes = transact(&c, batch).await;
         if outcomes.is_err() {
             // Leave no transaction open on the connection for the next
             // shipment (a broken connection is made again anyway).
@@ -712,17 +747,13 @@ async fn append_in_transaction(pg: &Pg, me: &str, batch: &[Entry]) -> Result<Vec
     .await
 }
 
-async fn transact(
-    c: &PgConn,
-    me: &str,
-    batch: &[Entry],
-) -> std::result::Result<Vec<Outcome>, tokio_postgres::Error> {
+async fn transact(c: &PgConn, batch: &[Entry]) -> std::result::Result<Vec<Outcome>, tokio_postgres::Error> {
     let client = &c.client;
     client.batch_execute("BEGIN").await?;
     let mut outcomes = Vec::with_capacity(batch.len());
     for entry in batch {
         client.batch_execute("SAVEPOINT stead_turn").await?;
-        let Outcome::Appended(seq) = append_one(c, me, entry).await? else {
+        let Outcome::Appended(seq) = append_one(c, entry, Alone::Yes).await? else {
             client.batch_execute("ROLLBACK TO SAVEPOINT stead_turn").await?;
             outcomes.push(Outcome::Fenced);
             continue;

@@ -33,10 +33,11 @@
 //! `boot_id`), and a copy is trusted only in that same boot: after a
 //! reboot, every object is rebuilt from the log on its first activation.
 //!
-//! Each entry is fenced by the object's *epoch*: the referee takes it only
-//! while the object still belongs to this node at that epoch, so a node
-//! that lost an object (its lease lapsed and another node took the object
-//! over) can never commit for it again.
+//! Each entry is fenced by the object's *epoch*: a takeover, which moves
+//! the object to the next epoch, takes the number of the old owner's next
+//! entry in the log, so a node that lost an object (its lease lapsed and
+//! another node took the object over) can never commit for it again (see
+//! `cluster/replication.rs`).
 //!
 //! The local copy is trusted only as far as it is known to match the log:
 //! a small marker file beside the database (`<id>.sqlite-log`: epoch,
@@ -188,8 +189,8 @@ pub(crate) struct Fetched {
 pub(crate) struct Entry {
     pub(crate) type_name: &'static str,
     pub(crate) id: ObjectId,
-    pub(crate) epoch: i64,
-    /// The entry's number: the last one's plus one.
+    /// The entry's number: the last one's plus one. It is what fences the
+    /// entry: a takeover takes the number after the last entry.
     pub(crate) seq: i64,
     /// Where `frames` start in the WAL.
     pub(crate) wal_offset: i64,
@@ -435,7 +436,6 @@ impl Replica {
         Ok(Entry {
             type_name: self.type_name,
             id: self.id,
-            epoch: self.epoch,
             seq: shipped.seq + 1,
             wal_offset: i64::try_from(shipped.end).unwrap_or(i64::MAX),
             frames,
