@@ -619,7 +619,7 @@ impl PostgresDirectory {
             return Ok(node.to_string());
         }
         // Nothing inserted: placed already.
-        let row = self
+        let answer = self
             .pg
             .with("placing an object", |c| async move {
                 let id = id.as_bytes().as_slice();
@@ -628,15 +628,21 @@ impl PostgresDirectory {
                 // fails when an entry of the old owner, in flight, took the
                 // fence's number first. The old owner sends one entry at a
                 // time, and stops by itself once its lease lapsed.
-                let mut tries = 1;
-                loop {
+                for _ in 0..TAKE_OVER_TRIES {
                     match c.client.query_opt(&c.take_over, &params).await {
-                        Err(err) if number_taken(&err) && tries < TAKE_OVER_TRIES => tries += 1,
-                        done => break done,
+                        Err(err) if number_taken(&err) => continue,
+                        done => return done.map(Some),
                     }
                 }
+                Ok(None)
             })
             .await?;
+        let Some(row) = answer else {
+            return Err(Error::Unavailable(format!(
+                "node `{node}` could not take `{type_name}` object {id} over: entries of its old owner \
+                 kept landing in its log ({TAKE_OVER_TRIES} tries); retry later"
+            )));
+        };
         let lapsed = || {
             Error::Unavailable(format!(
                 "node `{node}` could not place `{type_name}` object {id}: its lease in PostgreSQL has \
