@@ -258,6 +258,21 @@ async fn a_fenced_object_fails_alone_among_turns_shipped_together() {
     rt.shutdown().await.unwrap();
 }
 
+/// A server where node `ohio` made one deposit into account `name` and
+/// left the cluster (its lease ended: its objects may move), with the
+/// node's directory.
+async fn deposited_once_by_a_node_that_left(
+    name: &str,
+) -> (TempPostgres, tempfile::TempDir, stead::ObjectId) {
+    let pg = TempPostgres::start().unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let ohio = local_node(&pg, dir.path(), "ohio").await;
+    let id = ohio.namespace::<Account>().id_from_name(name);
+    ohio.namespace::<Account>().stub(&id).deposit(1).await.unwrap().unwrap();
+    ohio.shutdown().await.unwrap();
+    (pg, dir, id)
+}
+
 /// A takeover fences the object's log after its last entry, even an entry
 /// of the old owner that was in flight and took the fence's number first
 /// (the takeover waits for it, fails, and is tried again); the new owner
@@ -265,12 +280,7 @@ async fn a_fenced_object_fails_alone_among_turns_shipped_together() {
 /// Fences stay when the log is trimmed, and refuse the old owner.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_takeover_fences_the_log_after_an_entry_in_flight() {
-    let pg = TempPostgres::start().unwrap();
-    let dir = tempfile::tempdir().unwrap();
-    let ohio = local_node(&pg, dir.path(), "ohio").await;
-    let id = ohio.namespace::<Account>().id_from_name("moved");
-    ohio.namespace::<Account>().stub(&id).deposit(1).await.unwrap().unwrap();
-    ohio.shutdown().await.unwrap(); // Its lease ends: its objects may move.
+    let (pg, dir, id) = deposited_once_by_a_node_that_left("moved").await;
     let key = id.as_bytes().to_vec();
     let sql = sql(&pg).await;
     let log = || async {
@@ -313,12 +323,7 @@ async fn a_takeover_fences_the_log_after_an_entry_in_flight() {
 /// next node to start: from then on, a change of epoch fences the log.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn tables_of_version_2_are_upgraded_to_fence_the_log() {
-    let pg = TempPostgres::start().unwrap();
-    let dir = tempfile::tempdir().unwrap();
-    let ohio = local_node(&pg, dir.path(), "ohio").await;
-    let id = ohio.namespace::<Account>().id_from_name("upgraded");
-    ohio.namespace::<Account>().stub(&id).deposit(1).await.unwrap().unwrap();
-    ohio.shutdown().await.unwrap();
+    let (pg, dir, id) = deposited_once_by_a_node_that_left("upgraded").await;
     let sql = sql(&pg).await;
     sql.batch_execute(
         "DROP TRIGGER stead_fence ON stead_objects; DROP FUNCTION stead_fence(); \
