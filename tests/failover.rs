@@ -182,8 +182,8 @@ async fn a_write_after_postgres_ended_every_connection_succeeds() {
 
 /// Turns of many objects at once share shipments; an object whose epoch
 /// moved on in PostgreSQL (as another node's takeover moves it) fails its
-/// turn and appends nothing, and the others' turns of the same moment
-/// commit.
+/// turn and appends nothing (nor sets its alarm), and the others' turns
+/// of the same moment commit.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_fenced_object_fails_alone_among_turns_shipped_together() {
     let pg = TempPostgres::start().unwrap();
@@ -218,15 +218,17 @@ async fn a_fenced_object_fails_alone_among_turns_shipped_together() {
             row.get::<_, Option<i64>>(0)
         }
     };
+    let take_over = |id: &stead::ObjectId| {
+        let (sql, key) = (&sql, id.as_bytes().to_vec());
+        async move {
+            let update = "UPDATE stead_objects SET owner = 'seoul', epoch = epoch + 1 WHERE id = $1";
+            sql.execute(update, &[&key]).await.unwrap();
+        }
+    };
     let mut before = Vec::new();
     for id in &fenced {
         before.push(last_entry(id).await);
-        sql.execute(
-            "UPDATE stead_objects SET owner = 'seoul', epoch = epoch + 1 WHERE id = $1",
-            &[&id.as_bytes().as_slice()],
-        )
-        .await
-        .unwrap();
+        take_over(id).await;
     }
 
     for (id, outcome) in ids.iter().zip(deposit_all(&ids, 1).await) {
@@ -254,6 +256,23 @@ async fn a_fenced_object_fails_alone_among_turns_shipped_together() {
     }
     for id in &others {
         assert_eq!(accounts.stub(id).deposits().await.unwrap().unwrap(), [0, 1, 2]);
+    }
+
+    // Turns that set an alarm are shipped with the statement that also
+    // writes it to the object's row: fenced, they write neither.
+    for id in others.iter().step_by(3) {
+        take_over(id).await;
+    }
+    let alarms: Vec<_> = others.iter().map(|id| tokio::spawn(accounts.stub(id).alarm_in(600_000))).collect();
+    for (i, (id, alarm)) in others.iter().zip(alarms).enumerate() {
+        let outcome = alarm.await.unwrap();
+        let alarm_at = "SELECT alarm_at FROM stead_objects WHERE id = $1";
+        let alarm_at: Option<i64> =
+            sql.query_one(alarm_at, &[&id.as_bytes().as_slice()]).await.unwrap().get(0);
+        match i % 3 {
+            0 => assert!(!matches!(outcome, Ok(Ok(_))) && alarm_at.is_none(), "{outcome:?} {alarm_at:?}"),
+            _ => assert!(outcome.unwrap().is_ok() && alarm_at.is_some()),
+        }
     }
     rt.shutdown().await.unwrap();
 }
