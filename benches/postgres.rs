@@ -14,6 +14,13 @@
 //! caller, then 64 callers over 1,000 objects (64 connections for the
 //! baseline).
 //!
+//! Group `upsert_after_client_work` is no target: the baseline's upsert
+//! with 0, 10 and 20 µs of work in the caller before each request (a busy
+//! wait), as a turn works between PostgreSQL's answer and its next entry.
+//! On a VM whose idle cores halt, that pause changes where the kernel runs
+//! PostgreSQL's backend, and the round trip's own time with it (see the
+//! README, "Performance").
+//!
 //! `cargo bench --bench postgres`
 
 #![allow(missing_docs)] // benchmark objects are measured, not documented
@@ -219,6 +226,31 @@ fn replicated(c: &mut Criterion) {
             })
         })
     });
+    group.finish();
+
+    // Not a target: the baseline's round trip when its caller works
+    // between an answer and its next request, as a turn does.
+    let mut group = c.benchmark_group("upsert_after_client_work");
+    group.sample_size(10).measurement_time(Duration::from_secs(3)).warm_up_time(Duration::from_secs(1));
+    for work in [0u64, 10, 20] {
+        group.bench_function(format!("postgres_upsert/{work}us"), |b| {
+            b.iter_custom(|iters| {
+                let (clients, upsert) = (clients.clone(), upsert.clone());
+                let mut seq = 0;
+                in_task(&tokio, iters, move || {
+                    seq += 1;
+                    let (clients, upsert) = (clients.clone(), upsert.clone());
+                    async move {
+                        let started = std::time::Instant::now();
+                        while started.elapsed() < Duration::from_micros(work) {
+                            std::hint::spin_loop();
+                        }
+                        clients[0].execute(&upsert[0], &[&0i32, &value(seq)]).await.unwrap()
+                    }
+                })
+            })
+        });
+    }
     group.finish();
 
     let mut group = c.benchmark_group("replicated_throughput");
