@@ -25,6 +25,7 @@
 
 #![allow(missing_docs)] // benchmark objects are measured, not documented
 
+use std::sync::Arc;
 use std::time::Duration;
 
 mod common;
@@ -76,7 +77,7 @@ fn placement(c: &mut Criterion) {
             .unwrap();
         let insert =
             client.prepare("INSERT INTO baseline (type, id, owner) VALUES ($1, $2, $3)").await.unwrap();
-        (static_node, postgres_node, std::sync::Arc::new(client), insert)
+        (static_node, postgres_node, Arc::new(client), insert)
     });
 
     let mut group = c.benchmark_group("placement");
@@ -124,7 +125,7 @@ where
     F: Fn(usize, u64) -> Fut + Send + Sync + Clone + 'static,
     Fut: std::future::Future<Output = ()> + Send,
 {
-    let next = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let next = Arc::new(std::sync::atomic::AtomicU64::new(0));
     tokio.block_on(async move {
         let start = std::time::Instant::now();
         let tasks: Vec<_> = (0..callers)
@@ -145,6 +146,33 @@ where
             task.await.unwrap();
         }
         start.elapsed()
+    })
+}
+
+/// Runs `iters` upserts of a changed value into one row on the first
+/// connection, one after the other, each after `work` of busy waiting in
+/// the caller (none for the baseline); returns the elapsed time.
+fn upserts_one_by_one(
+    tokio: &tokio::runtime::Runtime,
+    clients: &Arc<Vec<tokio_postgres::Client>>,
+    upsert: &Arc<Vec<tokio_postgres::Statement>>,
+    iters: u64,
+    work: Duration,
+) -> Duration {
+    let (clients, upsert) = (clients.clone(), upsert.clone());
+    let mut seq = 0;
+    in_task(tokio, iters, move || {
+        seq += 1;
+        let (clients, upsert) = (clients.clone(), upsert.clone());
+        async move {
+            if !work.is_zero() {
+                let started = std::time::Instant::now();
+                while started.elapsed() < work {
+                    std::hint::spin_loop();
+                }
+            }
+            clients[0].execute(&upsert[0], &[&0i32, &value(seq)]).await.unwrap()
+        }
     })
 }
 
@@ -187,11 +215,10 @@ fn replicated(c: &mut Criterion) {
                     .unwrap(),
             );
         }
-        (node, std::sync::Arc::new(clients), std::sync::Arc::new(upsert))
+        (node, Arc::new(clients), Arc::new(upsert))
     });
     let registers = node.namespace::<Register>();
-    let ids: std::sync::Arc<Vec<_>> =
-        std::sync::Arc::new((0..OBJECTS).map(|_| registers.unique_id()).collect());
+    let ids: Arc<Vec<_>> = Arc::new((0..OBJECTS).map(|_| registers.unique_id()).collect());
     // Every object placed and written once before measuring.
     concurrently(&tokio, OBJECTS as u64, CALLERS, {
         let (registers, ids) = (registers.clone(), ids.clone());
@@ -216,15 +243,7 @@ fn replicated(c: &mut Criterion) {
         })
     });
     group.bench_function("postgres_upsert", |b| {
-        b.iter_custom(|iters| {
-            let (clients, upsert) = (clients.clone(), upsert.clone());
-            let mut seq = 0;
-            in_task(&tokio, iters, move || {
-                seq += 1;
-                let (clients, upsert) = (clients.clone(), upsert.clone());
-                async move { clients[0].execute(&upsert[0], &[&0i32, &value(seq)]).await.unwrap() }
-            })
-        })
+        b.iter_custom(|iters| upserts_one_by_one(&tokio, &clients, &upsert, iters, Duration::ZERO))
     });
     group.finish();
 
@@ -235,19 +254,7 @@ fn replicated(c: &mut Criterion) {
     for work in [0u64, 10, 20] {
         group.bench_function(format!("postgres_upsert/{work}us"), |b| {
             b.iter_custom(|iters| {
-                let (clients, upsert) = (clients.clone(), upsert.clone());
-                let mut seq = 0;
-                in_task(&tokio, iters, move || {
-                    seq += 1;
-                    let (clients, upsert) = (clients.clone(), upsert.clone());
-                    async move {
-                        let started = std::time::Instant::now();
-                        while started.elapsed() < Duration::from_micros(work) {
-                            std::hint::spin_loop();
-                        }
-                        clients[0].execute(&upsert[0], &[&0i32, &value(seq)]).await.unwrap()
-                    }
-                })
+                upserts_one_by_one(&tokio, &clients, &upsert, iters, Duration::from_micros(work))
             })
         });
     }
