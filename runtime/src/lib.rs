@@ -42,6 +42,11 @@
 //! Imports run downward: `storage/` imports none of `local/`, `cluster/`
 //! or the top; `local/` imports no `cluster/`; only the top files import
 //! `runtime.rs`.
+//!
+//! No `unsafe` code, but in `storage/wal_buffer.rs` (SQLite's VFS
+//! interface is C).
+
+#![deny(unsafe_code)]
 
 mod cluster;
 mod context;

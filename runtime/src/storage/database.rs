@@ -12,6 +12,7 @@ use rusqlite::{Connection, OpenFlags};
 use super::durability::Durability;
 use super::replica::{self, ObjectLog, Replica};
 use super::wal::{self, KEPT_WAL_BYTES, NORMAL_OPEN_WAL_BYTES};
+use super::wal_buffer;
 use crate::error::{Error, Result};
 use crate::id::ObjectId;
 use crate::sync::lock;
@@ -51,7 +52,11 @@ impl Location {
         durability: Durability,
     ) -> Result<Opened> {
         match self {
-            Location::Files(root) => open_file(&Location::path(root, type_name, id), durability),
+            Location::Files(root) => {
+                open_file(&Location::path(root, type_name, id), durability, |path, flags| {
+                    Connection::open_with_flags(path, flags)
+                })
+            }
             Location::Memory(parked) => {
                 let parked = lock(parked).remove(&(type_name, *id));
                 let conn = match parked {
@@ -82,7 +87,7 @@ impl Location {
         // The log is what is durable: the local files are never synced, not
         // even by SQLite's checkpoints (see `replica.rs`).
         let (conn, replica) = Replica::open(log.clone(), type_name, id, &path, |path| {
-            let conn = open_file(path, Durability::Normal)?.conn;
+            let conn = open_file(path, Durability::Normal, wal_buffer::open)?.conn;
             conn.execute_batch(&format!(
                 "PRAGMA synchronous = OFF; PRAGMA journal_size_limit = {}",
                 replica::KEPT_WAL_BYTES
@@ -188,8 +193,13 @@ pub(crate) struct Opened {
 /// it.
 const PAGE_SIZE: u32 = 1024;
 
-/// Opens the database file at `path`; a new one gets [`PAGE_SIZE`].
-fn open_file(path: &Path, durability: Durability) -> Result<Opened> {
+/// Opens the database file at `path` with `open` (SQLite's default VFS, or
+/// a replicated database's: `wal_buffer.rs`); a new one gets [`PAGE_SIZE`].
+fn open_file(
+    path: &Path,
+    durability: Durability,
+    open: fn(&Path, OpenFlags) -> rusqlite::Result<Connection>,
+) -> Result<Opened> {
     let what = format!("the database {}", path.display());
     // A new file, the directories about to be made and the one of the new
     // file are synced with the first commit, on a sync thread, before its
@@ -215,8 +225,7 @@ fn open_file(path: &Path, durability: Durability) -> Result<Opened> {
     }
     let flags =
         OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_CREATE | OpenFlags::SQLITE_OPEN_NO_MUTEX;
-    let conn =
-        Connection::open_with_flags(path, flags).map_err(|e| storage_error(&format!("open {what}"), e))?;
+    let conn = open(path, flags).map_err(|e| storage_error(&format!("open {what}"), e))?;
     conn.busy_timeout(Duration::from_secs(5)).map_err(|e| storage_error(&format!("configure {what}"), e))?;
     // Exclusive locking before the first access, so that WAL mode keeps its
     // index in memory (no `-shm` file) and transactions take no file locks

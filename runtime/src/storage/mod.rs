@@ -56,6 +56,7 @@ mod sync_threads;
 mod turn;
 mod upkeep;
 mod wal;
+mod wal_buffer;
 
 use std::collections::BTreeMap;
 use std::fmt;

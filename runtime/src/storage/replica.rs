@@ -4,9 +4,9 @@
 //! object is shipped to the cluster's referee before its reply is released
 //! (the output gate of `flush.rs`, with a shipment where a local sync would
 //! be). What is shipped is exactly what SQLite appended to the object's WAL
-//! for those commits: the WAL *frames*, read back from the file between the
-//! end of the last shipped commit and the end of the newest one (the
-//! `wal_hook` tells the number of frames after each commit). The log is
+//! for those commits: the WAL *frames* between the end of the last shipped
+//! commit and the end of the newest one (the `wal_hook` tells the number of
+//! frames after each commit), copied from memory (`wal_buffer.rs`). The log is
 //! therefore the WAL itself, cut into entries; to rebuild the object, its
 //! last snapshot becomes the database file and the entries since, put end
 //! to end, its WAL, which SQLite checks frame by frame (checksums, salts,
@@ -32,6 +32,10 @@
 //! (below) names the boot of the operating system that wrote it (Linux's
 //! `boot_id`), and a copy is trusted only in that same boot: after a
 //! reboot, every object is rebuilt from the log on its first activation.
+//! The WAL's newest frames do not even reach the page cache at once: they
+//! are held in memory (at most 64 KiB, see `wal_buffer.rs`), and a process
+//! that dies loses them. Every marker is written after them, so that is a
+//! copy behind its marker's log, which the next activation catches up.
 //!
 //! Each entry is fenced by the object's *epoch*: a takeover, which moves
 //! the object to the next epoch, takes the number of the old owner's next
@@ -76,6 +80,7 @@ use rusqlite::Connection;
 use tokio_postgres::types::ToSql;
 
 use super::wal;
+use super::wal_buffer::{self, WalBuffer};
 use crate::error::{Error, Result};
 use crate::id::ObjectId;
 use crate::sync::lock;
@@ -219,8 +224,9 @@ pub(crate) struct Replica {
     type_name: &'static str,
     id: ObjectId,
     db: PathBuf,
-    /// The WAL, opened to read frames back.
-    wal: File,
+    /// The WAL's newest bytes, from which shipments copy their frames
+    /// (`wal_buffer.rs`).
+    wal: Arc<WalBuffer>,
     /// The marker, overwritten in place after each shipment.
     marker: File,
     /// The size of the database's pages (each WAL frame holds one).
@@ -278,7 +284,12 @@ impl Replica {
             .query_row("PRAGMA page_size", [], |row| row.get::<_, i64>(0))
             .map(|size| u32::try_from(size).unwrap_or(4096))
             .map_err(|e| Error::Storage(format!("could not read the page size of {}: {e}", db.display())))?;
-        let wal = open_to_read(&files.wal).map_err(|e| io(&files.wal, e))?;
+        let wal = wal_buffer::of(&conn).ok_or_else(|| {
+            Error::Storage(format!(
+                "the WAL of {} is not open through the VFS of replicated databases",
+                db.display()
+            ))
+        })?;
         let marker = std::fs::OpenOptions::new()
             .read(true)
             .write(true)
@@ -429,8 +440,8 @@ impl Replica {
     /// The entry of the WAL from the shipped end to `end`, with `pending`'s
     /// statements and alarm.
     fn entry(&self, shipped: &Shipped, end: u64, pending: Pending) -> Result<Entry> {
-        let mut frames = vec![0; usize::try_from(end - shipped.end).unwrap_or(0)];
-        self.wal.read_exact_at(&mut frames, shipped.end).map_err(|e| {
+        let len = usize::try_from(end - shipped.end).unwrap_or(0);
+        let frames = self.wal.read_exact(shipped.end, len).map_err(|e| {
             Error::Storage(format!("could not read back the WAL of {} to ship it: {e}", self.db.display()))
         })?;
         Ok(Entry {
@@ -444,11 +455,15 @@ impl Replica {
         })
     }
 
-    /// Records in the marker what the log has now. Not synced: a marker
-    /// lost in a crash only costs a catch-up, or a rebuild.
+    /// Records in the marker what the log has now, once the WAL's file
+    /// has every byte the marker counts (`wal_buffer.rs`: some may be held
+    /// in memory). Not synced: a marker lost in a crash only costs a
+    /// catch-up, or a rebuild.
     fn mark(&self, shipped: &mut Shipped) {
-        let marker = Marker::new(Head { epoch: self.epoch, seq: shipped.seq }, shipped.end);
-        let _ = marker.write(&self.marker);
+        if self.wal.write_out().is_ok() {
+            let marker = Marker::new(Head { epoch: self.epoch, seq: shipped.seq }, shipped.end);
+            let _ = marker.write(&self.marker);
+        }
         shipped.marked = true;
     }
 
@@ -654,24 +669,6 @@ impl Files {
     }
 }
 
-/// Opens the WAL at `path` to read frames back: on Linux without updating
-/// its access time (`O_NOATIME`). Every commit changes the file's
-/// modification time first, so under `relatime` (the usual mount option)
-/// every read of frames also wrote the file's inode: `touch_atime` took
-/// about 3 % of the process's CPU in `replicated_throughput` (`perf`).
-fn open_to_read(path: &Path) -> std::io::Result<File> {
-    #[cfg(target_os = "linux")]
-    {
-        use std::os::unix::fs::OpenOptionsExt;
-        match std::fs::OpenOptions::new().read(true).custom_flags(libc::O_NOATIME).open(path) {
-            // Only the file's owner may ask for it (or a privileged process).
-            Err(err) if err.raw_os_error() == Some(libc::EPERM) => {}
-            opened => return opened,
-        }
-    }
-    File::open(path)
-}
-
 fn io(path: &Path, err: std::io::Error) -> Error {
     Error::Storage(format!("{}: {err}", path.display()))
 }
@@ -764,8 +761,12 @@ mod tests {
     fn open(log: &Arc<MemoryLog>, db: &Path) -> (Connection, Arc<Replica>) {
         let id = ObjectId::from_slice(&[7; 32]).unwrap();
         Replica::open(log.clone(), "T", &id, db, |path| {
-            let conn = Connection::open(path).unwrap();
-            conn.execute_batch("PRAGMA locking_mode = EXCLUSIVE; PRAGMA journal_mode = WAL;").unwrap();
+            let conn = wal_buffer::open(path, rusqlite::OpenFlags::default()).unwrap();
+            // As `open_replicated` does: nothing local is synced.
+            conn.execute_batch(
+                "PRAGMA locking_mode = EXCLUSIVE; PRAGMA journal_mode = WAL; PRAGMA synchronous = OFF;",
+            )
+            .unwrap();
             conn.set_db_config(DbConfig::SQLITE_DBCONFIG_NO_CKPT_ON_CLOSE, true).unwrap();
             conn.execute_batch("CREATE TABLE IF NOT EXISTS t (n INTEGER)").unwrap();
             Ok(conn)
@@ -865,6 +866,40 @@ mod tests {
         let (conn, _replica) = open(&log, &db);
         assert_eq!(rows(&conn), [1, 2, 3, 4, 6]);
         assert_eq!(fetches(&log), rebuilt);
+    }
+
+    #[test]
+    fn a_copy_left_by_a_killed_process_catches_up_with_the_frames_it_held() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = dir.path().join("x.sqlite");
+        let log = Arc::new(MemoryLog::default());
+
+        let (conn, replica) = open(&log, &db);
+        let end = insert(&conn, &replica, 1);
+        replica.ship(Pending { end, statements: Vec::new(), alarm: None }).unwrap(); // marked
+        let mut end = 0;
+        for n in 2..=4 {
+            end = insert(&conn, &replica, n);
+            ship_lazily(&replica, end);
+        }
+        // What a `kill -9` now leaves on disk: the files, without the
+        // frames held in memory (`wal_buffer.rs`).
+        let (files, left) = (Files::of(&db), tempfile::tempdir().unwrap());
+        let copy = left.path().join("x.sqlite");
+        for (from, to) in [
+            (&files.db, &copy),
+            (&files.wal, &Files::of(&copy).wal),
+            (&files.marker, &Files::of(&copy).marker),
+        ] {
+            std::fs::copy(from, to).unwrap();
+        }
+        assert!(std::fs::metadata(Files::of(&copy).wal).unwrap().len() < end, "frames were held");
+        drop((conn, replica));
+
+        let rebuilt = fetches(&log);
+        let (conn, _replica) = open(&log, &copy);
+        assert_eq!(fetches(&log), rebuilt, "caught up, not rebuilt");
+        assert_eq!(rows(&conn), [1, 2, 3, 4]);
     }
 
     /// A copy in `dir` whose row 1 is shipped and marked, and its log.
