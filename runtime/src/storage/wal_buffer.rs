@@ -525,6 +525,58 @@ mod tests {
         assert!(offset as usize >= HELD_BYTES && (offset as usize) < HELD_BYTES + frame.len());
     }
 
+    #[derive(Debug, Clone)]
+    enum Op {
+        Write(u64, Vec<u8>),
+        Read(u64, usize),
+        WriteOut,
+    }
+
+    fn op() -> impl proptest::strategy::Strategy<Value = Op> {
+        use proptest::prelude::*;
+        prop_oneof![
+            4 => (0u64..400, proptest::collection::vec(any::<u8>(), 1..80))
+                .prop_map(|(offset, data)| Op::Write(offset, data)),
+            2 => (0u64..500, 1usize..120).prop_map(|(offset, len)| Op::Read(offset, len)),
+            1 => Just(Op::WriteOut),
+        ]
+    }
+
+    proptest::proptest! {
+        /// Whatever SQLite writes, reads see a file that took every write
+        /// at once, and the file is that once written out.
+        #[test]
+        fn held_bytes_read_like_the_file_they_stand_for(ops in proptest::collection::vec(op(), 1..60)) {
+            let dir = tempfile::tempdir().unwrap();
+            let mut held = held(dir.path());
+            let mut model: Vec<u8> = Vec::new();
+            for op in ops {
+                match op {
+                    Op::Write(offset, data) => {
+                        held.write(&data, offset).unwrap();
+                        let end = offset as usize + data.len();
+                        if model.len() < end {
+                            model.resize(end, 0);
+                        }
+                        model[offset as usize..end].copy_from_slice(&data);
+                    }
+                    Op::Read(offset, len) => {
+                        let (bytes, whole) = read(&held, offset, len);
+                        let mut expected = vec![0; len];
+                        let from = (offset as usize).min(model.len());
+                        let to = (offset as usize + len).min(model.len());
+                        expected[..to - from].copy_from_slice(&model[from..to]);
+                        proptest::prop_assert_eq!(bytes, expected);
+                        proptest::prop_assert_eq!(whole, offset as usize + len <= model.len());
+                    }
+                    Op::WriteOut => held.write_out().unwrap(),
+                }
+            }
+            held.write_out().unwrap();
+            proptest::prop_assert_eq!(std::fs::read(dir.path().join("wal")).unwrap(), model);
+        }
+    }
+
     fn open_wal_db(path: &Path) -> Connection {
         let conn = open(path, OpenFlags::default()).unwrap();
         conn.execute_batch(
