@@ -831,19 +831,22 @@ mod tests {
         shipped.recv().unwrap().unwrap();
     }
 
+    /// Inserts and ships rows 2 to 4 like turns do (the marker stays at
+    /// row 1's entry); returns the WAL's end.
+    fn ship_three_lazily(conn: &Connection, replica: &Arc<Replica>) -> u64 {
+        let mut end = 0;
+        for n in 2..=4 {
+            end = insert(conn, replica, n);
+            ship_lazily(replica, end);
+        }
+        end
+    }
+
     #[test]
     fn a_copy_behind_its_log_catches_up_with_the_entries_since_its_marker() {
         let dir = tempfile::tempdir().unwrap();
-        let db = dir.path().join("x.sqlite");
-        let log = Arc::new(MemoryLog::default());
-
-        let (conn, replica) = open(&log, &db);
-        let end = insert(&conn, &replica, 1);
-        replica.ship(Pending { end, statements: Vec::new(), alarm: None }).unwrap(); // marked
-        for n in 2..=4 {
-            let end = insert(&conn, &replica, n);
-            ship_lazily(&replica, end);
-        }
+        let (log, db, conn, replica) = marked_copy(dir.path());
+        ship_three_lazily(&conn, &replica);
         insert(&conn, &replica, 5); // committed here, never shipped
         // A crash: the database is not closed, the marker says entry 1.
         drop((conn, replica));
@@ -871,17 +874,8 @@ mod tests {
     #[test]
     fn a_copy_left_by_a_killed_process_catches_up_with_the_frames_it_held() {
         let dir = tempfile::tempdir().unwrap();
-        let db = dir.path().join("x.sqlite");
-        let log = Arc::new(MemoryLog::default());
-
-        let (conn, replica) = open(&log, &db);
-        let end = insert(&conn, &replica, 1);
-        replica.ship(Pending { end, statements: Vec::new(), alarm: None }).unwrap(); // marked
-        let mut end = 0;
-        for n in 2..=4 {
-            end = insert(&conn, &replica, n);
-            ship_lazily(&replica, end);
-        }
+        let (log, db, conn, replica) = marked_copy(dir.path());
+        let end = ship_three_lazily(&conn, &replica);
         // What a `kill -9` now leaves on disk: the files, without the
         // frames held in memory (`wal_buffer.rs`).
         let (files, left) = (Files::of(&db), tempfile::tempdir().unwrap());
