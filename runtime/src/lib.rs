@@ -31,6 +31,8 @@
 //! | the turn's transaction, storage refused outside its object's turns, [`Durability`] | `storage/turn.rs`, `storage/durability.rs` |
 //! | the node's alarm index (alarms found after a restart), its batched writes | `storage/alarm_index.rs`, `storage/group_commit.rs` |
 //! | where databases live, the cap on open ones | `storage/database.rs`, `storage/pool.rs` |
+//! | replies held until commits are synced or shipped (the durable output gate), checkpoints | `storage/flush.rs`, `storage/wal.rs`, `storage/upkeep.rs` |
+//! | replicated storage: a database as a cache of its log in PostgreSQL, the WAL's newest frames in memory, shipping and fencing | `storage/replica.rs`, `storage/wal_buffer.rs`, `cluster/replication.rs` |
 //! | what the lower layers get instead of `Runtime`: settings, lifecycle, storage root | `host.rs` |
 //! | tracing spans and events, metrics, the Prometheus endpoint | `observe/` |
 //! | ids and their MACs ([`ObjectId`]), the cluster secret | `id.rs`, `secret.rs` |
