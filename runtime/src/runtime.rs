@@ -168,7 +168,9 @@ impl RuntimeBuilder {
 
     /// How many object databases may be open at once (default 1024); the
     /// one opened longest ago is closed to make room, and reopened on its
-    /// next use. Each open database holds three file descriptors.
+    /// next use. Each open database holds three file descriptors; a
+    /// replicated one (a PostgreSQL cluster) also holds up to 64 KiB of its
+    /// WAL's newest frames in memory.
     pub fn max_open_databases(mut self, max: usize) -> Self {
         self.max_open_databases = max;
         self
