@@ -286,7 +286,8 @@ impl Replica {
             .map_err(|e| Error::Storage(format!("could not read the page size of {}: {e}", db.display())))?;
         let wal = wal_buffer::of(&conn).ok_or_else(|| {
             Error::Storage(format!(
-                "the WAL of {} is not open through the VFS of replicated databases",
+                "the WAL of {} is not open through the VFS of replicated databases (a bug in stead: \
+                 please report it)",
                 db.display()
             ))
         })?;
