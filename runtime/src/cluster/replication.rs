@@ -309,7 +309,7 @@ impl PostgresLog {
         runtime.spawn(async move {
             let unsent = crate::sync::lock(&on_lane.lane.unsent).take();
             if let Some(append) = unsent {
-                ship(&on_lane.lane.pg, &me, vec![append]).await;
+                Box::pin(ship(&on_lane.lane.pg, &me, vec![append])).await;
             }
             drop(on_lane);
         });
@@ -566,7 +566,7 @@ async fn dispatch(
         let (me, idle, freed, shipping) = (me.clone(), idle.clone(), freed.clone(), shipping.clone());
         shipping.fetch_add(1, Ordering::AcqRel);
         tokio::spawn(async move {
-            ship(&pg, &me, batch).await;
+            Box::pin(ship(&pg, &me, batch)).await;
             shipping.fetch_sub(1, Ordering::AcqRel);
             crate::sync::lock(&idle).push(pg);
             freed.notify_one();
@@ -575,6 +575,11 @@ async fn dispatch(
 }
 
 /// Ships one batch in one transaction and answers each entry.
+///
+/// Its future is large (about 2.3 KiB), and tokio copies a task's future
+/// when it spawns it and again when the task ends: the tasks that run it
+/// box it, which took the lone writer's `memmove`s from 1.6 % to 0.5 % of
+/// its samples (`perf`), about 0.5 µs a write.
 async fn ship(pg: &Pg, me: &str, mut batch: Vec<Append>) {
     // Entries with the application's statements first, each in a
     // savepoint of one transaction; without any, one pipelined batch.
