@@ -83,7 +83,7 @@ pub(crate) fn of(conn: &Connection) -> Option<Arc<WalBuffer>> {
         return None;
     }
     // SAFETY: `file` is an open file of `conn`. Its methods are ours only if
-    // `wal_open` made it, as a `WalFile`, whose `buffer` is a live `Arc`
+    // `vfs_open` made it, as a `WalFile`, whose `buffer` is a live `Arc`
     // until the file is closed (not while `conn` is borrowed here).
     unsafe {
         if !ptr::eq((*file).pMethods, &raw const WAL_METHODS) {
@@ -392,28 +392,33 @@ unsafe extern "C" fn wal_write(
     }
 }
 
-unsafe extern "C" fn wal_truncate(file: *mut ffi::sqlite3_file, size: i64) -> c_int {
-    // SAFETY: see `parts`; the held bytes go to the file first.
-    unsafe {
-        let (inner, buffer) = parts(file);
-        let mut held = lock(&buffer.held);
-        if held.write_out().is_err() {
-            return ffi::SQLITE_IOERR_TRUNCATE;
-        }
-        inner_call!(inner, xTruncate, size)
+/// Writes the held bytes to the file, then runs `then` on the default
+/// VFS's file (the bytes stay locked meanwhile); `failed` if they could
+/// not be written.
+///
+/// SAFETY: as for [`parts`].
+unsafe fn written_out_then(
+    file: *mut ffi::sqlite3_file,
+    failed: c_int,
+    then: impl FnOnce(*mut ffi::sqlite3_file) -> c_int,
+) -> c_int {
+    // SAFETY: as the function says.
+    let (inner, buffer) = unsafe { parts(file) };
+    let mut held = lock(&buffer.held);
+    match held.write_out() {
+        Ok(()) => then(inner),
+        Err(_) => failed,
     }
 }
 
+unsafe extern "C" fn wal_truncate(file: *mut ffi::sqlite3_file, size: i64) -> c_int {
+    // SAFETY: see `parts`.
+    unsafe { written_out_then(file, ffi::SQLITE_IOERR_TRUNCATE, |inner| inner_call!(inner, xTruncate, size)) }
+}
+
 unsafe extern "C" fn wal_sync(file: *mut ffi::sqlite3_file, flags: c_int) -> c_int {
-    // SAFETY: see `parts`; the held bytes go to the file first.
-    unsafe {
-        let (inner, buffer) = parts(file);
-        let mut held = lock(&buffer.held);
-        if held.write_out().is_err() {
-            return ffi::SQLITE_IOERR_FSYNC;
-        }
-        inner_call!(inner, xSync, flags)
-    }
+    // SAFETY: see `parts`.
+    unsafe { written_out_then(file, ffi::SQLITE_IOERR_FSYNC, |inner| inner_call!(inner, xSync, flags)) }
 }
 
 unsafe extern "C" fn wal_file_size(file: *mut ffi::sqlite3_file, size: *mut i64) -> c_int {
